@@ -1,0 +1,48 @@
+"""How validation errors read to a person: one ``dotted.key: message`` per problem.
+
+Every config loader and the contract name the offending key the same way; each caller
+chooses its own prefix, separator and how many problems to show.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from pydantic import ValidationError
+
+
+def error_lines(
+    exc: ValidationError,
+    *,
+    limit: int | None = None,
+    root: str = "<root>",
+    drop: Collection[str] = (),
+) -> list[str]:
+    """``key.path: message`` for each error (the first ``limit``).
+
+    ``root`` names an error of the whole document (empty path); ``drop`` removes path
+    segments that are not keys the user wrote, such as a tagged union's tag.
+    """
+    lines = []
+    errors = [e for e in exc.errors(include_url=False) if not _only_echoes_items(e)]
+    for error in errors[:limit]:
+        where = ".".join(str(p) for p in error["loc"] if p not in drop)
+        lines.append(f"{where or root}: {error['msg']}")
+    return lines
+
+
+def _only_echoes_items(error: Any) -> bool:
+    """A collection "too short after validation" only because some items failed.
+
+    The user wrote enough items; the failing items have their own errors, and "should
+    have at least 1 item, not 0" would only send them looking for a missing one.
+    """
+    if error["type"] != "too_short":
+        return False
+    written = error.get("input")
+    minimum = (error.get("ctx") or {}).get("min_length")
+    try:
+        return minimum is not None and len(written) >= minimum
+    except TypeError:
+        return False

@@ -1,0 +1,310 @@
+"""The wire contract: exact round trips, and clear rejection of malformed records."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from climastream.contract import (
+    EARLIEST_EVENT_TIME,
+    TOPICS,
+    Alert,
+    AlertAction,
+    AlertActionKind,
+    AlertSeverity,
+    AlertState,
+    ContractError,
+    EvidencePoint,
+    GatewayStatus,
+    KpiValue,
+    Location,
+    QualityFlag,
+    Quantity,
+    Reading,
+    ReadingBatch,
+    SourceState,
+    Topics,
+    decode,
+    encode,
+)
+from climastream.quantities import CANONICAL_UNITS, SPECS
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+safe_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:\-]{0,30}\Z")
+times = st.datetimes(
+    min_value=datetime(2015, 1, 1),  # noqa: DTZ001 - hypothesis bounds are naive by design
+    max_value=datetime(2026, 11, 23, 12, 30),  # noqa: DTZ001
+    timezones=st.just(UTC),
+)
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+locations = st.builds(
+    Location,
+    lat=st.floats(-90, 90),
+    lon=st.floats(-180, 180),
+    alt_m=st.none() | st.floats(-1000, 20000),
+)
+
+
+@st.composite
+def readings(draw: st.DrawFn, gateway_id: str | None = None) -> Reading:
+    quantity = draw(st.sampled_from(list(Quantity)))
+    spec = SPECS[quantity]
+    low = max(spec.low, -1e12)
+    high = min(spec.high, 1e12)
+    model_id = draw(st.none() | safe_ids)
+    return Reading(
+        device_id=draw(safe_ids),
+        gateway_id=gateway_id or draw(safe_ids),
+        seq=draw(st.integers(0, 2**63 - 1)),
+        quantity=quantity,
+        value=draw(st.floats(low, high)),
+        unit=CANONICAL_UNITS[quantity],
+        event_time=draw(times),
+        ingest_time=draw(times),
+        location=draw(st.none() | locations),
+        zone=draw(st.none() | safe_ids),
+        quality=tuple(draw(st.lists(st.sampled_from(list(QualityFlag)), max_size=3))),
+        score=draw(finite) if model_id else None,
+        model_id=model_id,
+    )
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> ReadingBatch:
+    gateway_id = draw(safe_ids)
+    items = draw(st.lists(readings(gateway_id), min_size=1, max_size=5))
+    return ReadingBatch(gateway_id=gateway_id, readings=tuple(items))
+
+
+@st.composite
+def kpis(draw: st.DrawFn) -> KpiValue:
+    start = draw(times)
+    return KpiValue(
+        kpi_id=draw(safe_ids),
+        kpi_version=draw(safe_ids),
+        zone=draw(safe_ids),
+        device_id=draw(st.none() | safe_ids),
+        quantity=draw(st.none() | st.sampled_from(list(Quantity))),
+        window_start=start,
+        window_end=start + timedelta(seconds=draw(st.integers(1, 86400))),
+        value=draw(finite),
+        unit="Cel",
+        sample_count=draw(st.integers(0, 10**9)),
+        completeness=draw(st.floats(0, 1)),
+        band=draw(st.none() | st.sampled_from(["good", "poor"])),
+        attributes=draw(st.dictionaries(safe_ids, st.text(max_size=20).filter(str.isprintable))),
+        model_ids=tuple(draw(st.lists(safe_ids, max_size=2))),
+    )
+
+
+@st.composite
+def alerts(draw: st.DrawFn) -> Alert:
+    started = draw(times)
+    return Alert(
+        fingerprint=draw(st.from_regex(r"\A[0-9a-f]{16}\Z")),
+        rule_id=draw(safe_ids),
+        state=draw(st.sampled_from(list(AlertState))),
+        severity=draw(st.sampled_from(list(AlertSeverity))),
+        summary=draw(st.text(max_size=80).filter(str.isprintable)),
+        description=draw(st.text(max_size=200).filter(lambda s: "\x00" not in s)),
+        zone=draw(st.none() | safe_ids),
+        value=draw(st.none() | finite),
+        threshold=draw(st.none() | finite),
+        started_at=started,
+        updated_at=started,
+        evidence=tuple(
+            draw(
+                st.lists(
+                    st.builds(EvidencePoint, time=times, value=finite, device_id=safe_ids),
+                    max_size=3,
+                )
+            )
+        ),
+    )
+
+
+@st.composite
+def statuses(draw: st.DrawFn) -> GatewayStatus:
+    return GatewayStatus(
+        gateway_id=draw(safe_ids),
+        time=draw(times),
+        software_version="0.1.0",
+        uptime_s=draw(st.floats(0, 1e9)),
+        buffer_depth=draw(st.integers(0, 10**9)),
+        buffer_bytes=draw(st.integers(0, 10**12)),
+        buffer_capacity_bytes=draw(st.integers(0, 10**12)),
+        buffer_oldest_age_s=draw(st.none() | st.floats(0, 1e9)),
+        outage_capacity_hours=draw(st.none() | st.floats(0, 1e6)),
+        dropped=draw(st.dictionaries(safe_ids, st.integers(0, 10**9), max_size=3)),
+        sources=draw(st.dictionaries(safe_ids, st.sampled_from(list(SourceState)), max_size=3)),
+    )
+
+
+actions = st.builds(
+    AlertAction,
+    fingerprint=st.from_regex(r"\A[0-9a-f]{16}\Z"),
+    action=st.sampled_from(list(AlertActionKind)),
+    actor=safe_ids,
+    at=times,
+    until=st.none() | times,
+    comment=st.text(max_size=40).filter(str.isprintable),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(readings(), batches(), kpis(), alerts(), statuses(), actions))
+def test_every_model_round_trips_exactly(model: Reading) -> None:
+    raw = encode(model)
+    assert decode(raw, type(model), now=NOW) == model
+    # and the encoding is stable: encoding the decoded copy gives the same bytes
+    assert encode(decode(raw, type(model), now=NOW)) == raw
+
+
+def _reading_json(**overrides: object) -> dict[str, object]:
+    record: dict[str, object] = {
+        "schema_version": 1,
+        "device_id": "th-centre-1",
+        "gateway_id": "gw-1",
+        "seq": 7,
+        "quantity": "temperature",
+        "value": 21.5,
+        "unit": "Cel",
+        "event_time": "2026-11-23T11:59:00Z",
+        "ingest_time": "2026-11-23T11:59:01Z",
+    }
+    record.update(overrides)
+    return record
+
+
+def test_a_valid_record_decodes_with_utc_times() -> None:
+    reading = decode(
+        orjson.dumps(_reading_json(event_time="2026-11-23T12:59:00+01:00")), Reading, now=NOW
+    )
+    assert reading.event_time == datetime(2026, 11, 23, 11, 59, tzinfo=UTC)
+    assert reading.event_time.tzinfo is UTC
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"value": "NaN"}, "value"),
+        ({"quantity": "temprature"}, "quantity"),
+        ({"unit": "K"}, "not the canonical unit 'Cel'"),
+        ({"value": -300.0}, "outside the plausible range"),
+        ({"quantity": "relative_humidity", "unit": "%RH", "value": 140.0}, "plausible range"),
+        ({"event_time": "2026-11-23T11:59:00"}, "event_time"),
+        ({"event_time": "1970-01-01T00:00:00Z"}, "device clock is probably unset"),
+        ({"event_time": "2027-11-23T00:00:00Z"}, "ahead of now"),
+        ({"event_time": 1795410771}, "event_time"),
+        ({"device_id": "dev 1"}, "device_id"),
+        ({"device_id": "a,b=c"}, "device_id"),
+        ({"device_id": "x\nweather,zone=evil v=1"}, "device_id"),
+        ({"gateway_id": ""}, "gateway_id"),
+        ({"seq": -1}, "seq"),
+        ({"seq": 1.5}, "seq"),
+        ({"seq": "7"}, "seq"),
+        ({"schema_version": 2}, "schema_version"),
+        ({"colour": "red"}, "colour"),
+        ({"score": 0.5}, "score given without the model_id"),
+    ],
+)
+def test_malformed_readings_are_rejected_naming_the_field(
+    overrides: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ContractError) as caught:
+        decode(orjson.dumps(_reading_json(**overrides)), Reading, now=NOW)
+    assert message in str(caught.value)
+    assert caught.value.raw is not None
+
+
+def test_json_nan_and_infinity_are_rejected() -> None:
+    raw = orjson.dumps(_reading_json()).replace(b"21.5", b"NaN")
+    with pytest.raises(ContractError, match="value"):
+        decode(raw, Reading, now=NOW)
+    raw = orjson.dumps(_reading_json()).replace(b"21.5", b"1e999")
+    with pytest.raises(ContractError, match="value"):
+        decode(raw, Reading, now=NOW)
+
+
+def test_python_construction_rejects_infinity() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        Reading(**{**_reading_json(), "value": math.inf})  # type: ignore[arg-type]
+
+
+def test_batch_rejects_a_reading_of_another_gateway() -> None:
+    record = {
+        "gateway_id": "gw-1",
+        "readings": [_reading_json(), _reading_json(gateway_id="gw-2", seq=8)],
+    }
+    with pytest.raises(ContractError, match=r"readings\.1\.gateway_id 'gw-2' differs"):
+        decode(orjson.dumps(record), ReadingBatch, now=NOW)
+
+
+def test_empty_batch_and_non_json_are_rejected() -> None:
+    with pytest.raises(ContractError, match="readings"):
+        decode(b'{"gateway_id": "gw-1", "readings": []}', ReadingBatch, now=NOW)
+    with pytest.raises(ContractError, match="invalid ReadingBatch"):
+        decode(b"\xff\x00garbage", ReadingBatch, now=NOW)
+
+
+def test_kpi_needs_a_scope_and_a_forward_window() -> None:
+    base = {
+        "kpi_id": "stat.mean",
+        "kpi_version": "1",
+        "window_start": "2026-11-23T11:00:00Z",
+        "window_end": "2026-11-23T11:00:10Z",
+        "value": 1.0,
+        "unit": "Cel",
+        "sample_count": 10,
+        "completeness": 1.0,
+    }
+    with pytest.raises(ContractError, match="needs a zone or a device_id"):
+        decode(orjson.dumps(base), KpiValue, now=NOW)
+    with pytest.raises(ContractError, match="window_end must be after window_start"):
+        decode(
+            orjson.dumps({**base, "zone": "centre", "window_end": "2026-11-23T11:00:00Z"}),
+            KpiValue,
+            now=NOW,
+        )
+    with pytest.raises(ContractError, match="completeness"):
+        decode(orjson.dumps({**base, "zone": "centre", "completeness": 1.5}), KpiValue, now=NOW)
+
+
+def test_alert_summary_is_one_line() -> None:
+    with pytest.raises(ValueError, match="control characters"):
+        Alert(
+            fingerprint="0123456789abcdef",
+            rule_id="uhi-night",
+            state=AlertState.FIRING,
+            severity=AlertSeverity.WARNING,
+            summary="hot\nSubject: injected",
+            started_at=NOW,
+            updated_at=NOW,
+        )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_random_bytes_never_raise_anything_but_contract_error(raw: bytes) -> None:
+    for model in (Reading, ReadingBatch, KpiValue, Alert, GatewayStatus, AlertAction):
+        with contextlib.suppress(ContractError):
+            decode(raw, model, now=NOW)
+
+
+def test_topic_names_are_unique_and_in_one_place() -> None:
+    names = [spec.name for spec in TOPICS]
+    assert len(names) == len(set(names))
+    assert Topics.READINGS.name == "readings"
+    assert Topics.KPI.name == "kpi"
+    assert all(spec.partitions >= 1 for spec in TOPICS)
+
+
+def test_earliest_event_time_is_after_unset_clocks() -> None:
+    assert EARLIEST_EVENT_TIME.year >= 2015
