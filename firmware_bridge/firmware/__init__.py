@@ -1,0 +1,1 @@
+"""Reference sensor-node firmware (MicroPython). Not imported by the gateway."""

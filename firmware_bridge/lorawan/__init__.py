@@ -1,0 +1,1 @@
+"""LoRaWAN: Cayenne LPP, declarative binary layouts and network-server uplink envelopes."""
