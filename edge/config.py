@@ -1,0 +1,347 @@
+"""Gateway configuration: one YAML file per gateway, validated at load time.
+
+Errors name the offending key (``sources.2.cadence_s: ...``). Connections open only when the
+agent starts, never while loading.
+
+Secrets never sit in the file in clear text unless the installer puts them there:
+
+* ``${VAR}`` anywhere in a string is replaced by the environment variable ``VAR``; a missing
+  variable is an error naming the key (not an empty password); ``${VAR:-default}`` falls
+  back to ``default`` instead;
+* a secret key ``<name>_file: /path`` reads the secret from a file (systemd credentials,
+  Docker/K8s secrets), stripping one trailing newline.
+
+Secret values are :class:`pydantic.SecretStr`, so they print as ``**********`` in logs,
+reprs and ``climastream edge check`` output.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from climastream.contract import Location, Quantity, SafeId
+from climastream.validation import error_lines
+
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+#: keys that hold secrets; each also accepts ``<key>_file``
+SECRET_KEYS = frozenset({"sasl_password", "password", "ssl_password"})
+
+
+class ConfigError(ValueError):
+    """The gateway config is invalid; the message names each offending key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class SimulatedDevice(_Frozen):
+    device_id: SafeId
+    zone: SafeId | None = None
+    location: Location | None = None
+    quantities: Annotated[tuple[Quantity, ...], Field(min_length=1)]
+
+
+class SimulatedSourceConfig(_Frozen):
+    """Devices that exist only in software: for demos, tests and `--test` runs."""
+
+    kind: Literal["simulated"] = "simulated"
+    name: SafeId = "simulated"
+    cadence_s: Seconds = 1.0
+    seed: int = 0
+    devices: Annotated[tuple[SimulatedDevice, ...], Field(min_length=1)]
+
+
+class SerialSourceConfig(_Frozen):
+    """One sensor (or framed-protocol node) on a serial port, e.g. ``/dev/ttyUSB0``.
+
+    ``codec`` names a firmware_bridge stream decoder. ``device_id`` names the device when
+    frames carry no identity (SDS011, PMS5003); framed-protocol frames carry their own.
+    """
+
+    kind: Literal["serial"] = "serial"
+    name: SafeId
+    port: str
+    baudrate: Annotated[int, Field(gt=0)] = 9600
+    codec: Literal["sds011", "pms5003", "textline", "framed"]
+    device_id: SafeId | None = None
+    zone: SafeId | None = None
+    location: Location | None = None
+    read_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _identity(self) -> SerialSourceConfig:
+        if self.codec in ("sds011", "pms5003") and self.device_id is None:
+            raise ValueError(f"device_id is required: {self.codec} frames carry no identity")
+        return self
+
+
+class MqttBrokerConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(gt=0, lt=65536)] = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    ssl_cafile: Path | None = None
+    client_id: str | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+
+class MqttDeviceMeta(_Frozen):
+    zone: SafeId | None = None
+    location: Location | None = None
+
+
+class MqttSourceConfig(_Frozen):
+    """Devices publishing over MQTT: LoRaWAN network servers or generic MQTT devices.
+
+    ``format`` picks the firmware_bridge payload decoder: ``chirpstack`` / ``tts`` for
+    LoRaWAN uplink envelopes (the application payload is decoded by ``lorawan_codec``),
+    ``json``, ``senml`` or ``annexb`` for devices that publish JSON. Messages are received
+    with QoS 1 and acknowledged to the broker only after their readings are durable.
+    """
+
+    kind: Literal["mqtt"] = "mqtt"
+    name: SafeId
+    broker: MqttBrokerConfig = MqttBrokerConfig()
+    topics: Annotated[tuple[str, ...], Field(min_length=1)]
+    format: Literal["chirpstack", "tts", "json", "senml", "annexb"]
+    lorawan_codec: Literal["cayenne", "layout"] | None = None
+    #: a firmware_bridge layout YAML file, or the name of a built-in layout
+    layout: str | None = None
+    #: generic ``json`` format: the firmware_bridge field mapping (topic template, fields)
+    mapping: dict[str, Any] | None = None
+    devices: dict[SafeId, MqttDeviceMeta] = Field(default_factory=dict)
+    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _codec(self) -> MqttSourceConfig:
+        if self.format in ("chirpstack", "tts") and self.lorawan_codec is None:
+            raise ValueError("lorawan_codec is required for chirpstack/tts envelopes")
+        if self.lorawan_codec == "layout" and self.layout is None:
+            raise ValueError("layout (a firmware_bridge layout YAML) is required")
+        if self.format == "json" and self.mapping is None:
+            raise ValueError("format json needs a mapping (topic template and fields)")
+        return self
+
+
+SourceConfig = Annotated[
+    SimulatedSourceConfig | SerialSourceConfig | MqttSourceConfig, Field(discriminator="kind")
+]
+
+
+# --------------------------------------------------------------------------- uplink, buffer
+
+
+class KafkaConfig(_Frozen):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    linger_ms: Annotated[int, Field(ge=0, le=10000)] = 20
+    max_batch_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "gzip"
+    request_timeout_ms: Annotated[int, Field(ge=1000)] = 10000
+    #: ``auto`` turns the idempotent producer on when the broker supports it (InitProducerId)
+    idempotent: Literal["auto", "on", "off"] = "auto"
+    #: record batches in flight at once; order per partition is kept by the producer
+    max_in_flight: Annotated[int, Field(ge=1, le=16)] = 4
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    readings_topic: SafeId = "readings"
+    status_topic: SafeId = "gateway-status"
+
+    @model_validator(mode="after")
+    def _sasl(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
+                "sasl_username and sasl_password (or sasl_password_file)"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate)")
+        return self
+
+
+class BufferConfig(_Frozen):
+    """The durable store-and-forward queue between sources and Kafka."""
+
+    backend: Literal["sqlite", "memory"] = "sqlite"
+    path: Path = Path("/var/lib/climastream/buffer.db")
+    #: counts each record's payload + 8 bytes, and 64 bytes per chunk (one ingest batch)
+    max_bytes: Annotated[int, Field(ge=64 * 1024)] = 512 * 1024 * 1024
+    max_age: timedelta = timedelta(days=7)
+    #: drop_oldest: evict gateway-status records first, then the oldest readings;
+    #: drop_newest: refuse new readings while full. Both count every drop by reason.
+    overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    #: 0: every append is fsynced before it counts as accepted (nothing lost on power cut).
+    #: > 0: appends survive a process crash at once, and reach the disk within this window;
+    #: a power cut loses at most the window, and the agent counts that loss on restart.
+    fsync_window_s: Annotated[float, Field(ge=0, le=60)] = 0.0
+    #: gateway-assigned sequence numbers are leased this many ahead, durably, so a power cut
+    #: never makes the agent reuse a (device, seq) that Kafka may already hold
+    seq_lease: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+
+
+# --------------------------------------------------------------------------- models
+
+
+class FeatureSpec(_Frozen):
+    """One input column of a model.
+
+    ``quantity`` (default: the reading's own) on the same device, or on ``device`` when a
+    neighbour measures it (e.g. humidity from a co-located T/RH sensor). ``window`` > 1 feeds
+    the last N values of that series, oldest first, ending with the current one.
+    """
+
+    quantity: Quantity | None = None
+    device: SafeId | None = None
+    window: Annotated[int, Field(ge=1, le=256)] = 1
+    max_age_s: Annotated[float, Field(gt=0)] = 900.0
+
+
+class ModelOutputConfig(_Frozen):
+    """What the model's output column becomes.
+
+    ``score``: the reading's ``score`` (flag ``anomaly`` when >= ``threshold``);
+    ``correct``: replaces the value (flag ``corrected``); ``derive``: a new reading of
+    ``quantity`` on device ``<device_id><device_suffix>`` (flag ``derived``).
+    """
+
+    kind: Literal["score", "correct", "derive"]
+    column: Annotated[int, Field(ge=0)] = 0
+    threshold: float | None = None
+    quantity: Quantity | None = None
+    device_suffix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,32}$")] = ".corrected"
+
+    @model_validator(mode="after")
+    def _derive_quantity(self) -> ModelOutputConfig:
+        if self.kind == "derive" and self.quantity is None:
+            raise ValueError("a derive output needs the quantity it produces")
+        return self
+
+
+class ModelConfig(_Frozen):
+    """An ONNX model applied to the readings of a device group."""
+
+    id: SafeId
+    path: Path
+    devices: Annotated[tuple[str, ...], Field(min_length=1)] = ("*",)
+    quantity: Quantity
+    inputs: Annotated[tuple[FeatureSpec, ...], Field(min_length=1)]
+    outputs: Annotated[tuple[ModelOutputConfig, ...], Field(min_length=1)]
+
+
+class MetricsConfig(_Frozen):
+    #: ``host:port`` for the Prometheus endpoint; null disables it
+    listen: str | None = "127.0.0.1:9108"
+
+
+class GatewayConfig(_Frozen):
+    gateway_id: SafeId
+    zone: SafeId | None = None
+    kafka: KafkaConfig = KafkaConfig()
+    buffer: BufferConfig = BufferConfig()
+    batch_max_readings: Annotated[int, Field(ge=1, le=5000)] = 500
+    batch_max_wait_s: Seconds = 0.2
+    status_interval_s: Seconds = 10.0
+    metrics: MetricsConfig = MetricsConfig()
+    models: tuple[ModelConfig, ...] = ()
+    sources: Annotated[tuple[SourceConfig, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> GatewayConfig:
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {dupes}")
+        ids = [m.id for m in self.models]
+        if len(set(ids)) != len(ids):
+            raise ValueError("model ids must be unique")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _resolve(node: Any, where: str, base: Path) -> Any:
+    """Expand ``${VAR}`` and ``<secret>_file`` keys; raise ConfigError naming the key."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and key.endswith("_file") and key[:-5] in SECRET_KEYS:
+                secret_path = Path(str(_resolve(value, path, base)))
+                if not secret_path.is_absolute():
+                    secret_path = base / secret_path
+                try:
+                    out[key[:-5]] = secret_path.read_text().removesuffix("\n")
+                except OSError as exc:
+                    raise ConfigError(f"{path}: cannot read secret file: {exc.strerror}") from None
+                continue
+            out[key] = _resolve(value, path, base)
+        return out
+    if isinstance(node, list):
+        return [_resolve(v, f"{where}.{i}", base) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+
+        def sub(match: re.Match[str]) -> str:
+            value = os.environ.get(match.group(1), match.group(2))
+            if value is None:
+                raise ConfigError(f"{where}: environment variable {match.group(1)} is not set")
+            return value
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    """Load and validate a gateway config file; raise :class:`ConfigError` naming bad keys.
+
+    Relative model and layout paths stay relative to the working directory (systemd runs
+    the agent in its state directory); ``*_file`` secrets are relative to the config file.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        raw = _resolve(raw, "", path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        # drop pydantic's union-tag segment ("serial") so the key path reads like YAML
+        problems = error_lines(exc, root="<top>", drop=("simulated", "serial", "mqtt"))
+        lines = [f"  {problem}" for problem in problems]
+        raise ConfigError(f"{path}: invalid gateway config:\n" + "\n".join(lines)) from None

@@ -1,0 +1,109 @@
+"""Prometheus metrics for the gateway, collected at scrape time from the agent's state.
+
+Nothing is counted twice and the hot path pays nothing: the collector reads the same
+counters the GatewayStatus carries (one snapshot per scrape).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from climastream.contract import GatewayStatus, SourceState
+
+log = logging.getLogger(__name__)
+
+
+class AgentCollector:
+    """A prometheus_client collector over a status snapshot and per-source extras."""
+
+    def __init__(self, snapshot: Callable[[], GatewayStatus], agent: Any) -> None:
+        self._snapshot = snapshot
+        self._agent = agent
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        status = self._snapshot()
+        prefix = "climastream_edge_"
+        yield CounterMetricFamily(
+            prefix + "readings_accepted", "readings made durable", status.readings_accepted_total
+        )
+        yield CounterMetricFamily(
+            prefix + "readings_sent", "readings acknowledged by Kafka", status.readings_sent_total
+        )
+        dropped = CounterMetricFamily(prefix + "dropped", "readings dropped", labels=["reason"])
+        for reason, count in status.dropped.items():
+            dropped.add_metric([reason], count)
+        yield dropped
+        decode = CounterMetricFamily(
+            prefix + "decode_errors", "undecodable input", labels=["reason"]
+        )
+        for reason, count in status.decode_errors.items():
+            decode.add_metric([reason], count)
+        yield decode
+        yield GaugeMetricFamily(prefix + "buffer_depth", "readings buffered", status.buffer_depth)
+        yield GaugeMetricFamily(prefix + "buffer_bytes", "bytes buffered", status.buffer_bytes)
+        yield GaugeMetricFamily(
+            prefix + "buffer_capacity_bytes", "buffer bound", status.buffer_capacity_bytes
+        )
+        yield GaugeMetricFamily(
+            prefix + "buffer_oldest_age_seconds",
+            "age of the oldest buffered reading",
+            status.buffer_oldest_age_s or 0.0,
+        )
+        if status.outage_capacity_hours is not None:
+            yield GaugeMetricFamily(
+                prefix + "outage_capacity_hours",
+                "hours of uplink outage the buffer absorbs at the current rate",
+                status.outage_capacity_hours,
+            )
+        states = GaugeMetricFamily(
+            prefix + "source_state", "1 for the current state", labels=["source", "state"]
+        )
+        reconnects = CounterMetricFamily(
+            prefix + "source_reconnects", "device reconnects", labels=["source"]
+        )
+        for source in self._agent.sources:
+            for state in SourceState:
+                states.add_metric([source.name, state.value], 1.0 if source.state is state else 0)
+            reconnects.add_metric([source.name], getattr(source, "reconnects", 0))
+        yield states
+        yield reconnects
+        latency = GaugeMetricFamily(
+            prefix + "model_latency_seconds", "last batch run", labels=["model"]
+        )
+        failures = CounterMetricFamily(
+            prefix + "model_failures", "model failures", labels=["model", "stage"]
+        )
+        rows = CounterMetricFamily(prefix + "model_rows", "rows scored", labels=["model"])
+        for model in self._agent.models:
+            if model.last_latency_ms is not None:
+                latency.add_metric([model.id], model.last_latency_ms / 1000.0)
+            for stage, count in model.failures.items():
+                failures.add_metric([model.id, stage], count)
+            rows.add_metric([model.id], model.rows)
+        yield latency
+        yield failures
+        yield rows
+        yield GaugeMetricFamily(
+            prefix + "kafka_up",
+            "1 if the last send succeeded",
+            1.0 if self._agent.kafka_up else 0.0,
+        )
+        yield CounterMetricFamily(
+            prefix + "kafka_send_failures", "failed sends", self._agent.counters.send_failures
+        )
+
+
+def serve(listen: str, collector: AgentCollector) -> Any:
+    """Start the /metrics endpoint on ``host:port`` in a daemon thread; returns the server."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    host, _, port = listen.rpartition(":")
+    registry = CollectorRegistry()
+    registry.register(collector)
+    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    log.info("metrics endpoint listen=%s", listen)
+    return server

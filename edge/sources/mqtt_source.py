@@ -1,0 +1,213 @@
+"""Devices over MQTT: LoRaWAN network servers (ChirpStack, TTS) and generic JSON devices.
+
+Delivery contract (at-least-once, nothing lost): the source subscribes with QoS 1 on a
+persistent session (fixed client id, ``clean_session`` off), so the broker keeps messages
+while the gateway is down. Messages are acknowledged (PUBACK) only when the agent calls the
+ack returned by :meth:`MqttSource.read_acked`, which it does after the readings are
+durable. A crash before that makes the broker redeliver; frames with a device counter
+(fCnt, framed seq) get the same (device, seq) again and are deduplicated downstream.
+
+aiomqtt 2.x (the maintained successor of asyncio-mqtt) has no manual-ack option as of
+2.5.1, so the source switches it on in the paho client aiomqtt wraps (``manual_ack_set``)
+and acks with paho's ``ack(mid, qos)``: the one place we reach into aiomqtt's client. Acks
+of a connection that has since dropped are skipped: the broker redelivers those messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from climastream.contract import Location, SourceState
+from climastream.extras import require
+from edge.config import MqttSourceConfig
+from edge.sources import Sample
+from edge.sources.convert import to_samples
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 500
+
+
+class MqttSource:
+    def __init__(
+        self,
+        config: MqttSourceConfig,
+        *,
+        gateway_id: str = "gateway",
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        from firmware_bridge.codecs import CodecOptions
+        from firmware_bridge.lorawan.layout import builtin_layout, load_layout
+        from firmware_bridge.mqtt.generic_json import mapping_from_dict
+
+        self.name = config.name
+        self._config = config
+        self._clock = clock
+        layout = None
+        if config.layout is not None:
+            layout = (
+                load_layout(config.layout)
+                if config.layout.endswith((".yaml", ".yml"))
+                else builtin_layout(config.layout)
+            )
+        mapping = (
+            mapping_from_dict(config.mapping, f"sources.{config.name}.mapping")
+            if (config.mapping is not None)
+            else None
+        )
+        self._options = CodecOptions(
+            layout=layout, mapping=mapping, inner=config.lorawan_codec or "cayenne", now=clock
+        )
+        self._client_id = config.broker.client_id or f"climastream-{gateway_id}-{config.name}"
+        self._client: Any = None
+        self._messages: Any = None
+        self._generation = 0
+        self._state = SourceState.DOWN
+        self._errors: dict[str, int] = {}
+        self._backoff = config.reconnect_min_s
+        self.reconnects = 0
+        self._connected_once = False
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    @property
+    def decode_errors(self) -> dict[str, int]:
+        return self._errors
+
+    def _zone(self, device: str) -> str | None:
+        meta = self._config.devices.get(device)
+        return meta.zone if meta else None
+
+    def _location(self, device: str) -> Location | None:
+        meta = self._config.devices.get(device)
+        return meta.location if meta else None
+
+    async def start(self) -> None:
+        require("aiomqtt", "edge")
+        self._state = SourceState.CONNECTING
+
+    async def _connect(self) -> None:
+        import aiomqtt
+
+        broker = self._config.broker
+        tls = None
+        if broker.tls:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(broker.ssl_cafile) if broker.ssl_cafile else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        client = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            username=broker.username,
+            password=broker.password.get_secret_value() if broker.password else None,
+            identifier=self._client_id,
+            clean_session=False,
+            keepalive=broker.keepalive_s,
+            tls_params=tls,
+            max_queued_incoming_messages=10000,
+        )
+        client._client.manual_ack_set(True)  # see the module docstring
+        await client.__aenter__()
+        try:
+            for topic in self._config.topics:
+                await client.subscribe(topic, qos=1)
+        except BaseException:
+            await client.__aexit__(None, None, None)
+            raise
+        self._client = client
+        self._messages = client.messages.__aiter__()
+        self._generation += 1
+        self._state = SourceState.UP
+        self._backoff = self._config.reconnect_min_s
+        if self._connected_once:
+            self.reconnects += 1
+        self._connected_once = True
+        log.info("mqtt connected source=%s broker=%s:%s", self.name, broker.host, broker.port)
+
+    async def _drop(self) -> None:
+        client, self._client = self._client, None
+        self._state = SourceState.CONNECTING
+        if client is not None:
+            try:
+                await client.__aexit__(None, None, None)
+            except Exception as exc:
+                log.debug("mqtt disconnect error source=%s error=%r", self.name, exc)
+
+    async def read(self) -> list[Sample]:
+        samples, ack = await self.read_acked()
+        ack()
+        return samples
+
+    async def read_acked(self) -> tuple[list[Sample], Callable[[], None]]:
+        """Next batch of samples and the ack to call once they are durable."""
+        import aiomqtt
+
+        while True:
+            if self._client is None:
+                try:
+                    await self._connect()
+                except (aiomqtt.MqttError, OSError) as exc:
+                    log.warning("mqtt connect failed source=%s error=%s", self.name, exc)
+                    await asyncio.sleep(self._backoff)
+                    self._backoff = min(self._backoff * 2, self._config.reconnect_max_s)
+                    continue
+            try:
+                first = await self._messages.__anext__()
+                messages = [first]
+                while len(self._client.messages) > 0 and len(messages) < MAX_BATCH:
+                    messages.append(await self._messages.__anext__())
+            except (aiomqtt.MqttError, StopAsyncIteration) as exc:
+                log.warning("mqtt connection lost source=%s error=%s", self.name, exc)
+                await self._drop()
+                continue
+            return self._decode(messages), self._acker(messages)
+
+    def _decode(self, messages: list[Any]) -> list[Sample]:
+        from dataclasses import replace
+
+        from firmware_bridge.codecs import decode_payload
+
+        samples: list[Sample] = []
+        for message in messages:
+            payload = (
+                message.payload
+                if isinstance(message.payload, bytes)
+                else str(message.payload).encode()
+            )
+            options = replace(self._options, topic=str(message.topic))
+            results = decode_payload(self._config.format, payload, options)
+            samples.extend(
+                to_samples(
+                    results,
+                    errors=self._errors,
+                    now=self._clock,
+                    zone=self._zone,
+                    location=self._location,
+                )
+            )
+        return samples
+
+    def _acker(self, messages: list[Any]) -> Callable[[], None]:
+        generation = self._generation
+        client = self._client
+
+        def ack() -> None:
+            if generation != self._generation or self._client is not client:
+                return  # that connection is gone; the broker redelivers
+            for message in messages:
+                if message.qos > 0:
+                    client._client.ack(message.mid, message.qos)
+
+        return ack
+
+    async def stop(self) -> None:
+        await self._drop()
+        self._state = SourceState.DISABLED

@@ -1,0 +1,362 @@
+"""Config loading (keys named in errors, secrets), the agent's ingest path and the models."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from climastream.contract import QualityFlag, Quantity, Reading, ReadingBatch, decode
+from edge.agent import Agent
+from edge.buffer import Kind, MemoryBuffer
+from edge.config import ConfigError, GatewayConfig, ModelConfig, load_config
+from edge.inference import ModelRunner
+from edge.sources import Sample
+
+ROOT = Path(__file__).resolve().parents[3]
+MODELS = ROOT / "edge" / "models"
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def test_example_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_PASSWORD", "s3cret-value")
+    config = load_config(ROOT / "deploy/pi/gateway.example.yaml")
+    assert config.kafka.sasl_password is not None
+    assert config.kafka.sasl_password.get_secret_value() == "s3cret-value"
+    assert "s3cret-value" not in repr(config)
+    assert "s3cret-value" not in str(config.model_dump(mode="json"))
+    assert load_config(ROOT / "deploy/local/demo-gateway.yaml").models[1].id == "pm-humidity"
+
+
+def test_missing_env_secret_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE_PASSWORD", raising=False)
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nkafka: {sasl_password: '${NOPE_PASSWORD}'}\n"
+        "sources: [{kind: simulated, devices: [{device_id: d, quantities: [temperature]}]}]\n"
+    )
+    with pytest.raises(ConfigError, match=r"kafka\.sasl_password: environment variable NOPE"):
+        load_config(path)
+
+
+def test_env_default_applies_only_when_the_variable_is_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nkafka: {bootstrap_servers: '127.0.0.1:${GW_TEST_PORT:-9092}'}\n"
+        "sources: [{kind: simulated, devices: [{device_id: d, quantities: [temperature]}]}]\n"
+    )
+    monkeypatch.delenv("GW_TEST_PORT", raising=False)
+    assert load_config(path).kafka.bootstrap_servers == "127.0.0.1:9092"
+    monkeypatch.setenv("GW_TEST_PORT", "29092")
+    assert load_config(path).kafka.bootstrap_servers == "127.0.0.1:29092"
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("from-file\n")
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nkafka: {sasl_password_file: pw}\n"
+        "sources: [{kind: simulated, devices: [{device_id: d, quantities: [temperature]}]}]\n"
+    )
+    password = load_config(path).kafka.sasl_password
+    assert password is not None
+    assert password.get_secret_value() == "from-file"
+
+
+def test_errors_name_the_offending_key(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nsources:\n  - {kind: serial, name: s, port: /dev/x, codec: sds011,"
+        " baudrate: -1, device_id: d}\n"
+    )
+    with pytest.raises(ConfigError, match=r"sources\.0\.baudrate: Input should be greater"):
+        load_config(path)
+    path.write_text(
+        "gateway_id: gw1\nsources:\n  - {kind: serial, name: s, port: /x, codec: sds011}\n"
+    )
+    with pytest.raises(ConfigError, match="device_id is required"):
+        load_config(path)
+
+
+def _config(models: list[dict[str, Any]] | None = None) -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "gateway_id": "gw1",
+            "zone": "centre",
+            "metrics": {"listen": None},
+            "models": models or [],
+            "sources": [
+                {"kind": "simulated", "devices": [{"device_id": "x", "quantities": ["no2"]}]}
+            ],
+        }
+    )
+
+
+def _agent(config: GatewayConfig, models: list[ModelRunner] | None = None) -> Agent:
+    agent = Agent(config, sources=[], uplink=None, models=models)  # type: ignore[arg-type]
+    agent.buffer = MemoryBuffer(max_bytes=10**7, max_age_s=3600)
+    agent.models = models or []
+    agent.clock = lambda: NOW
+    return agent
+
+
+def _sample(
+    device: str, quantity: Quantity, value: float, unit: str, seq: int | None = None
+) -> Sample:
+    return Sample(device, quantity, value, unit, NOW - timedelta(seconds=1), seq=seq)
+
+
+def _stored(agent: Agent) -> list[Reading]:
+    assert agent.buffer is not None
+    return [
+        decode(payload, Reading, now=NOW)
+        for p in agent.buffer.take(Kind.READING, 1000)
+        for payload in p.payloads()
+    ]
+
+
+def test_ingest_stores_the_contract_encoding_and_numbers_devices() -> None:
+    agent = _agent(_config())
+    agent.ingest(
+        [
+            _sample("a", Quantity.TEMPERATURE, 21.5, "Cel"),
+            _sample("a", Quantity.RELATIVE_HUMIDITY, 55.0, "%RH"),
+            _sample("b", Quantity.TEMPERATURE, 19.0, "Cel", seq=7),
+            _sample("a", Quantity.TEMPERATURE, 999.0, "Cel"),  # implausible: counted
+        ]
+    )
+    readings = _stored(agent)
+    assert [(r.device_id, r.seq) for r in readings] == [("a", 0), ("a", 1), ("b", 7)]
+    assert agent.counters.dropped == {"invalid_reading": 1}
+    assert agent.counters.accepted == 3
+    assert readings[0].zone == "centre"
+    assert readings[0].gateway_id == "gw1"
+    # the stored payload is byte for byte what the contract's own encoder produces
+    from climastream.contract import encode
+
+    assert agent.buffer is not None
+    agent.buffer.release(Kind.READING)
+    (first,) = agent.buffer.take(Kind.READING, 1)
+    assert first.payload == encode(readings[0])
+    # the chunk holds the payloads joined with ",": a ReadingBatch's readings array as is
+    agent.buffer.release(Kind.READING)
+    (chunk,) = agent.buffer.take(Kind.READING, 1000)
+    assert chunk.payload == b",".join(encode(r) for r in readings)
+
+
+def test_a_batch_record_joins_chunks_into_one_reading_batch() -> None:
+    agent = _agent(_config())
+    agent.ingest([_sample("a", Quantity.TEMPERATURE, 20.0 + i, "Cel") for i in range(3)])
+    agent.ingest([_sample("b", Quantity.TEMPERATURE, 10.0 + i, "Cel") for i in range(3)])
+    assert agent.buffer is not None
+    pending = agent.buffer.take(Kind.READING, 5)  # a whole chunk and part of the next
+    assert [p.count for p in pending] == [3, 2]
+    record = agent._batch_record(pending)
+    assert record == agent._prefix + b",".join(p.payload for p in pending) + b"]}"
+    batch = decode(record, ReadingBatch, now=NOW)
+    assert batch.gateway_id == "gw1"
+    assert [(r.device_id, r.seq) for r in batch.readings] == [
+        ("a", 0),
+        ("a", 1),
+        ("a", 2),
+        ("b", 0),
+        ("b", 1),
+    ]
+
+
+def _runner(model_id: str, **kwargs: Any) -> ModelRunner:
+    return ModelRunner(ModelConfig.model_validate({"id": model_id, **kwargs}))
+
+
+def test_humidity_correction_derives_a_traceable_reading() -> None:
+    runner = _runner(
+        "pm-humidity",
+        path=str(MODELS / "pm_humidity_correction.onnx"),
+        devices=["pm-*"],
+        quantity="pm2_5",
+        inputs=[{"quantity": "pm2_5"}, {"quantity": "relative_humidity"}],
+        outputs=[{"kind": "derive", "quantity": "pm2_5"}],
+    )
+    agent = _agent(_config(), [runner])
+    agent.ingest(
+        [
+            _sample("pm-1", Quantity.RELATIVE_HUMIDITY, 95.0, "%RH"),
+            _sample("pm-1", Quantity.PM2_5, 40.0, "ug/m3"),
+            _sample("other", Quantity.PM2_5, 40.0, "ug/m3"),  # not in the device group
+        ]
+    )
+    readings = {r.device_id: r for r in _stored(agent)}
+    derived = readings["pm-1.corrected"]
+    assert derived.model_id == runner.ref
+    assert runner.ref.startswith("pm-humidity:")
+    assert len(runner.ref.split(":")[1]) == 12
+    assert derived.quality == (QualityFlag.DERIVED,)
+    # kappa-Koehler at 95 % RH, kappa 0.4: growth 1 + (0.4/1.65)/(1/0.95 - 1) = 5.6
+    assert 40.0 / 5.6 * 0.6 < derived.value < 40.0 / 5.6 * 1.6
+    assert readings["pm-1"].value == 40.0
+    assert readings["other"].model_id is None
+
+
+def test_anomaly_scores_a_stuck_sensor_high_and_a_noisy_one_low() -> None:
+    runner = _runner(
+        "anomaly",
+        path=str(MODELS / "sensor_anomaly.onnx"),
+        quantity="temperature",
+        inputs=[{"window": 16}],
+        outputs=[{"kind": "score", "threshold": 0.9}],
+    )
+    import random
+
+    rng = random.Random(3)
+    samples = []
+    for _ in range(16):
+        samples.append(_sample("stuck", Quantity.TEMPERATURE, 21.0, "Cel"))
+        samples.append(_sample("ok", Quantity.TEMPERATURE, 21.0 + rng.gauss(0, 0.3), "Cel"))
+    agent = _agent(_config(), [runner])
+    agent.ingest(samples)
+    last = {r.device_id: r for r in _stored(agent)}
+    assert runner.runs == 1  # one micro-batch for both devices
+    assert last["stuck"].score is not None
+    assert last["stuck"].score > 0.9
+    assert QualityFlag.ANOMALY in last["stuck"].quality
+    assert last["ok"].score is not None
+    assert last["ok"].score < 0.5
+
+
+def test_a_model_that_fails_to_load_flags_readings_and_they_still_flow(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not onnx")
+    runner = _runner(
+        "broken", path=str(broken), quantity="temperature", inputs=[{}], outputs=[{"kind": "score"}]
+    )
+    assert runner.error is not None
+    assert runner.failures == {"load": 1}
+    agent = _agent(_config(), [runner])
+    agent.ingest([_sample("a", Quantity.TEMPERATURE, 20.0, "Cel")])
+    (reading,) = _stored(agent)
+    assert reading.quality == (QualityFlag.MODEL_FAILED,)
+    assert reading.model_id == runner.ref
+    status = agent.snapshot()
+    assert status.model_errors == {"broken": 1}
+
+
+def test_a_model_that_fails_to_run_flags_the_batch() -> None:
+    class Exploding:
+        def get_inputs(self) -> list[Any]:
+            class Input:
+                name = "x"
+                shape = (None, 1)
+
+            return [Input()]
+
+        def run(self, *_args: Any) -> Any:
+            raise RuntimeError("boom")
+
+    config = ModelConfig.model_validate(
+        {
+            "id": "m",
+            "path": "none.onnx",
+            "quantity": "temperature",
+            "inputs": [{}],
+            "outputs": [{"kind": "score"}],
+        }
+    )
+    runner = ModelRunner(config, session_factory=lambda _p: Exploding())
+    agent = _agent(_config(), [runner])
+    agent.ingest(
+        [
+            _sample("a", Quantity.TEMPERATURE, 20.0, "Cel"),
+            _sample("b", Quantity.TEMPERATURE, 21.0, "Cel"),
+        ]
+    )
+    assert [r.quality for r in _stored(agent)] == [(QualityFlag.MODEL_FAILED,)] * 2
+    assert runner.failures == {"run": 2}
+
+
+def test_sd_notify_sends_a_datagram(tmp_path: Path) -> None:
+    import socket
+
+    from edge import systemd
+
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        assert systemd.notify("READY=1", path)
+        assert sock.recv(64) == b"READY=1"
+    assert not systemd.notify("READY=1", "")
+
+
+async def test_status_reports_outage_capacity_from_the_ingest_rate() -> None:
+    agent = _agent(_config())
+    agent._worker.shutdown()  # not used here
+    agent.ingest([_sample("a", Quantity.TEMPERATURE, 20.0, "Cel")])
+    agent.snapshot()
+    await asyncio.sleep(0.05)
+    agent.ingest([_sample("a", Quantity.TEMPERATURE, 20.0, "Cel") for _ in range(100)])
+    status = agent.snapshot()
+    assert status.outage_capacity_hours is not None
+    assert 0 < status.outage_capacity_hours <= 7 * 24
+    assert status.buffer_depth == 101
+
+
+def test_bad_model_outputs_flag_the_reading_and_good_ones_apply() -> None:
+    """Per output column: non-finite or implausible values flag, never store, the reading."""
+
+    class Scripted:
+        """Returns one scripted row per input row: [score, corrected pm2.5]."""
+
+        def __init__(self, rows: list[list[float]]) -> None:
+            self.rows = rows
+
+        def get_inputs(self) -> list[Any]:
+            class Input:
+                name = "x"
+                shape = (None, 1)
+
+            return [Input()]
+
+        def run(self, *_args: Any) -> Any:
+            import numpy as np
+
+            return [np.asarray(self.rows, np.float32)]
+
+    config = ModelConfig.model_validate(
+        {
+            "id": "m",
+            "path": "none.onnx",
+            "quantity": "pm2_5",
+            "inputs": [{}],
+            "outputs": [
+                {"kind": "score", "column": 0, "threshold": 0.8},
+                {"kind": "correct", "column": 1},
+                {"kind": "derive", "column": 2, "quantity": "pm2_5"},  # no such column
+            ],
+        }
+    )
+    nan = float("nan")
+    session = Scripted([[0.9, 12.5], [0.1, -5.0], [nan, 1e9], [0.8, nan]])
+    runner = ModelRunner(config, session_factory=lambda _p: session)
+    agent = _agent(_config(), [runner])
+    agent.ingest([_sample(f"d{i}", Quantity.PM2_5, 20.0, "ug/m3") for i in range(4)])
+    got = {r.device_id: r for r in _stored(agent)}
+    assert set(got) == {"d0", "d1", "d2", "d3"}  # the missing derive column derives nothing
+    failed, anomaly, corrected = (
+        QualityFlag.MODEL_FAILED,
+        QualityFlag.ANOMALY,
+        QualityFlag.CORRECTED,
+    )
+    assert (got["d0"].score, got["d0"].value) == (pytest.approx(0.9), 12.5)
+    assert got["d0"].quality == (anomaly, corrected, failed)
+    assert (got["d1"].score, got["d1"].value) == (pytest.approx(0.1), 20.0)  # -5 implausible
+    assert got["d1"].quality == (failed,)
+    assert (got["d2"].score, got["d2"].value) == (None, 20.0)
+    assert got["d2"].quality == (failed,)
+    assert (got["d3"].score, got["d3"].value) == (pytest.approx(0.8), 20.0)  # >= threshold
+    assert got["d3"].quality == (anomaly, failed)
+    assert all(r.model_id == runner.ref for r in got.values())
+    assert runner.failures == {"bad_output": 1 + 2 + 3 + 2}  # per reading, per output

@@ -1,0 +1,37 @@
+"""The serial source on a real pseudo-terminal: frames become samples, noise is counted."""
+
+from __future__ import annotations
+
+import os
+import tty
+
+from climastream.contract import Quantity, SourceState
+from edge.config import SerialSourceConfig
+from edge.sources.serial_source import SerialSource
+from firmware_bridge.serial_codecs.sds011 import encode_sds011
+
+
+async def test_frames_after_line_noise_decode_and_the_noise_is_counted() -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    source = SerialSource(
+        SerialSourceConfig(
+            name="sds", port=os.ttyname(slave), codec="sds011", device_id="sds-1", zone="centre"
+        )
+    )
+    await source.start()
+    try:
+        assert source.state is SourceState.UP
+        noise = b"\x13\x37\x00\xff\x42"
+        os.write(master, noise + encode_sds011(12.3, 45.6))
+        samples = await source.read()
+        assert {(s.quantity, s.value) for s in samples} == {
+            (Quantity.PM2_5, 12.3),
+            (Quantity.PM10, 45.6),
+        }
+        assert {s.device_id for s in samples} == {"sds-1"}
+        assert source.decode_errors == {"garbage_bytes": len(noise)}
+    finally:
+        await source.stop()
+        os.close(master)
+        os.close(slave)
