@@ -1,0 +1,457 @@
+"""The Faust application: the two KPI stages on partitions, with checkpointed state.
+
+Stage 1 (agent ``devices``, on ``readings`` keyed by gateway) de-duplicates readings and
+keeps per-device window partials in memory (:class:`stream.windows.DeviceWindows`). A
+0.25 s timer advances the watermark on the wall clock once a partition is caught up, and
+sends the closed device windows, re-keyed by zone, to the internal topic
+``<app_id>-kpi-partials``, followed by the partition's watermark to every partition of it.
+
+Stage 2 (agent ``zones``, on that internal topic) combines the devices of a zone, whatever
+gateway or partition they came from (:class:`stream.zones.ZoneWindows`), closes a zone
+window once every stage-1 partition's watermark has passed it, and sends KpiValues to
+``kpi``.
+
+Recovery: each stage checkpoints its in-memory state per partition, together with the
+offset it covers, to a changelogged Faust table (``kpi-state``; RocksDB via rocksdict when
+installed, memory otherwise) at most once per ``checkpoint_interval_s`` and after every
+wall-clock close, never per reading. Records are acked (so their offsets may be committed)
+only after a checkpoint that covers them, and Faust flushes the changelog before it commits
+offsets. After a crash, the new owner restores the checkpoint, skips records it already
+covers and replays the rest, so every reading counts exactly once; windows closed but not
+yet checkpointed are re-emitted with the same values (KPI consumers are idempotent per
+series and timestamp).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from climastream.contract import ContractError, ReadingBatch, Topics, decode, encode
+from climastream.extras import require
+from stream.config import StreamConfig
+from stream.windows import DevicePartial, DeviceWindows
+from stream.zones import ZoneWindows, partition_for, routing_keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "climastream-kpi"
+    config: StreamConfig = field(default_factory=StreamConfig)
+    close_interval_s: float = 0.25
+    checkpoint_interval_s: float = 1.0
+    data_dir: str = ".faust"
+    #: "auto": RocksDB (rocksdict) when installed, else memory; or "memory" / "rocksdb"
+    store: str = "auto"
+    #: the topic of ReadingBatch records (benchmarks use their own)
+    readings_topic: str = Topics.READINGS.name
+    #: upper bound of one record on the internal partials topic: catching up after an
+    #: outage closes thousands of device windows at once, far more than one Kafka record
+    #: may carry (1 MiB by default), so they go out in several records
+    partials_record_bytes: int = 256 * 1024
+
+    @property
+    def partials_topic(self) -> str:
+        return f"{self.app_id}-kpi-partials"
+
+    @property
+    def changelog_topic(self) -> str:
+        return f"{self.app_id}-kpi-state-changelog"
+
+    @classmethod
+    def from_env(cls) -> StreamSettings:
+        config_path = os.environ.get("CLIMASTREAM_STREAM_CONFIG")
+        return cls(
+            bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            app_id=os.environ.get("CLIMASTREAM_STREAM_APP_ID", "climastream-kpi"),
+            config=StreamConfig.load(config_path) if config_path else StreamConfig(),
+        )
+
+
+def store_url(choice: str) -> str:
+    if choice == "memory":
+        return "memory://"
+    if choice == "rocksdb":
+        return "rocksdb://"
+    try:
+        import rocksdict  # noqa: F401
+    except ImportError:
+        return "memory://"
+    return "rocksdb://"
+
+
+class KafkaUnreachable(RuntimeError):
+    """No bootstrap server answered: the message says where it looked and what to set."""
+
+
+async def start_admin(bootstrap_servers: str) -> Any:
+    """A started aiokafka admin client, or :class:`KafkaUnreachable` (no traceback)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaConnectionError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await admin.start()
+    except KafkaConnectionError:
+        with contextlib.suppress(Exception):
+            await admin.close()
+        raise KafkaUnreachable(
+            f"cannot reach Kafka at {bootstrap_servers}; is it running? "
+            "(set --kafka or CLIMASTREAM_KAFKA_BOOTSTRAP)"
+        ) from None
+    return admin
+
+
+async def ensure_topics(settings: StreamSettings) -> None:
+    """Create the internal topics with the contract's partition count (Tansu would
+    auto-create them with its own default, and Faust's co-partitioning needs equal counts)."""
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    partitions = Topics.READINGS.partitions
+    admin = await start_admin(settings.bootstrap_servers)
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, partitions, 1)
+            for name in (settings.partials_topic, settings.changelog_topic)
+            if name not in existing
+        ]
+        if wanted:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(wanted)
+    finally:
+        await admin.close()
+
+
+@dataclass
+class _Partition:
+    """One partition's engine plus what is needed to checkpoint and ack it."""
+
+    engine: Any
+    offset: int = -1  # last offset whose effect is in ``engine``
+    pending: list[Any] = field(default_factory=list)  # events to ack after a checkpoint
+    last_event: Any = None
+    last_checkpoint: float = 0.0
+
+
+@dataclass
+class EngineMetrics:
+    readings: int = 0
+    late: int = 0
+    dead_letter: int = 0
+    kpis: int = 0
+    checkpoints: int = 0
+
+
+#: ``produce(topic, key, value, partition, headers)``: hand one record to the producer
+Produce = Callable[[str, bytes | None, bytes, int | None, dict[str, bytes] | None], Awaitable[Any]]
+
+
+def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
+    """The Faust app of both stages.
+
+    ``produce`` sends every output record (partials, KpiValues, late readings, dead
+    letters); by default the app's own producer. It is called once per record, so it must
+    be cheap: the default hands the record straight to the started producer instead of
+    going through ``Topic.send``, which costs an event-loop turn per record (Faust starts
+    the producer through a wrapper that awaits ``asyncio.sleep(0)`` on every send) plus
+    Faust's message-future and sensor layer. The records go into the same producer, so
+    Faust's flush before each offset commit still covers them.
+    """
+    faust = require("faust", "stream")
+    from faust.streams import _current_event
+
+    config = settings.config
+    n = Topics.READINGS.partitions
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store=store_url(settings.store),
+        datadir=settings.data_dir,
+        # a consumer-group join waits half the session timeout on Tansu: keep it short
+        broker_session_timeout=3.0,
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=n,
+        topic_allow_declare=False,
+        web_enabled=False,
+        producer_linger_ms=5,
+        # records are acked only after a checkpoint covers them; on shutdown the unacked
+        # rest is replayed by the next owner, so do not wait for them
+        stream_wait_empty=False,
+    )
+    raw = {"value_serializer": "raw", "key_serializer": "raw"}
+    readings = app.topic(settings.readings_topic, **raw)
+    partials_topic = app.topic(settings.partials_topic, partitions=n, **raw)
+    producer: list[Any] = []  # the started Faust producer, once known
+
+    async def _produce(
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None,
+        headers: dict[str, bytes] | None,
+    ) -> Any:
+        if not producer:
+            producer.append(await app.maybe_start_producer())
+        return await producer[0].send(topic, key, value, partition, None, headers)
+
+    send = produce or _produce
+    state = app.Table("kpi-state", partitions=n, key_type=bytes, value_type=bytes)
+    metrics = EngineMetrics()
+    app.climastream_metrics = metrics
+    stage1: dict[int, _Partition] = {}
+    stage2: dict[int, _Partition] = {}
+    app.climastream_stages = (stage1, stage2)
+
+    def load(stage: dict[int, _Partition], prefix: str, p: int) -> _Partition:
+        part = stage.get(p)
+        if part is not None:
+            return part
+        if prefix == "s1":
+            engine: Any = DeviceWindows(config.window, config.grace)
+        else:
+            engine = ZoneWindows(config, sources=n, owns=lambda key: partition_for(key, n) == p)
+        part = stage[p] = _Partition(engine)
+        snap = state.get(f"{prefix}:{p}".encode())
+        if snap:
+            saved = orjson.loads(snap)
+            engine.restore(saved["state"])
+            part.offset = saved["offset"]
+            log.info("restored stage=%s partition=%s offset=%s", prefix, p, part.offset)
+        part.last_checkpoint = time.monotonic()
+        return part
+
+    def checkpoint(prefix: str, p: int, part: _Partition) -> None:
+        """Write the partition's state to the changelogged table, then ack what it covers."""
+        if part.last_event is None:
+            return  # nothing consumed since the restart: the stored checkpoint still holds
+        value = orjson.dumps({"offset": part.offset, "state": part.engine.snapshot()})
+        # Faust writes a table key to the changelog partition of the *current event*; the
+        # timer has none, so it borrows the partition's last event (same partition).
+        token = _current_event.set(weakref.ref(part.last_event))
+        try:
+            state[f"{prefix}:{p}".encode()] = value
+        finally:
+            _current_event.reset(token)
+        for event in part.pending:
+            event.ack()
+        part.pending.clear()
+        part.last_checkpoint = time.monotonic()
+        metrics.checkpoints += 1
+
+    def due(part: _Partition) -> bool:
+        return time.monotonic() - part.last_checkpoint >= settings.checkpoint_interval_s
+
+    async def send_partials(p: int, closed: list[DevicePartial], horizon: int | None) -> None:
+        """Closed device windows to the zone stage, then this partition's watermark.
+
+        Per target partition the items go out in records of at most
+        ``partials_record_bytes`` (an item larger than that alone); only the last record
+        carries the watermark, so the zone stage has every item before it advances.
+        """
+        per_target: dict[int, list[bytes]] = {q: [] for q in range(n)}
+        for partial in closed:
+            for key, reference in routing_keys(partial, config):
+                per_target[partition_for(key, n)].append(orjson.dumps([key, reference, partial]))
+        src = b"%d" % p
+        last_wm = b"null" if horizon is None else b"%d" % horizon
+        for q, items in per_target.items():
+            if not items and horizon is None:
+                continue
+            chunks: list[list[bytes]] = [[]]
+            size = 0
+            for item in items:
+                if chunks[-1] and size + len(item) > settings.partials_record_bytes:
+                    chunks.append([])
+                    size = 0
+                chunks[-1].append(item)
+                size += len(item) + 1
+            for index, chunk in enumerate(chunks):
+                wm = last_wm if index == len(chunks) - 1 else b"null"
+                record = b'{"src":%s,"wm":%s,"items":[%s]}' % (src, wm, b",".join(chunk))
+                await send(settings.partials_topic, src, record, q, None)
+
+    def admit(stage: dict[int, _Partition], prefix: str, event: Any) -> _Partition | None:
+        """The state ``event`` goes into; None (and acked) when its checkpoint covers it.
+
+        The event is acked only once a later checkpoint covers its effect.
+        """
+        message = event.message
+        part = load(stage, prefix, message.partition)
+        if message.offset <= part.offset:
+            event.ack()  # already in the restored checkpoint
+            return None
+        part.offset = message.offset
+        part.pending.append(event)
+        part.last_event = event
+        return part
+
+    @app.agent(readings, name="devices")
+    async def devices(stream: Any) -> None:
+        async for event in stream.noack().events():
+            part = admit(stage1, "s1", event)
+            if part is None:
+                continue
+            p = event.message.partition
+            try:
+                batch = decode(event.value, ReadingBatch)
+            except ContractError as exc:
+                metrics.dead_letter += 1
+                headers = {"reason": b"contract", "error": str(exc).encode()[:1000]}
+                await send(Topics.DEAD_LETTER.name, event.key, event.value, None, headers)
+                continue
+            metrics.readings += len(batch.readings)
+            late = part.engine.add(batch.readings)
+            if late:
+                metrics.late += len(late)
+                late_batch = ReadingBatch(gateway_id=batch.gateway_id, readings=tuple(late))
+                await send(
+                    Topics.LATE_READINGS.name, late_batch.key, encode(late_batch), None, None
+                )
+            closed = part.engine.close()
+            if closed:
+                await send_partials(p, closed, part.engine.horizon())
+            if due(part):
+                checkpoint("s1", p, part)
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        # the next owner restores these from the changelog; never checkpoint them again
+        for tp in revoked:
+            if tp.topic == settings.readings_topic:
+                stage1.pop(tp.partition, None)
+            elif tp.topic == settings.partials_topic:
+                stage2.pop(tp.partition, None)
+
+    @app.timer(settings.close_interval_s)
+    async def close_windows() -> None:
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return  # tables are not restored yet: closing now could use stale state
+        assigned = {tp.partition: tp for tp in app.consumer.assignment()
+                    if tp.topic == settings.readings_topic}  # fmt: skip
+        for p in [p for p in stage1 if p not in assigned]:
+            del stage1[p]  # revoked: the new owner restores it from the changelog
+        for p in [p for p in stage2 if p not in _assigned(app, settings.partials_topic)]:
+            del stage2[p]
+        now = datetime.now(UTC)
+        for p, tp in sorted(assigned.items()):
+            part = load(stage1, "s1", p)
+            highwater = app.consumer.highwater(tp)
+            caught_up = highwater is not None and part.offset + 1 >= highwater
+            closed = part.engine.close(now if caught_up else None)
+            await send_partials(p, closed, part.engine.horizon())
+            if closed or due(part):
+                checkpoint("s1", p, part)
+
+    @app.agent(partials_topic, name="zones")
+    async def zones(stream: Any) -> None:
+        async for event in stream.noack().events():
+            part = admit(stage2, "s2", event)
+            if part is None:
+                continue
+            p = event.message.partition
+            record = orjson.loads(event.value)
+            engine: ZoneWindows = part.engine
+            for key, reference, partial in record["items"]:
+                engine.add(key, partial, reference)
+            if record["wm"] is not None:
+                engine.advance(str(record["src"]), record["wm"])
+                for kpi in engine.close():
+                    await send(Topics.KPI.name, kpi.key, encode(kpi), None, None)
+                    metrics.kpis += 1
+            if due(part):
+                checkpoint("s2", p, part)
+
+    return app
+
+
+class EngineCollector:
+    """Prometheus view of a KPI app's counters, read at scrape time (no per-record cost).
+
+    Stage-1 counts (duplicates, counter resets, open windows) are summed over the
+    partitions this worker holds; they are checkpointed with the partition, so they move
+    with it on a rebalance.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+
+    def describe(self) -> list[Any]:
+        return []  # collected lazily; nothing to check at registration
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        metrics: EngineMetrics = self._app.climastream_metrics
+        stage1, stage2 = self._app.climastream_stages
+        counters = {
+            "readings": ("readings consumed by stage 1", metrics.readings),
+            "late_readings": ("readings past the grace, sent to late-readings", metrics.late),
+            "dead_letter": ("records that failed the contract", metrics.dead_letter),
+            "kpis": ("KpiValues produced", metrics.kpis),
+            "checkpoints": ("state checkpoints written", metrics.checkpoints),
+            "duplicate_readings": (
+                "readings dropped as duplicates of a seen (device, seq)",
+                sum(part.engine.stats.duplicates for part in stage1.values()),
+            ),
+            "counter_resets": (
+                "device counters seen to restart (their readings are kept)",
+                sum(part.engine.stats.counter_resets for part in stage1.values()),
+            ),
+        }
+        for name, (help_text, value) in counters.items():
+            family = CounterMetricFamily(f"climastream_stream_{name}", help_text)
+            family.add_metric([], value)
+            yield family
+        windows = GaugeMetricFamily(
+            "climastream_stream_open_windows", "device windows open in stage 1"
+        )
+        windows.add_metric([], sum(part.engine.open_windows for part in stage1.values()))
+        yield windows
+        partitions = GaugeMetricFamily(
+            "climastream_stream_partitions", "partitions held by this worker", labels=["stage"]
+        )
+        partitions.add_metric(["devices"], len(stage1))
+        partitions.add_metric(["zones"], len(stage2))
+        yield partitions
+
+
+def serve_metrics(app: Any, port: int, host: str = "127.0.0.1") -> None:
+    """Serve :class:`EngineCollector` (and the process metrics) on ``host:port``."""
+    import prometheus_client
+
+    prometheus_client.REGISTRY.register(EngineCollector(app))
+    prometheus_client.start_http_server(port, addr=host)
+
+
+def create_worker(app: Any, loglevel: str = "info") -> Any:
+    """A ``faust.Worker`` for ``app`` without Faust's terminal spinner.
+
+    At a log level of WARNING or above, Faust's worker drives a progress spinner from the
+    log: it sets the *root* logger to DEBUG and adds a handler that ticks per record. Every
+    per-message ``log.debug`` in Faust and aiokafka then builds a LogRecord and runs the
+    handlers: about a fifth of the KPI job's CPU at the default bench load. Without the
+    spinner the root logger stays at ``loglevel`` and those calls return at once.
+    """
+    faust = require("faust", "stream")
+    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
+    worker.spinner = None
+    return worker
+
+
+def _assigned(app: Any, topic: str) -> set[int]:
+    return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}

@@ -1,0 +1,82 @@
+"""``climastream stream``: run the Faust KPI worker."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import replace
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "stream",
+        help="the Faust KPI engine: window readings into KPIs and alerts",
+        description="Run the KPI stream worker (install with: pip install 'climastream[stream]'). "
+        "Several workers with the same --app-id share the partitions.",
+    )
+    actions = parser.add_subparsers(dest="stream_action", metavar="ACTION", required=True)
+    worker = actions.add_parser("worker", help="run one Faust worker until SIGTERM")
+    worker.add_argument(
+        "--kafka", metavar="HOST:PORT", help="bootstrap servers (env CLIMASTREAM_KAFKA_BOOTSTRAP)"
+    )
+    worker.add_argument(
+        "--app-id", help="Faust app id / consumer group (env CLIMASTREAM_STREAM_APP_ID)"
+    )
+    worker.add_argument("--data-dir", default=".faust", help="Faust table data directory")
+    worker.add_argument(
+        "--config",
+        help="stream config YAML: windows, zones, devices (env CLIMASTREAM_STREAM_CONFIG)",
+    )
+    worker.add_argument(
+        "--store",
+        choices=["auto", "memory", "rocksdb"],
+        default="auto",
+        help="table store: auto = RocksDB via rocksdict when installed, else memory",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on 127.0.0.1:PORT (climastream_stream_*: readings, "
+        "late readings, duplicates, counter resets, dead letters, KPIs, open windows)",
+    )
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(func=_worker)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from stream.app import (
+        KafkaUnreachable,
+        StreamSettings,
+        create_app,
+        create_worker,
+        ensure_topics,
+    )
+
+    settings = StreamSettings.from_env()
+    if args.kafka:
+        settings = replace(settings, bootstrap_servers=args.kafka)
+    if args.app_id:
+        settings = replace(settings, app_id=args.app_id)
+    if args.config:
+        from stream.config import StreamConfig, StreamConfigError
+
+        try:
+            settings = replace(settings, config=StreamConfig.load(args.config))
+        except StreamConfigError as exc:
+            print(f"stream worker: {exc}", file=sys.stderr)
+            return 2
+    settings = replace(settings, data_dir=args.data_dir, store=args.store)
+    try:
+        asyncio.run(ensure_topics(settings))
+    except KafkaUnreachable as exc:
+        print(f"stream worker: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings)
+    if args.metrics_port:
+        from stream.app import serve_metrics
+
+        serve_metrics(app, args.metrics_port)
+    create_worker(app, args.loglevel).execute_from_commandline()
+    return 0

@@ -1,0 +1,286 @@
+"""Stage 1: per-device event-time windows, kept as in-memory partials, closed by a watermark.
+
+Pure and synchronous: the Faust agent and ``climastream kpi eval`` drive the same code.
+Times are integer microseconds since the epoch (UTC) inside the engine, for speed.
+
+* A reading belongs to the tumbling window ``[start, start + size)`` of its event time.
+* Each gateway has its own event-time watermark (its newest event time): a gateway's
+  records are ordered within its partition, so lateness is decided per gateway and does not
+  depend on which other gateways share the partition (``kpi eval`` gives the same answer).
+* A window of a gateway is *closed* once ``max(gateway event time, wall clock) - grace``
+  passes its end. The wall clock counts only when the caller says the partition is caught
+  up (no backlog), so a replay after a crash closes windows exactly as the first run did,
+  while a quiet sensor's window still closes on time.
+* A reading for a closed window is *late*: returned to the caller, which counts it and
+  routes it to ``late-readings``. It is never dropped silently.
+* ``(device_id, seq)`` already seen: a duplicate, counted and skipped, unless its event
+  time is newer than anything the device sent: then the device's counter restarted
+  (:class:`SeenSeqs`), counted in ``counter_resets``, and the reading is kept.
+
+Closed windows leave as :class:`DevicePartial` dicts (the values per quantity), which the
+zone stage (:mod:`stream.zones`) turns into KPIs; see ``stream/README.md`` for why.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from climastream.contract import Reading
+
+US = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+#: wire/snapshot form of one closed device window (orjson-friendly, short keys):
+#: {"d": device_id, "g": gateway_id, "z": zone|None, "ws": start_us, "we": end_us,
+#:  "q": {quantity: [values...]}, "l": {quantity: [event_us, value]}, "m": [model_ids]}
+DevicePartial = dict[str, Any]
+
+
+def to_us(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+@dataclass
+class WindowStats:
+    added: int = 0
+    duplicates: int = 0
+    late: int = 0
+    closed: int = 0
+    counter_resets: int = 0
+
+
+class Seen(enum.Enum):
+    """What :meth:`SeenSeqs.add` made of a reading's ``(device, seq)``."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"
+    RESET = "reset"  # new too: the first reading of a restarted device counter
+
+
+class SeenSeqs:
+    """Per-device memory of sequence numbers: a floor (every seq at or below it counts as
+    seen) plus the set of seen seqs above it. In-order delivery keeps the set empty, so the
+    memory and the checkpoint stay tiny. When gaps pile up beyond ``cap`` per device the
+    floor is raised past the oldest half; a reading that old is then counted as a
+    duplicate ("stale"), which only happens far beyond any window's grace.
+
+    **Counter resets.** A device whose counter starts again (a LoRaWAN rejoin sets fCnt to
+    0; a node that rebooted without keeping its frame counter) repeats numbers it used
+    before. A redelivered reading repeats its number *and its event time*, which is never
+    newer than the newest this device has sent; a reading of a restarted counter carries a
+    newer time. So a seen number with an event time past the device's newest is a reset:
+    the device's memory starts again from it, and :meth:`add` says :attr:`Seen.RESET`. The
+    numbering before the reset is kept (one generation), so a late redelivery of a reading
+    from before the reset (its time no newer than the old numbering's newest) is still a
+    duplicate.
+    """
+
+    def __init__(self, cap: int = 4096) -> None:
+        self._cap = cap
+        # device -> [floor, set above it, newest event time (us) or None if unknown,
+        #            the numbering before the last reset as (floor, seen above, newest) or None]
+        self._state: dict[str, list[Any]] = {}
+
+    def add(self, device_id: str, seq: int, event_us: int) -> Seen:
+        """Record ``seq``: new, a duplicate (or stale), or the first of a restarted counter."""
+        state = self._state.get(device_id)
+        if state is None:
+            self._state[device_id] = [seq, set(), event_us, None]
+            return Seen.NEW
+        floor, above, newest, before = state
+        if seq <= floor or seq in above:
+            if newest is not None and event_us > newest:
+                self._state[device_id] = [seq, set(), event_us, (floor, frozenset(above), newest)]
+                return Seen.RESET
+            return Seen.DUPLICATE
+        if before is not None and event_us <= before[2] and (seq <= before[0] or seq in before[1]):
+            return Seen.DUPLICATE  # a redelivery from before the counter restarted
+        if newest is None or event_us > newest:
+            state[2] = event_us
+        if seq == floor + 1 and not above:
+            state[0] = seq
+            return Seen.NEW
+        above.add(seq)
+        while floor + 1 in above:
+            floor += 1
+            above.discard(floor)
+        state[0] = floor
+        if len(above) > self._cap:
+            ordered = sorted(above)
+            cut = ordered[len(ordered) // 2]
+            state[0] = cut
+            state[1] = {s for s in above if s > cut}
+        return Seen.NEW
+
+    def snapshot(self) -> dict[str, list[Any]]:
+        return {
+            d: [f, sorted(s), n, None if b is None else [b[0], sorted(b[1]), b[2]]]
+            for d, (f, s, n, b) in self._state.items()
+        }
+
+    def restore(self, snap: dict[str, list[Any]]) -> None:
+        # a checkpoint from before resets were detected has no newest time: until the
+        # device's next new reading, a seen number then counts as a duplicate (safe side)
+        self._state = {}
+        for device, v in snap.items():
+            newest = v[2] if len(v) > 2 else None
+            before = v[3] if len(v) > 3 else None
+            if before is not None:
+                before = (int(before[0]), frozenset(before[1]), before[2])
+            self._state[device] = [int(v[0]), set(v[1]), newest, before]
+
+
+class DeviceWindows:
+    """Per-device tumbling windows over one partition (or one offline replay)."""
+
+    def __init__(self, size: timedelta, grace: timedelta) -> None:
+        if size <= timedelta(0) or grace < timedelta(0):
+            raise ValueError("window size must be positive and grace non-negative")
+        self.size_us = size // timedelta(microseconds=1)
+        self.grace_us = grace // timedelta(microseconds=1)
+        self._partials: dict[tuple[str, int], DevicePartial] = {}
+        self._seen = SeenSeqs()
+        self._max_event: dict[str, int] = {}  # gateway -> newest event time
+        self._closed: dict[str, int] = {}  # gateway -> windows ending at/before are closed
+        self._wall_horizon: int | None = None
+        self.stats = WindowStats()
+
+    def add(self, readings: Iterable[Reading]) -> list[Reading]:
+        """Add readings; returns the late ones (for the caller to count and route)."""
+        late: list[Reading] = []
+        size = self.size_us
+        partials = self._partials
+        seen = self._seen
+        for reading in readings:
+            event_us = to_us(reading.event_time)
+            verdict = seen.add(reading.device_id, reading.seq, event_us)
+            if verdict is Seen.DUPLICATE:
+                self.stats.duplicates += 1
+                continue
+            if verdict is Seen.RESET:
+                self.stats.counter_resets += 1
+            start = event_us - event_us % size
+            gateway = reading.gateway_id
+            closed = self._closed.get(gateway, self._wall_horizon)
+            if closed is not None and start + size <= closed:
+                self.stats.late += 1
+                late.append(reading)
+                continue
+            key = (reading.device_id, start)
+            partial = partials.get(key)
+            if partial is None:
+                partial = partials[key] = {
+                    "d": reading.device_id,
+                    "g": gateway,
+                    "z": reading.zone,
+                    "ws": start,
+                    "we": start + size,
+                    "q": {},
+                    "l": {},
+                    "m": [],
+                }
+            quantity = reading.quantity.value
+            values = partial["q"].get(quantity)
+            if values is None:
+                partial["q"][quantity] = [reading.value]
+            else:
+                values.append(reading.value)
+            last = partial["l"].get(quantity)
+            if last is None or event_us >= last[0]:
+                partial["l"][quantity] = [event_us, reading.value]
+            if reading.model_id and reading.model_id not in partial["m"]:
+                partial["m"].append(reading.model_id)
+            if event_us > self._max_event.get(gateway, -1):
+                # the event-time watermark moves at once, so lateness does not depend on
+                # how often close() is called (stream and replay agree)
+                self._max_event[gateway] = event_us
+                horizon = event_us - self.grace_us
+                if closed is None or horizon > closed:
+                    self._closed[gateway] = horizon
+            self.stats.added += 1
+        return late
+
+    def close(self, now: datetime | None = None) -> list[DevicePartial]:
+        """Close every window whose end + grace the watermark has passed.
+
+        ``now`` is the wall clock, given only when the partition is caught up; None in
+        replays and during catch-up, where event time alone decides.
+        """
+        if now is not None:
+            wall = to_us(now) - self.grace_us
+            if self._wall_horizon is None or wall > self._wall_horizon:
+                self._wall_horizon = wall
+        wall_h = self._wall_horizon
+        for gateway, newest in self._max_event.items():
+            horizon = newest - self.grace_us
+            if wall_h is not None and wall_h > horizon:
+                horizon = wall_h
+            if horizon > self._closed.get(gateway, horizon - 1):
+                self._closed[gateway] = horizon
+        ready = [
+            key
+            for key, partial in self._partials.items()
+            if partial["we"] <= self._closed.get(partial["g"], -1)
+        ]
+        ready.sort(key=lambda k: (k[1], k[0]))
+        closed = [self._partials.pop(key) for key in ready]
+        self.stats.closed += len(closed)
+        return closed
+
+    def flush(self) -> list[DevicePartial]:
+        """Close everything (end of an offline replay)."""
+        closed = sorted(self._partials.values(), key=lambda p: (p["ws"], p["d"]))
+        self._partials.clear()
+        for partial in closed:
+            gateway = partial["g"]
+            self._closed[gateway] = max(self._closed.get(gateway, 0), partial["we"])
+        self.stats.closed += len(closed)
+        return closed
+
+    def horizon(self) -> int | None:
+        """Every window ending at or before this has been closed and handed out, and any
+        later reading for one will be late: the watermark this stage passes downstream."""
+        if not self._closed:
+            return self._wall_horizon
+        low = min(self._closed.values())
+        if self._wall_horizon is not None and self._wall_horizon > low:
+            low = self._wall_horizon
+        return low
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._partials)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state, checkpointed to a changelogged table by the Faust app."""
+        return {
+            "partials": list(self._partials.values()),
+            "seen": self._seen.snapshot(),
+            "max_event": self._max_event,
+            "closed": self._closed,
+            "wall": self._wall_horizon,
+            "stats": [
+                self.stats.added,
+                self.stats.duplicates,
+                self.stats.late,
+                self.stats.counter_resets,
+            ],
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self._partials = {(p["d"], p["ws"]): p for p in snap["partials"]}
+        self._seen.restore(snap["seen"])
+        self._max_event = dict(snap["max_event"])
+        self._closed = dict(snap["closed"])
+        self._wall_horizon = snap["wall"]
+        stats = snap["stats"]
+        self.stats.added, self.stats.duplicates, self.stats.late = stats[:3]
+        self.stats.counter_resets = stats[3] if len(stats) > 3 else 0

@@ -1,0 +1,741 @@
+"""Stage 2: zone windows. Device partials (from :mod:`stream.windows`) -> KpiValues.
+
+Readings are keyed by gateway, but a zone's devices may sit behind several gateways and so
+in several partitions. Stage 1 therefore closes *per-device* windows and re-keys them by
+zone (an internal topic, partitioned by :func:`partition_for`), and this stage combines
+them. It closes a zone window only when the watermark of *every* stage-1 source has passed
+its end (:meth:`ZoneWindows.advance`), so no device's partial can still be on its way; a
+source whose worker died holds the zone back until its partition is reassigned, instead of
+a premature, incomplete KPI. Every base window of a zone is closed, even one in which no
+device sent anything, so silent devices show up with completeness 0.
+
+The same class runs offline in ``climastream kpi eval`` with a single source.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from climastream.contract import KpiValue, Quantity
+from climastream.quantities import CANONICAL_UNITS
+from stream import formulas as f
+from stream.config import StreamConfig
+from stream.registry import KpiDef, enabled
+from stream.windows import US, DevicePartial, from_us
+
+_T = Quantity.TEMPERATURE.value
+_RH = Quantity.RELATIVE_HUMIDITY.value
+_NOISE = Quantity.NOISE_LAEQ.value
+_SUMMED = {
+    Quantity.VEHICLE_COUNT.value: "traffic.vehicles",
+    Quantity.ENERGY.value: "energy.kwh",
+    Quantity.WATER_VOLUME.value: "water.m3",
+}
+_EAQI = [p.value for p in f.EAQI_POLLUTANTS]
+#: at most this many empty base windows are synthesised per zone on one watermark jump
+MAX_GAP_WINDOWS = 10_000
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The internal-topic partition of a zone (or zone-less device) key: stable crc32."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+def routing_keys(partial: DevicePartial, config: StreamConfig) -> list[tuple[str, bool]]:
+    """Where a closed device window goes: its zone (or its device id when it has no zone),
+    plus, for the UHI reference, every other declared zone (flagged as reference)."""
+    own = partial["z"] or partial["d"]
+    keys = [(own, False)]
+    ref = config.reference
+    if ref is not None and _T in partial["q"]:
+        is_ref = partial["d"] == ref.device_id or (
+            ref.zone is not None and partial["z"] == ref.zone
+        )
+        if is_ref:
+            keys.extend((zone, True) for zone in declared_zones(config) if zone != own)
+    return keys
+
+
+def declared_zones(config: StreamConfig) -> list[str]:
+    zones = set(config.zones)
+    zones.update(d.zone for d in config.devices.values() if d.zone)
+    return sorted(zones)
+
+
+@dataclass
+class ZoneStats:
+    partials: int = 0
+    stale_partials: int = 0  # arrived after their zone window closed (counted, logged)
+    windows: int = 0
+    kpis: int = 0
+    skipped_windows: int = 0
+
+
+class _Acc:
+    """Per-quantity accumulation over several devices (zone scope)."""
+
+    __slots__ = ("count", "total", "values")
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.total = 0.0
+        self.count = 0
+
+
+class ZoneWindows:
+    """Zone stage over the zone keys one partition owns (offline: all of them)."""
+
+    def __init__(
+        self,
+        config: StreamConfig,
+        sources: int,
+        owns: Callable[[str], bool] = lambda key: True,
+        only_kpi: str | None = None,
+    ) -> None:
+        self.config = config
+        self.kpis: dict[str, KpiDef] = enabled(config, only_kpi)
+        self.sources = sources
+        self.owns = owns
+        self.size_us = config.window // timedelta(microseconds=1)
+        self.eaqi_us = config.eaqi_period // timedelta(microseconds=1)
+        self.night_us = config.uhi_night_window // timedelta(microseconds=1)
+        self.tz: ZoneInfo = config.tz
+        self.table = f.EAQI_TABLES[config.eaqi_table]
+        self.stats = ZoneStats()
+        self._src_wm: dict[str, int] = {}
+        self._final_limit = 0
+        # key -> state; see _key_state for the layout
+        self._keys: dict[str, dict[str, Any]] = {}
+        for device_id, device in config.devices.items():
+            key = device.zone or device_id
+            if owns(key):
+                known = self._key_state(key, device.zone)["known"]
+                known[device_id] = [
+                    device.cadence // timedelta(microseconds=1),
+                    [q.value for q in device.quantities],
+                ]
+        for zone in declared_zones(config):
+            if owns(zone):
+                self._key_state(zone, zone)
+
+    # ------------------------------------------------------------------ state
+
+    def _key_state(self, key: str, zone: str | None) -> dict[str, Any]:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = {
+                "zone": zone,
+                "next": None,  # start of the next base window to close
+                "pending": {},  # ws -> {"dev": {device: partial}, "ref": {device: partial}}
+                "known": {},  # device -> [cadence_us, [quantities]]
+                "eaqi": {},  # pollutant -> {period_start: [total, count]}
+                "eaqi_means": {},  # pollutant -> {period_start: mean} (running PM means)
+                "days": {},  # local date iso -> {"tmax", "tcount", "uhi_max"}
+                "nights": {},  # local date iso -> [zone_sum, zone_n, ref_sum, ref_n]
+                "lden": {},  # scope -> {lden date iso -> {"d"|"e"|"n": [energy, count]}}
+                "heatwave": [0, 0],
+            }
+        return state
+
+    def snapshot(self) -> dict[str, Any]:
+        def ws_items(mapping: dict[int, Any]) -> list[list[Any]]:
+            return [[k, v] for k, v in mapping.items()]
+
+        keys = {}
+        for key, st in self._keys.items():
+            keys[key] = {
+                **st,
+                "pending": ws_items(st["pending"]),
+                "eaqi": {p: ws_items(v) for p, v in st["eaqi"].items()},
+                "eaqi_means": {p: ws_items(v) for p, v in st["eaqi_means"].items()},
+            }
+        return {"src": self._src_wm, "keys": keys}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self._src_wm = dict(snap["src"])
+        for key, st in snap["keys"].items():
+            st["pending"] = {int(k): v for k, v in st["pending"]}
+            st["eaqi"] = {p: {int(k): v for k, v in items} for p, items in st["eaqi"].items()}
+            st["eaqi_means"] = {
+                p: {int(k): v for k, v in items} for p, items in st["eaqi_means"].items()
+            }
+            self._keys[key] = st
+
+    # ------------------------------------------------------------------ input
+
+    def add(self, key: str, partial: DevicePartial, reference: bool) -> None:
+        """One closed device window, routed here by :func:`routing_keys`."""
+        self.stats.partials += 1
+        state = self._key_state(key, partial["z"] if not reference else key)
+        ws = partial["ws"]
+        if state["next"] is not None and ws < state["next"]:
+            self.stats.stale_partials += 1
+            return
+        if state["next"] is None:
+            state["next"] = ws
+        slot = state["pending"].setdefault(ws, {"dev": {}, "ref": {}})
+        slot["ref" if reference else "dev"][partial["d"]] = partial
+        if not reference:
+            known = state["known"]
+            entry = known.get(partial["d"])
+            if entry is None:
+                cadence = self.config.cadence_of(partial["d"])
+                entry = known[partial["d"]] = [cadence // timedelta(microseconds=1), []]
+            for quantity in partial["q"]:
+                if quantity not in entry[1]:
+                    entry[1].append(quantity)
+
+    def advance(self, source: str, horizon: int) -> None:
+        """A stage-1 source has closed (and sent) every window ending at or before
+        ``horizon`` (µs)."""
+        if horizon > self._src_wm.get(source, -1):
+            self._src_wm[source] = horizon
+
+    def watermark(self) -> int | None:
+        if len(self._src_wm) < self.sources:
+            return None
+        return min(self._src_wm.values())
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, final: bool = False, now: datetime | None = None) -> list[KpiValue]:
+        """Emit every zone window that the watermark closes.
+
+        ``final`` (end of an offline replay) closes every base window with data, and every
+        longer window (hour, day) that has ended by ``now - grace``, as the live job does
+        once the wall clock has passed it; a window still running at ``now`` stays open.
+        """
+        self._final_limit = (
+            (now - self.config.grace - from_us(0)) // timedelta(microseconds=1) if now else 0
+        )
+        watermark = self.watermark()
+        emitted: list[KpiValue] = []
+        for key, state in self._keys.items():
+            if final:
+                ends = [ws + self.size_us for ws in state["pending"]]
+                limit = max(ends) if ends else None
+            else:
+                limit = watermark
+            if limit is None:
+                continue
+            if state["next"] is None:
+                if not state["known"]:
+                    continue
+                state["next"] = limit - limit % self.size_us - self.size_us
+            pending = state["pending"]
+            while state["next"] + self.size_us <= limit:
+                ws = state["next"]
+                if ws not in pending:
+                    # a silent stretch: emit at most MAX_GAP_WINDOWS empty windows of it
+                    following = min((w for w in pending if w > ws), default=None)
+                    gap_end = following if following is not None else limit - limit % self.size_us
+                    if (gap_end - ws) // self.size_us > MAX_GAP_WINDOWS:
+                        skip_to = gap_end - MAX_GAP_WINDOWS * self.size_us
+                        self.stats.skipped_windows += (skip_to - ws) // self.size_us
+                        state["next"] = skip_to
+                        continue
+                slot = pending.pop(ws, {"dev": {}, "ref": {}})
+                emitted.extend(self._close_base(key, state, ws, slot))
+                state["next"] = ws + self.size_us
+            emitted.extend(self._close_long(key, state, limit, final))
+        self.stats.kpis += len(emitted)
+        return emitted
+
+    # ------------------------------------------------------------------ KPI helpers
+
+    def _kpi(
+        self,
+        kpi_id: str,
+        state: dict[str, Any],
+        ws: int,
+        we: int,
+        value: float,
+        count: int,
+        completeness: float,
+        *,
+        device_id: str | None = None,
+        quantity: str | None = None,
+        band: str | None = None,
+        attributes: dict[str, str] | None = None,
+        model_ids: set[str] | None = None,
+        zone_scope: bool = True,
+    ) -> KpiValue | None:
+        kdef = self.kpis.get(kpi_id)
+        if kdef is None:
+            return None
+        unit = kdef.unit or (CANONICAL_UNITS[Quantity(quantity)] if quantity else "1")
+        return KpiValue(
+            kpi_id=kpi_id,
+            kpi_version=kdef.version,
+            zone=state["zone"],
+            device_id=device_id,
+            quantity=Quantity(quantity) if quantity else None,
+            window_start=from_us(ws),
+            window_end=from_us(we),
+            value=value,
+            unit=unit,
+            sample_count=count,
+            completeness=max(0.0, min(1.0, completeness)),
+            band=band,
+            attributes=attributes or {},
+            model_ids=tuple(sorted(model_ids or ())),
+        )
+
+    def _expected(self, state: dict[str, Any], quantity: str, span_us: int) -> float:
+        total = 0.0
+        for cadence, quantities in state["known"].values():
+            if quantity in quantities:
+                total += span_us / cadence
+        return total
+
+    def _local(self, micros: int) -> datetime:
+        return from_us(micros).astimezone(self.tz)
+
+    def _local_to_us(self, day: date, hour: int) -> int:
+        local = datetime.combine(day, time(hour), tzinfo=self.tz)
+        return int(local.timestamp()) * US
+
+    # ------------------------------------------------------------------ base window
+
+    def _close_base(
+        self, key: str, state: dict[str, Any], ws: int, slot: dict[str, Any]
+    ) -> list[KpiValue]:
+        self.stats.windows += 1
+        we = ws + self.size_us
+        out: list[KpiValue | None] = []
+        devices: dict[str, DevicePartial] = slot["dev"]
+        zone_acc: dict[str, _Acc] = {}
+        zone_models: set[str] = set()
+        fills: list[float] = []
+        # ---- device scope
+        for device_id, (cadence, quantities) in sorted(state["known"].items()):
+            partial = devices.get(device_id)
+            per_q = self.size_us / cadence
+            if partial is None:
+                out.append(
+                    self._kpi("completeness", state, ws, we, 0.0, 0, 0.0, device_id=device_id)
+                )
+                continue
+            models = set(partial["m"])
+            zone_models |= models
+            received = sum(len(v) for v in partial["q"].values())
+            nq = max(len(quantities), len(partial["q"]), 1)
+            dev_completeness = received / (per_q * nq)
+            out.append(
+                self._kpi(
+                    "completeness", state, ws, we, min(1.0, dev_completeness), received,
+                    dev_completeness, device_id=device_id, model_ids=models,
+                )
+            )  # fmt: skip
+            means: dict[str, float] = {}
+            for quantity, values in sorted(partial["q"].items()):
+                count = len(values)
+                completeness = count / per_q
+                total = sum(values)
+                means[quantity] = total / count
+                acc = zone_acc.get(quantity)
+                if acc is None:
+                    acc = zone_acc[quantity] = _Acc()
+                acc.values.extend(values)
+                acc.total += total
+                acc.count += count
+                common = {"device_id": device_id, "quantity": quantity, "model_ids": models}
+                out.extend(self._stats(state, ws, we, values, total, completeness, **common))
+                out.extend(
+                    self._quantity_kpis(state, ws, we, quantity, values, total, completeness,
+                                        device_id=device_id, models=models)
+                )  # fmt: skip
+                if quantity == Quantity.BIN_FILL_LEVEL.value:
+                    level = partial["l"][quantity][1]
+                    fills.append(level)
+                    out.append(
+                        self._kpi("waste.fill_level", state, ws, we, level, count, completeness,
+                                  device_id=device_id, quantity=quantity, model_ids=models)
+                    )  # fmt: skip
+            if _T in means and _RH in means:
+                completeness = min(len(partial["q"][_T]), len(partial["q"][_RH])) / per_q
+                count = len(partial["q"][_T]) + len(partial["q"][_RH])
+                out.extend(
+                    self._heat(state, ws, we, means[_T], means[_RH], count, completeness,
+                               device_id=device_id, models=models)
+                )  # fmt: skip
+        zone = state["zone"]
+        if zone is None:  # a zone-less device: device scope only
+            return [k for k in out if k is not None]
+        # ---- zone scope
+        zone_means: dict[str, float] = {}
+        for quantity, acc in sorted(zone_acc.items()):
+            expected = self._expected(state, quantity, self.size_us)
+            completeness = acc.count / expected if expected else 1.0
+            zone_means[quantity] = acc.total / acc.count
+            out.extend(
+                self._stats(state, ws, we, acc.values, acc.total, completeness,
+                            quantity=quantity, model_ids=zone_models)
+            )  # fmt: skip
+            out.extend(
+                self._quantity_kpis(state, ws, we, quantity, acc.values, acc.total,
+                                    completeness, device_id=None, models=zone_models)
+            )  # fmt: skip
+            if quantity in _EAQI:
+                periods = state["eaqi"].setdefault(quantity, {})
+                period = ws - ws % self.eaqi_us
+                entry = periods.setdefault(period, [0.0, 0])
+                entry[0] += acc.total
+                entry[1] += acc.count
+        if _T in zone_means and _RH in zone_means:
+            count = zone_acc[_T].count + zone_acc[_RH].count
+            expected = self._expected(state, _T, self.size_us) + self._expected(
+                state, _RH, self.size_us
+            )
+            out.extend(
+                self._heat(state, ws, we, zone_means[_T], zone_means[_RH], count,
+                           count / expected if expected else 1.0, device_id=None,
+                           models=zone_models)
+            )  # fmt: skip
+        if fills:
+            over = sum(1 for level in fills if level >= self.config.bin_threshold_pct)
+            out.append(
+                self._kpi("waste.bins_over_threshold", state, ws, we, float(over), len(fills),
+                          len(fills) / max(1, self._expected(state, Quantity.BIN_FILL_LEVEL.value,
+                                                             self.size_us)),
+                          attributes={"threshold_pct": f"{self.config.bin_threshold_pct:g}"})
+            )  # fmt: skip
+        local = self._local(ws)
+        if _T in zone_acc:
+            day = state["days"].setdefault(
+                local.date().isoformat(), {"tmax": None, "tcount": 0, "uhi_max": None}
+            )
+            tmax = max(zone_acc[_T].values)
+            day["tmax"] = tmax if day["tmax"] is None else max(day["tmax"], tmax)
+            day["tcount"] += zone_acc[_T].count
+            ref = self._reference_temperature(key, slot)
+            if ref is not None:
+                ref_total, ref_count = ref
+                uhi = zone_means[_T] - ref_total / ref_count
+                expected = self._expected(state, _T, self.size_us)
+                completeness = zone_acc[_T].count / expected if expected else 1.0
+                out.append(
+                    self._kpi("uhi.intensity", state, ws, we, uhi,
+                              zone_acc[_T].count + ref_count, completeness,
+                              quantity=_T, model_ids=zone_models,
+                              attributes={"reference_mean": f"{ref_total / ref_count:.3f}"})
+                )  # fmt: skip
+                day["uhi_max"] = uhi if day["uhi_max"] is None else max(day["uhi_max"], uhi)
+                for night_date in (local.date(), local.date() - timedelta(days=1)):
+                    start = self._local_to_us(night_date, self.config.uhi_night_hour)
+                    if start <= ws < start + self.night_us:
+                        acc4 = state["nights"].setdefault(night_date.isoformat(), [0.0, 0, 0.0, 0])
+                        acc4[0] += zone_acc[_T].total
+                        acc4[1] += zone_acc[_T].count
+                        acc4[2] += ref_total
+                        acc4[3] += ref_count
+        if _NOISE in zone_acc or any(_NOISE in p["q"] for p in devices.values()):
+            shifted = self._local(ws - 7 * 3600 * US)
+            lden_day = shifted.date().isoformat()
+            hour = local.hour
+            noise_period = "d" if 7 <= hour < 19 else ("e" if 19 <= hour < 23 else "n")
+            scopes = [(device_id, p["q"][_NOISE]) for device_id, p in devices.items()
+                      if _NOISE in p["q"]]  # fmt: skip
+            scopes.append(("", zone_acc[_NOISE].values))
+            for scope, levels in scopes:
+                day_acc = state["lden"].setdefault(scope, {}).setdefault(lden_day, {})
+                entry = day_acc.setdefault(noise_period, [0.0, 0])
+                entry[0] += f.energy_sum(levels)
+                entry[1] += len(levels)
+        return [k for k in out if k is not None]
+
+    def _reference_temperature(self, key: str, slot: dict[str, Any]) -> tuple[float, int] | None:
+        ref = self.config.reference
+        if ref is None or ref.zone == key:
+            return None
+        candidates = [p for p in slot["ref"].values()]
+        if ref.device_id is not None:
+            own = slot["dev"].get(ref.device_id)
+            candidates = (
+                [own] if own is not None else [p for p in candidates if p["d"] == ref.device_id]
+            )
+        values = [v for p in candidates for v in p["q"].get(_T, ())]
+        if not values:
+            return None
+        return sum(values), len(values)
+
+    def _stats(
+        self,
+        state: dict[str, Any],
+        ws: int,
+        we: int,
+        values: list[float],
+        total: float,
+        completeness: float,
+        *,
+        quantity: str,
+        device_id: str | None = None,
+        model_ids: set[str] | None = None,
+    ) -> list[KpiValue | None]:
+        count = len(values)
+        common: dict[str, Any] = {
+            "device_id": device_id, "quantity": quantity, "model_ids": model_ids
+        }  # fmt: skip
+        return [
+            self._kpi("stat.mean", state, ws, we, total / count, count, completeness, **common),
+            self._kpi("stat.min", state, ws, we, min(values), count, completeness, **common),
+            self._kpi("stat.max", state, ws, we, max(values), count, completeness, **common),
+            self._kpi("stat.count", state, ws, we, float(count), count, completeness, **common),
+            self._kpi(
+                "stat.p95",
+                state,
+                ws,
+                we,
+                f.percentile(values, 95.0),
+                count,
+                completeness,
+                **common,
+            ),
+        ]
+
+    def _quantity_kpis(
+        self,
+        state: dict[str, Any],
+        ws: int,
+        we: int,
+        quantity: str,
+        values: list[float],
+        total: float,
+        completeness: float,
+        *,
+        device_id: str | None,
+        models: set[str],
+    ) -> list[KpiValue | None]:
+        count = len(values)
+        common: dict[str, Any] = {"device_id": device_id, "quantity": quantity,
+                                  "model_ids": models}  # fmt: skip
+        out: list[KpiValue | None] = []
+        if quantity == _NOISE:
+            out.append(
+                self._kpi("noise.laeq", state, ws, we, f.laeq(values), count, completeness,
+                          **common)
+            )  # fmt: skip
+        elif quantity in _SUMMED:
+            kpi_id = _SUMMED[quantity]
+            out.append(self._kpi(kpi_id, state, ws, we, total, count, completeness, **common))
+            if quantity == Quantity.ENERGY.value:
+                out.append(
+                    self._kpi("energy.co2e_kg", state, ws, we,
+                              total * self.config.co2e_kg_per_kwh, count, completeness,
+                              attributes={"kg_per_kwh": f"{self.config.co2e_kg_per_kwh:g}"},
+                              **common)
+                )  # fmt: skip
+            if quantity == Quantity.VEHICLE_COUNT.value and device_id is None:
+                zone_cfg = self.config.zones.get(state["zone"] or "")
+                if zone_cfg is not None and zone_cfg.area_km2:
+                    out.append(
+                        self._kpi("traffic.intensity_km2", state, ws, we,
+                                  total / zone_cfg.area_km2, count, completeness,
+                                  attributes={"area_km2": f"{zone_cfg.area_km2:g}"}, **common)
+                    )  # fmt: skip
+        elif quantity == Quantity.PARKING_OCCUPANCY.value:
+            out.append(
+                self._kpi("parking.occupancy", state, ws, we, total / count, count,
+                          completeness, **common)
+            )  # fmt: skip
+        return out
+
+    def _heat(
+        self,
+        state: dict[str, Any],
+        ws: int,
+        we: int,
+        temperature: float,
+        humidity: float,
+        count: int,
+        completeness: float,
+        *,
+        device_id: str | None,
+        models: set[str],
+    ) -> list[KpiValue | None]:
+        if humidity <= 0.0:
+            return []
+        dew = f.dew_point(temperature, humidity)
+        common: dict[str, Any] = {"device_id": device_id, "model_ids": models}
+        attrs = {"temperature": f"{temperature:.3f}", "relative_humidity": f"{humidity:.3f}"}
+        return [
+            self._kpi("heat.dew_point", state, ws, we, dew, count, completeness,
+                      attributes=attrs, **common),
+            self._kpi("heat.heat_index", state, ws, we, f.heat_index(temperature, humidity),
+                      count, completeness, attributes=attrs, **common),
+            self._kpi("heat.humidex", state, ws, we, f.humidex(temperature, dew), count,
+                      completeness, attributes=attrs, **common),
+        ]  # fmt: skip
+
+    # ------------------------------------------------------------------ long windows
+
+    def _close_long(
+        self, key: str, state: dict[str, Any], limit: int, final: bool
+    ) -> list[KpiValue]:
+        out: list[KpiValue | None] = []
+        closed_to = state["next"]  # every base window before this is folded in
+        if closed_to is None:
+            return []
+        if final:  # end of an offline replay: long windows that ended by now - grace
+            closed_to = max(closed_to, self._final_limit)
+        out.extend(self._close_eaqi(state, closed_to))
+        out.extend(self._close_days(state, closed_to))
+        out.extend(self._close_nights(state, closed_to))
+        out.extend(self._close_lden(state, closed_to))
+        return [k for k in out if k is not None]
+
+    def _close_eaqi(self, state: dict[str, Any], closed_to: int) -> list[KpiValue | None]:
+        periods = sorted(
+            {p for per in state["eaqi"].values() for p in per if p + self.eaqi_us <= closed_to}
+        )
+        out: list[KpiValue | None] = []
+        n_run = self.config.eaqi_running_periods
+        for period in periods:
+            pe = period + self.eaqi_us
+            concentrations: dict[Quantity, float] = {}
+            counts = 0
+            expected_total = 0.0
+            for pollutant in _EAQI:
+                per = state["eaqi"].get(pollutant, {})
+                entry = per.pop(period, None)
+                if entry is None:
+                    continue
+                total, count = entry
+                means = state["eaqi_means"].setdefault(pollutant, {})
+                means[period] = total / count
+                q = Quantity(pollutant)
+                if q in f.EAQI_RUNNING_24H:
+                    first = period - (n_run - 1) * self.eaqi_us
+                    for old in [p for p in means if p < first]:
+                        del means[old]
+                    window_means = [m for p, m in means.items() if p >= first]
+                    concentration = sum(window_means) / len(window_means)
+                    start = first
+                    averaging = f"running mean of {len(window_means)}/{n_run} periods"
+                    completeness = len(window_means) / n_run
+                else:
+                    means.pop(period, None)
+                    concentration = total / count
+                    start = period
+                    averaging = "period mean"
+                    expected = self._expected(state, pollutant, self.eaqi_us)
+                    completeness = count / expected if expected else 1.0
+                counts += count
+                expected_total += self._expected(state, pollutant, self.eaqi_us)
+                concentrations[q] = concentration
+                band = self.table.band_index(q, concentration)
+                out.append(
+                    self._kpi("eaqi.pollutant", state, start, pe, float(band), count,
+                              completeness, quantity=pollutant, band=f.BANDS[band - 1],
+                              attributes={"concentration": f"{concentration:.3f}",
+                                          "averaging": averaging,
+                                          "table": self.table.version})
+                )  # fmt: skip
+            if not concentrations:
+                continue
+            result = f.eaqi(self.table, concentrations)
+            out.append(
+                self._kpi("eaqi", state, period, pe, float(result.band_index), counts,
+                          counts / expected_total if expected_total else 1.0,
+                          band=result.band,
+                          attributes={"dominant_pollutant": result.dominant_pollutant.value,
+                                      "pollutants": ",".join(p.value for p in concentrations),
+                                      "table": self.table.version})
+            )  # fmt: skip
+        return out
+
+    def _close_days(self, state: dict[str, Any], closed_to: int) -> list[KpiValue | None]:
+        out: list[KpiValue | None] = []
+        for iso in sorted(state["days"]):
+            day = date.fromisoformat(iso)
+            start = self._local_to_us(day, 0)
+            end = self._local_to_us(day + timedelta(days=1), 0)
+            if end > closed_to:
+                break
+            acc = state["days"].pop(iso)
+            expected = self._expected(state, _T, end - start)
+            completeness = acc["tcount"] / expected if expected else 1.0
+            if acc["uhi_max"] is not None:
+                out.append(
+                    self._kpi("uhi.daily_max", state, start, end, acc["uhi_max"], acc["tcount"],
+                              completeness, quantity=_T)
+                )  # fmt: skip
+            consecutive, hot, last_iso = (state["heatwave"] + [None])[:3]
+            run = f.HeatwaveState(consecutive, hot)
+            if last_iso is not None and date.fromisoformat(last_iso) + timedelta(days=1) < day:
+                run = f.heatwave_step(run, None)  # a day without data ends the run
+            run = f.heatwave_step(run, acc["tmax"])
+            state["heatwave"] = [run.consecutive_days, run.hot_days, iso]
+            out.append(
+                self._kpi("heatwave.status", state, start, end, 1.0 if run.in_heatwave else 0.0,
+                          acc["tcount"], completeness, quantity=_T,
+                          attributes={"consecutive_days": str(run.consecutive_days),
+                                      "hot_days": str(run.hot_days),
+                                      "tmax": f"{acc['tmax']:.2f}"})
+            )  # fmt: skip
+        return out
+
+    def _close_nights(self, state: dict[str, Any], closed_to: int) -> list[KpiValue | None]:
+        out: list[KpiValue | None] = []
+        for iso in sorted(state["nights"]):
+            start = self._local_to_us(date.fromisoformat(iso), self.config.uhi_night_hour)
+            end = start + self.night_us
+            if end > closed_to:
+                break
+            zsum, zn, rsum, rn = state["nights"].pop(iso)
+            expected = self._expected(state, _T, self.night_us)
+            out.append(
+                self._kpi("uhi.night", state, start, end, zsum / zn - rsum / rn, zn + rn,
+                          zn / expected if expected else 1.0, quantity=_T,
+                          attributes={"local_hour": str(self.config.uhi_night_hour)})
+            )  # fmt: skip
+        return out
+
+    def _close_lden(self, state: dict[str, Any], closed_to: int) -> list[KpiValue | None]:
+        out: list[KpiValue | None] = []
+        for scope, days in state["lden"].items():
+            for iso in sorted(days):
+                day = date.fromisoformat(iso)
+                start = self._local_to_us(day, 7)
+                end = self._local_to_us(day + timedelta(days=1), 7)
+                if end > closed_to:
+                    break
+                periods = days.pop(iso)
+                device_id = scope or None
+                if state["zone"] is None and device_id is None:
+                    continue
+                total = sum(c for _, c in periods.values())
+                if "n" in periods:
+                    energy, count = periods["n"]
+                    night_start = self._local_to_us(day, 23)
+                    expected = self._scope_expected(state, scope, end - night_start)
+                    out.append(
+                        self._kpi("noise.lnight", state, night_start, end,
+                                  f.level_from_energy(energy, count), count,
+                                  count / expected if expected else 1.0,
+                                  device_id=device_id, quantity=_NOISE)
+                    )  # fmt: skip
+                if all(p in periods for p in ("d", "e", "n")):
+                    levels = {p: f.level_from_energy(*periods[p]) for p in ("d", "e", "n")}
+                    expected = self._scope_expected(state, scope, end - start)
+                    out.append(
+                        self._kpi("noise.lden", state, start, end,
+                                  f.lden(levels["d"], levels["e"], levels["n"]), total,
+                                  total / expected if expected else 1.0,
+                                  device_id=device_id, quantity=_NOISE,
+                                  attributes={"lday": f"{levels['d']:.2f}",
+                                              "levening": f"{levels['e']:.2f}",
+                                              "lnight": f"{levels['n']:.2f}"})
+                    )  # fmt: skip
+        return out
+
+    def _scope_expected(self, state: dict[str, Any], scope: str, span_us: int) -> float:
+        if not scope:
+            return self._expected(state, _NOISE, span_us)
+        entry = state["known"].get(scope)
+        return span_us / entry[0] if entry else 0.0

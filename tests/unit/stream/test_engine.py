@@ -1,0 +1,254 @@
+"""The two-stage engine (as ``kpi eval`` runs it): windows, lateness, dedupe, zone KPIs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from climastream.contract import KpiValue, Quantity, Reading
+from climastream.quantities import CANONICAL_UNITS
+from stream.config import StreamConfig
+from stream.pipeline import Replay, replay
+from stream.windows import DeviceWindows
+
+T0 = datetime(2024, 7, 1, 10, 0, tzinfo=UTC)  # 12:00 in Brussels (CEST)
+
+
+class Seq:
+    def __init__(self) -> None:
+        self.next: dict[str, int] = {}
+
+    def reading(
+        self,
+        device: str,
+        quantity: str,
+        value: float,
+        at: datetime,
+        zone: str | None = "centre",
+        gateway: str = "gw1",
+    ) -> Reading:
+        seq = self.next.get(device, 0)
+        self.next[device] = seq + 1
+        q = Quantity(quantity)
+        return Reading(
+            device_id=device, gateway_id=gateway, seq=seq, quantity=q, value=value,
+            unit=CANONICAL_UNITS[q], event_time=at, ingest_time=at, zone=zone,
+        )  # fmt: skip
+
+
+def cfg(**overrides: object) -> StreamConfig:
+    base: dict[str, object] = {"window": "10s", "grace": "2s", "default_cadence": "5s"}
+    base.update(overrides)
+    return StreamConfig.model_validate(base)
+
+
+def pick(kpis: list[KpiValue], kpi_id: str, **scope: object) -> list[KpiValue]:
+    out = [k for k in kpis if k.kpi_id == kpi_id]
+    for name, value in scope.items():
+        out = [k for k in out if getattr(k, name) == value]
+    return out
+
+
+def test_device_window_late_and_duplicates() -> None:
+    s = Seq()
+    engine = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    first = s.reading("d1", "temperature", 20.0, T0 + timedelta(seconds=1))
+    assert engine.add([first, first]) == []
+    assert engine.stats.duplicates == 1
+    engine.add([s.reading("d1", "temperature", 22.0, T0 + timedelta(seconds=13))])
+    closed = engine.close()
+    assert [p["q"]["temperature"] for p in closed] == [[20.0]]  # 13 s >= 10 + 2 grace
+    late = s.reading("d1", "temperature", 69.0, T0 + timedelta(seconds=5))
+    assert engine.add([late]) == [late]
+    assert engine.stats.late == 1
+
+
+def test_quiet_sensor_window_closes_on_wall_clock() -> None:
+    s = Seq()
+    engine = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    engine.add([s.reading("d1", "temperature", 20.0, T0 + timedelta(seconds=1))])
+    assert engine.close(now=T0 + timedelta(seconds=11.9)) == []
+    closed = engine.close(now=T0 + timedelta(seconds=12))
+    assert len(closed) == 1
+    assert engine.horizon() == int((T0 + timedelta(seconds=10)).timestamp()) * 1_000_000
+
+
+def test_snapshot_restore_round_trip() -> None:
+    s = Seq()
+    engine = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    first = s.reading("d1", "temperature", 20.0, T0)
+    engine.add([first])
+    copy = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    copy.restore(engine.snapshot())
+    assert copy.add([first]) == []
+    assert copy.stats.duplicates == 1
+    assert copy.flush()[0]["q"] == {"temperature": [20.0]}
+
+
+def test_stats_completeness_and_silent_device() -> None:
+    s = Seq()
+    config = cfg(devices={"d1": {"cadence": "5s", "zone": "centre"},
+                          "quiet": {"cadence": "5s", "zone": "centre",
+                                    "quantities": ["temperature"]}})  # fmt: skip
+    readings = [
+        s.reading("d1", "temperature", 20.0, T0),  # 2 expected in 10 s at 5 s cadence
+        s.reading("d1", "temperature", 24.0, T0 + timedelta(seconds=5)),
+        s.reading("d2", "temperature", 29.0, T0 + timedelta(seconds=3)),  # undeclared: 5 s
+        s.reading("d1", "temperature", 0.0, T0 + timedelta(seconds=20)),
+    ]
+    kpis = replay(readings, config).kpis
+    first = [k for k in kpis if k.window_start == T0]
+    mean = pick(first, "stat.mean", device_id="d1")[0]
+    assert (mean.value, mean.sample_count, mean.completeness) == (22.0, 2, 1.0)
+    zone_mean = pick(first, "stat.mean", device_id=None, zone="centre")[0]
+    assert zone_mean.value == pytest.approx((20 + 24 + 29) / 3)
+    # zone completeness: 3 readings of 6 expected (d1, d2, quiet at 2 each)
+    assert zone_mean.completeness == pytest.approx(0.5)
+    assert pick(first, "stat.max", zone="centre", device_id=None)[0].value == 29.0
+    assert pick(first, "stat.p95", device_id="d1")[0].value == pytest.approx(23.8)
+    quiet = pick(first, "completeness", device_id="quiet")[0]
+    assert (quiet.value, quiet.sample_count) == (0.0, 0)
+    # the silent window 10..20 s still exists for every known device
+    assert {k.device_id for k in pick(kpis, "completeness")
+            if k.window_start == T0 + timedelta(seconds=10)} == {"d1", "d2", "quiet"}  # fmt: skip
+
+
+def test_uhi_across_zones_and_heat() -> None:
+    s = Seq()
+    config = cfg(reference={"device_id": "ref"}, zones={"centre": {}, "park": {}})
+    readings = [
+        s.reading("a", "temperature", 30.0, T0, gateway="gw1"),
+        s.reading("b", "temperature", 32.0, T0 + timedelta(seconds=1), gateway="gw2"),
+        s.reading("a", "relative_humidity", 50.0, T0),
+        s.reading("b", "relative_humidity", 50.0, T0 + timedelta(seconds=1), gateway="gw2"),
+        s.reading("ref", "temperature", 24.0, T0, zone="park", gateway="gw3"),
+        s.reading("ref", "temperature", 25.0, T0 + timedelta(seconds=2), zone="park",
+                  gateway="gw3"),
+    ]  # fmt: skip
+    kpis = replay(readings, config).kpis
+    uhi = pick(kpis, "uhi.intensity", zone="centre")[0]
+    assert uhi.value == pytest.approx(31.0 - 24.5)
+    # heat stress on the zone means T=31, RH=50
+    dew = pick(kpis, "heat.dew_point", zone="centre", device_id=None)[0]
+    # gamma = ln(0.5) + 17.62*31/274.12 = 1.299484; Td = 243.12*gamma/(17.62-gamma)
+    assert dew.value == pytest.approx(19.358, abs=0.001)
+    hi = pick(kpis, "heat.heat_index", zone="centre", device_id=None)[0]
+    # 31 °C = 87.8 °F, RH 50: Rothfusz regression = 90.711 °F = 32.617 °C
+    assert hi.value == pytest.approx(32.617, abs=0.001)
+
+
+def test_noise_traffic_energy_waste() -> None:
+    s = Seq()
+    config = cfg(zones={"centre": {"area_km2": 2.0}}, co2e_kg_per_kwh=0.5,
+                 bin_threshold_pct=80)  # fmt: skip
+    at = T0 + timedelta(seconds=1)
+    readings = [
+        s.reading("n1", "noise_laeq", 60.0, at),
+        s.reading("n1", "noise_laeq", 70.0, at + timedelta(seconds=5)),
+        s.reading("v1", "vehicle_count", 4.0, at),
+        s.reading("v2", "vehicle_count", 6.0, at),
+        s.reading("p1", "parking_occupancy", 40.0, at),
+        s.reading("p1", "parking_occupancy", 60.0, at + timedelta(seconds=5)),
+        s.reading("e1", "energy", 1.5, at),
+        s.reading("e1", "energy", 0.5, at + timedelta(seconds=5)),
+        s.reading("w1", "water_volume", 0.25, at),
+        s.reading("b1", "bin_fill_level", 70.0, at),
+        s.reading("b1", "bin_fill_level", 85.0, at + timedelta(seconds=5)),
+        s.reading("b2", "bin_fill_level", 50.0, at),
+    ]
+    kpis = replay(readings, config).kpis
+    zone = {"zone": "centre", "device_id": None}
+    assert pick(kpis, "noise.laeq", **zone)[0].value == pytest.approx(67.4036, abs=1e-3)
+    assert pick(kpis, "traffic.vehicles", **zone)[0].value == 10.0
+    assert pick(kpis, "traffic.intensity_km2", **zone)[0].value == 5.0
+    assert pick(kpis, "parking.occupancy", **zone)[0].value == 50.0
+    assert pick(kpis, "energy.kwh", **zone)[0].value == 2.0
+    assert pick(kpis, "energy.co2e_kg", **zone)[0].value == 1.0
+    assert pick(kpis, "water.m3", **zone)[0].value == 0.25
+    assert pick(kpis, "waste.fill_level", device_id="b1")[0].value == 85.0  # latest
+    assert pick(kpis, "waste.bins_over_threshold", **zone)[0].value == 1.0
+
+
+def test_eaqi_hourly_and_pm_running_mean() -> None:
+    s = Seq()
+    config = cfg(window="1m", eaqi_period="1h", eaqi_running_periods=24)
+    readings = []
+    for hour in range(2):
+        at = T0 + timedelta(hours=hour, minutes=10)
+        readings.append(s.reading("pm", "pm2_5", 10.0 if hour == 0 else 30.0, at))
+        readings.append(s.reading("no2", "no2", 20.0 if hour == 0 else 70.0, at))
+    kpis = replay(readings, config).kpis
+    overall = pick(kpis, "eaqi")
+    assert [(k.window_start, k.value, k.band) for k in overall] == [
+        (T0, 2.0, "fair"),  # PM2.5 10 fair, NO2 20 fair
+        (T0 + timedelta(hours=1), 4.0, "poor"),  # NO2 70 poor; PM running (10+30)/2=20
+    ]
+    assert overall[1].attributes["dominant_pollutant"] == "no2"
+    pm = pick(kpis, "eaqi.pollutant", quantity=Quantity.PM2_5)[1]
+    assert pm.attributes["concentration"] == "20.000"
+    assert pm.band == "moderate"
+
+
+def test_heatwave_and_daily_uhi_over_local_days() -> None:
+    s = Seq()
+    config = cfg(window="1h", reference={"zone": "park"}, zones={"centre": {}, "park": {}})
+    maxima = [26.0, 31.0, 27.0, 30.0, 25.0, 32.0]
+    readings = []
+    start = datetime(2024, 7, 1, 10, 0, tzinfo=UTC)  # 12:00 local
+    for day, tmax in enumerate(maxima):
+        at = start + timedelta(days=day)
+        readings.append(s.reading("c", "temperature", tmax, at))
+        readings.append(s.reading("c", "temperature", tmax - 5, at + timedelta(hours=3)))
+        readings.append(s.reading("r", "temperature", tmax - 2, at, zone="park"))
+        readings.append(s.reading("r", "temperature", tmax - 9, at + timedelta(hours=3),
+                                  zone="park"))  # fmt: skip
+    kpis = replay(readings, config).kpis
+    status = pick(kpis, "heatwave.status", zone="centre")
+    assert [k.value for k in status] == [0, 0, 0, 0, 0, 1]
+    assert status[-1].attributes == {"consecutive_days": "6", "hot_days": "3", "tmax": "32.00"}
+    # the local day in Brussels starts at 22:00 UTC the previous evening (CEST)
+    assert status[0].window_start == datetime(2024, 6, 30, 22, 0, tzinfo=UTC)
+    daily = pick(kpis, "uhi.daily_max", zone="centre")
+    assert [k.value for k in daily] == [4.0] * 6  # max(tmax-(tmax-2), (tmax-5)-(tmax-9))
+
+
+def test_lden_and_lnight() -> None:
+    s = Seq()
+    config = cfg(window="1h")
+    day = datetime(2024, 7, 1, tzinfo=UTC)
+    readings = []
+    # local hours (CEST = UTC+2): day 07-19 at 60 dB, evening 19-23 at 55, night 23-07 at 50
+    for hour in range(24):
+        local = (7 + hour) % 24
+        level = 60.0 if 7 <= local < 19 else (55.0 if 19 <= local < 23 else 50.0)
+        at = day + timedelta(hours=5 + hour, minutes=30)  # 07:30 local onwards
+        readings.append(s.reading("n", "noise_laeq", level, at))
+    kpis = replay(readings, config).kpis
+    lden = pick(kpis, "noise.lden", device_id="n")[0]
+    assert lden.value == pytest.approx(
+        10 * __import__("math").log10((12 * 1e6 + 4 * 10**6 + 8 * 1e6) / 24), abs=1e-6
+    )
+    assert pick(kpis, "noise.lnight", device_id="n")[0].value == pytest.approx(50.0)
+
+
+def test_replay_is_independent_of_batching() -> None:
+    s = Seq()
+    readings = [
+        s.reading(f"d{i % 3}", "temperature", 20.0 + i % 7, T0 + timedelta(seconds=i * 0.7),
+                  gateway=f"gw{i % 2}")
+        for i in range(200)
+    ]  # fmt: skip
+    one = replay(readings, cfg()).kpis
+    run = Replay(cfg())
+    for reading in readings:
+        run.add([reading])
+    assert run.finish().kpis == one
+
+
+def test_kpi_filter_and_unknown_id() -> None:
+    s = Seq()
+    kpis = replay([s.reading("d", "temperature", 20.0, T0)], cfg(), only_kpi="stat.max").kpis
+    assert {k.kpi_id for k in kpis} == {"stat.max"}
+    with pytest.raises(ValueError, match="unknown KPI"):
+        replay([], cfg(), only_kpi="nope")

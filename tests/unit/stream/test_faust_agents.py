@@ -1,0 +1,178 @@
+"""The Faust agents in ``test_context()``: stage 1 turns a ReadingBatch into device
+partials re-keyed by zone, stage 2 turns partials plus watermarks into KpiValues."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from climastream.contract import KpiValue, Quantity, Reading, ReadingBatch, decode, encode
+from stream.app import StreamSettings, create_app
+from stream.config import StreamConfig
+from stream.windows import to_us
+
+T0 = datetime(2024, 7, 1, 10, 0, tzinfo=UTC)
+
+
+def _agent(app: Any, name: str) -> Any:
+    return next(a for key, a in app.agents.items() if key.endswith(name))
+
+
+class Sent:
+    """The records the app hands to its producer, by topic: (key, value, partition)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes, int | None]] = []
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None,
+        headers: dict[str, bytes] | None,
+    ) -> None:
+        self.records.append((topic, key, value, partition))
+
+    def values(self, topic: str) -> list[bytes]:
+        return [value for name, _, value, _ in self.records if name == topic]
+
+
+@pytest.fixture
+def sent() -> Sent:
+    return Sent()
+
+
+@pytest.fixture
+def app(tmp_path: Any, sent: Sent) -> Any:
+    config = StreamConfig.model_validate({"window": "10s", "grace": "1s"})
+    return create_app(
+        StreamSettings(config=config, store="memory", data_dir=str(tmp_path), app_id="t"),
+        produce=sent,
+    )
+
+
+async def test_devices_agent_closes_windows_by_event_time(app: Any, sent: Sent) -> None:
+    readings = [
+        Reading(device_id="d1", gateway_id="gw", seq=i, quantity=Quantity.TEMPERATURE,
+                value=20.0 + i, unit="Cel", event_time=T0 + timedelta(seconds=4 * i),
+                ingest_time=T0, zone="centre")
+        for i in range(4)  # 0, 4, 8 s in window 0; 12 s closes it (12 >= 10 + 1 grace)
+    ]  # fmt: skip
+    batch = ReadingBatch(gateway_id="gw", readings=tuple(readings))
+    agent = _agent(app, "devices")
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"gw", value=encode(batch))
+    items = [item for raw in sent.values("t-kpi-partials") for item in orjson.loads(raw)["items"]]
+    assert len(items) == 1
+    key, reference, partial = items[0]
+    assert (key, reference) == ("centre", False)
+    assert partial["q"] == {"temperature": [20.0, 21.0, 22.0]}
+    assert partial["ws"] == to_us(T0)
+
+
+async def test_zones_agent_emits_kpis_on_watermark(app: Any, sent: Sent) -> None:
+    partial = {"d": "d1", "g": "gw", "z": "centre", "ws": to_us(T0),
+               "we": to_us(T0 + timedelta(seconds=10)), "q": {"noise_laeq": [60.0, 70.0]},
+               "l": {}, "m": []}  # fmt: skip
+    agent = _agent(app, "zones")
+    async with agent.test_context() as ctx:
+        await ctx.put(key=b"0", value=orjson.dumps(
+            {"src": 0, "wm": None, "items": [["centre", False, partial]]}))  # fmt: skip
+        assert sent.values("kpi") == []  # no watermark from the 4 stage-1 partitions yet
+        for src in range(4):
+            await ctx.put(key=b"0", value=orjson.dumps(
+                {"src": src, "wm": partial["we"], "items": []}))  # fmt: skip
+    out = [decode(raw, KpiValue) for raw in sent.values("kpi")]
+    laeq = [k for k in out if k.kpi_id == "noise.laeq" and k.device_id is None]
+    assert laeq[0].value == pytest.approx(67.4036, abs=1e-3)  # 10*log10((1e6+1e7)/2)
+    assert laeq[0].window_start == T0
+
+
+async def test_metrics_count_duplicates_resets_and_readings(app: Any, sent: Sent) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stream.app import EngineCollector
+
+    def batch(seqs_and_seconds: list[tuple[int, int]]) -> bytes:
+        readings = [
+            Reading(device_id="d1", gateway_id="gw", seq=seq, quantity=Quantity.TEMPERATURE,
+                    value=20.0, unit="Cel", event_time=T0 + timedelta(seconds=at),
+                    ingest_time=T0, zone="centre")
+            for seq, at in seqs_and_seconds
+        ]  # fmt: skip
+        return encode(ReadingBatch(gateway_id="gw", readings=tuple(readings)))
+
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(app))
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=batch([(40, 0), (41, 1), (42, 2)]))
+        await ctx.put(key=b"gw", value=batch([(41, 1)]))  # redelivered: a duplicate
+        await ctx.put(key=b"gw", value=batch([(0, 3), (1, 4)]))  # the counter restarted
+    text = generate_latest(registry).decode()
+    assert "climastream_stream_readings_total 6.0" in text
+    assert "climastream_stream_duplicate_readings_total 1.0" in text
+    assert "climastream_stream_counter_resets_total 1.0" in text
+    assert 'climastream_stream_partitions{stage="devices"} 1.0' in text
+
+
+async def test_a_catch_up_that_closes_many_windows_is_split_into_bounded_records(
+    tmp_path: Any,
+) -> None:
+    """Thousands of device windows closing at once must not make one oversized record
+    (the producer refuses records over 1 MiB, and the worker crashed on it)."""
+
+    async def kpis_with(limit: int) -> tuple[list[bytes], list[str]]:
+        sent = Sent()
+        config = StreamConfig.model_validate({"window": "10s", "grace": "1s"})
+        settings = StreamSettings(
+            config=config, store="memory", data_dir=str(tmp_path / str(limit)), app_id="t",
+            partials_record_bytes=limit,
+        )  # fmt: skip
+        app = create_app(settings, produce=sent)
+        readings = [
+            Reading(
+                device_id=f"d{d}",
+                gateway_id="gw",
+                seq=s,
+                quantity=Quantity.TEMPERATURE,
+                value=20.0,
+                unit="Cel",
+                event_time=T0 + timedelta(seconds=3 * s),
+                ingest_time=T0,
+                zone=f"z{d % 3}",
+            )
+            for s in range(5)
+            for d in range(40)
+        ]  # fmt: skip  (windows [0,10) of 40 devices close when t=12 s arrives)
+        async with _agent(app, "devices").test_context() as ctx:
+            await ctx.put(
+                key=b"gw", value=encode(ReadingBatch(gateway_id="gw", readings=tuple(readings)))
+            )
+        partials = sent.values("t-kpi-partials")
+        async with _agent(app, "zones").test_context() as ctx:
+            for raw in partials:
+                await ctx.put(key=b"0", value=raw)
+            end = to_us(T0 + timedelta(seconds=60))
+            for src in range(1, 4):  # the other stage-1 partitions' watermarks
+                mark = {"src": src, "wm": end, "items": []}
+                await ctx.put(key=b"0", value=orjson.dumps(mark))
+        kpis = sorted(
+            f"{k.kpi_id} {k.zone} {k.device_id} {k.window_start} {k.value} {k.sample_count}"
+            for k in (decode(raw, KpiValue) for raw in sent.values("kpi"))
+        )
+        return partials, kpis
+
+    big_records, reference = await kpis_with(1024 * 1024)
+    small_records, kpis = await kpis_with(2048)
+    assert len(small_records) >= len(big_records) + 2  # some target got several records
+    for raw in small_records:
+        record = orjson.loads(raw)
+        assert len(raw) <= 2048 + 64 or len(record["items"]) == 1
+    marks = [orjson.loads(raw)["wm"] is not None for raw in small_records]
+    assert sum(marks) <= 4  # one watermark per target partition, after its items
+    assert reference
+    assert kpis == reference
