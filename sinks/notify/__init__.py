@@ -1,0 +1,1 @@
+"""Notifiers: route alert state changes to e-mail, webhooks and Alertmanager."""

@@ -1,0 +1,462 @@
+"""The notifier: ``alerts`` topic -> routing -> ledger -> channels, with escalation.
+
+Flow per alert record: route it (zone, severity, team), plan one delivery row per
+recipient in the :class:`~sinks.notify.ledger.Ledger` (idempotent), commit the Kafka
+offset, then a delivery loop sends due rows with retries and exponential backoff. Rows
+for non-critical alerts that arrive in quiet hours wait until the quiet hours end, and are
+cancelled if the alert resolves first. An incident that is still unacknowledged
+``escalate.after`` its first notification is sent to the route's escalation contacts,
+once (the ledger remembers, across restarts).
+
+What staff receive per incident: one firing message per recipient, at most one escalation,
+one resolution to everyone who got the firing message. PENDING records are never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from climastream.contract import (
+    Alert,
+    AlertSeverity,
+    AlertState,
+    ContractError,
+    Topics,
+    decode,
+    encode,
+)
+from climastream.extras import require
+from climastream.shutdown import stop_on_signals
+from sinks.notify.channels import (
+    AlertmanagerChannel,
+    Channel,
+    DeliveryError,
+    EmailChannel,
+    WebhookChannel,
+)
+from sinks.notify.config import NotifyConfig, Route
+from sinks.notify.ledger import DEFERRED, PENDING, SENT, Delivery, Ledger
+from sinks.notify.message import Kind, render
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Notifier", "NotifierMetrics", "run_notifier"]
+
+Clock = Callable[[], datetime]
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class NotifierMetrics:
+    """Prometheus metrics, created once per process (tests build several notifiers)."""
+
+    _instance: NotifierMetrics | None = None
+
+    def __init__(self) -> None:
+        prometheus = require("prometheus_client", "sinks")
+        self.received = prometheus.Counter(
+            "climastream_notify_alerts_total", "alert records consumed", ["state"]
+        )
+        self.deliveries = prometheus.Counter(
+            "climastream_notify_deliveries_total",
+            "delivery attempts by channel and outcome (sent, retry, failed)",
+            ["channel", "outcome"],
+        )
+        self.escalations = prometheus.Counter(
+            "climastream_notify_escalations_total", "incidents escalated"
+        )
+        self.unrouted = prometheus.Counter(
+            "climastream_notify_unrouted_total", "alerts that matched no route"
+        )
+        self.rejected = prometheus.Counter(
+            "climastream_notify_rejected_total", "alert records that failed the contract"
+        )
+        self.seconds = prometheus.Histogram(
+            "climastream_notify_delivery_seconds", "time to deliver one message", ["channel"]
+        )
+
+    @classmethod
+    def get(cls) -> NotifierMetrics:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+
+def quiet_until(config: NotifyConfig, now: datetime) -> datetime | None:
+    """End of the quiet period ``now`` falls in (UTC), or None outside quiet hours."""
+    quiet = config.quiet_hours
+    if quiet is None or quiet.start == quiet.end:
+        return None
+    local = now.astimezone(config.zone)
+    t = local.time().replace(tzinfo=None)
+    overnight = quiet.start > quiet.end
+    inside = (t >= quiet.start or t < quiet.end) if overnight else quiet.start <= t < quiet.end
+    if not inside:
+        return None
+    end_day = local.date() + timedelta(days=1) if overnight and t >= quiet.start else local.date()
+    end = datetime.combine(end_day, quiet.end, tzinfo=config.zone)
+    return end.astimezone(UTC)
+
+
+def _format_delta(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds % 3600 == 0 and seconds >= 3600:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0 and seconds >= 60:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+class Notifier:
+    """Routing, planning and delivery; Kafka-free so it can be driven directly in tests."""
+
+    def __init__(
+        self,
+        config: NotifyConfig,
+        ledger: Ledger,
+        channels: dict[str, Channel] | None = None,
+        clock: Clock = _utc_now,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.clock = clock
+        self.channels: dict[str, Channel] = channels if channels is not None else {}
+        if channels is None:
+            if config.smtp:
+                self.channels["email"] = EmailChannel(config.smtp)
+            if config.webhooks:
+                self.channels["webhook"] = WebhookChannel({w.name: w for w in config.webhooks})
+            if config.alertmanager:
+                self.channels["alertmanager"] = AlertmanagerChannel(config.alertmanager)
+        self.metrics = NotifierMetrics.get()
+        self.wake = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ planning
+
+    def _recipients(self, names: tuple[str, ...]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for name in names:
+            contact = self.config.contacts[name]
+            if contact.email:
+                out.append(("email", contact.email))
+            if contact.webhook:
+                out.append(("webhook", contact.webhook))
+        return list(dict.fromkeys(out))
+
+    def _due(self, alert: Alert, routes: list[Route], now: datetime) -> datetime:
+        if alert.severity is AlertSeverity.CRITICAL or not any(r.quiet_hours for r in routes):
+            return now
+        return quiet_until(self.config, now) or now
+
+    def handle(self, alert: Alert) -> int:
+        """Plan the deliveries one alert state change calls for; returns how many are new."""
+        self.metrics.received.labels(alert.state.value).inc()
+        if alert.state is AlertState.PENDING:
+            return 0
+        now = self.clock()
+        incident = self.ledger.incident(alert.fingerprint)
+        is_open = incident is not None and incident.closed_at is None
+        raw = encode(alert)
+        if alert.state is AlertState.RESOLVED:
+            if incident is None or not is_open:
+                return 0
+            self.ledger.update_incident(alert.fingerprint, alert_json=raw, closed_at=now)
+            return self._plan_resolution(alert, incident.incident, incident.silenced, now)
+        acked = alert.state is AlertState.ACKNOWLEDGED
+        silenced = alert.state is AlertState.SILENCED
+        if incident is not None and is_open:
+            self.ledger.update_incident(
+                alert.fingerprint,
+                alert_json=raw,
+                acked=acked or incident.acked,
+                silenced=silenced,
+            )
+            if silenced:
+                self._cancel_unsent(alert.fingerprint, incident.incident)
+            return 0
+        routes = self.config.routes_for(alert)
+        if not routes:
+            self.metrics.unrouted.inc()
+            return 0
+        key = alert.started_at.isoformat()
+        escalation = next((r.escalate for r in routes if r.escalate), None)
+        self.ledger.open_incident(
+            alert.fingerprint,
+            key,
+            now=now,
+            severity=alert.severity.value,
+            alert_json=raw,
+            acked=acked,
+            silenced=silenced,
+            escalate_at=now + escalation.after if escalation else None,
+        )
+        if silenced:
+            return 0
+        due = self._due(alert, routes, now)
+        planned = 0
+        for route in routes:
+            for channel, recipient in self._recipients(route.notify):
+                planned += self.ledger.plan(
+                    alert.fingerprint, key, Kind.FIRING, channel, recipient, now=now, due_at=due
+                )
+        if "alertmanager" in self.channels:
+            planned += self.ledger.plan(
+                alert.fingerprint,
+                key,
+                Kind.FIRING,
+                "alertmanager",
+                "alertmanager",
+                now=now,
+                due_at=now,
+            )
+        if planned:
+            self.wake.set()
+        return planned
+
+    def _cancel_unsent(self, fingerprint: str, incident: str) -> None:
+        for delivery in self.ledger.deliveries(fingerprint):
+            if (
+                delivery.incident == incident
+                and delivery.status in (PENDING, DEFERRED)
+                and delivery.id not in self._in_flight
+            ):
+                self.ledger.cancel(delivery.id)
+
+    def _plan_resolution(self, alert: Alert, incident: str, silenced: bool, now: datetime) -> int:
+        reached: list[tuple[str, str]] = []
+        for delivery in self.ledger.deliveries(alert.fingerprint):
+            if delivery.incident != incident or delivery.kind == Kind.RESOLVED:
+                continue
+            if delivery.status == SENT or delivery.id in self._in_flight:
+                reached.append((delivery.channel, delivery.recipient))
+        self._cancel_unsent(alert.fingerprint, incident)
+        if silenced:
+            return 0
+        routes = self.config.routes_for(alert)
+        due = self._due(alert, routes, now)
+        planned = 0
+        for channel, recipient in dict.fromkeys(reached):
+            planned += self.ledger.plan(
+                alert.fingerprint,
+                incident,
+                Kind.RESOLVED,
+                channel,
+                recipient,
+                now=now,
+                due_at=now if channel == "alertmanager" else due,
+            )
+        if planned:
+            self.wake.set()
+        return planned
+
+    def escalate(self) -> int:
+        """Plan escalations that are due; each incident escalates at most once."""
+        now = self.clock()
+        planned = 0
+        for incident in self.ledger.due_escalations(now):
+            alert = decode(incident.alert_json, Alert)
+            routes = self.config.routes_for(alert)
+            targets: list[tuple[str, str]] = []
+            for route in routes:
+                if route.escalate:
+                    targets += self._recipients(route.escalate.to)
+            for channel, recipient in dict.fromkeys(targets):
+                planned += self.ledger.plan(
+                    alert.fingerprint,
+                    incident.incident,
+                    Kind.ESCALATION,
+                    channel,
+                    recipient,
+                    now=now,
+                    due_at=now,
+                )
+            self.ledger.update_incident(alert.fingerprint, escalated_at=now)
+            self.metrics.escalations.inc()
+        if planned:
+            self.wake.set()
+        return planned
+
+    # ------------------------------------------------------------------ delivery
+
+    def _backoff(self, attempts: int) -> timedelta:
+        retry = self.config.retry
+        return min(retry.initial * (2 ** max(0, attempts - 1)), retry.maximum)
+
+    def _notification(self, delivery: Delivery) -> Any:
+        incident = self.ledger.incident(delivery.fingerprint)
+        assert incident is not None
+        alert = decode(incident.alert_json, Alert)
+        after = None
+        if delivery.kind == Kind.ESCALATION and incident.escalate_at:
+            after = _format_delta(incident.escalate_at - incident.opened_at)
+        return render(
+            alert,
+            Kind(delivery.kind),
+            console_url=self.config.console_url,
+            zone=self.config.zone,
+            escalated_after=after,
+        )
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        channel = self.channels.get(delivery.channel)
+        try:
+            if channel is None:
+                raise DeliveryError(
+                    f"channel {delivery.channel!r} is not configured", retriable=False
+                )
+            notification = self._notification(delivery)
+            started = asyncio.get_running_loop().time()
+            await channel.send(
+                notification, delivery.recipient, f"{delivery.id}-{delivery.fingerprint}"
+            )
+            self.metrics.seconds.labels(delivery.channel).observe(
+                asyncio.get_running_loop().time() - started
+            )
+            self.ledger.mark_sent(delivery.id, self.clock())
+            self.metrics.deliveries.labels(delivery.channel, "sent").inc()
+        except DeliveryError as exc:
+            attempts = delivery.attempts + 1
+            give_up = not exc.retriable or attempts >= self.config.retry.attempts
+            retry_at = None if give_up else self.clock() + self._backoff(attempts)
+            self.ledger.mark_failed(delivery.id, str(exc), retry_at=retry_at)
+            outcome = "failed" if give_up else "retry"
+            self.metrics.deliveries.labels(delivery.channel, outcome).inc()
+            log.warning(
+                "delivery failed id=%s channel=%s recipient=%s attempt=%s outcome=%s error=%s",
+                delivery.id,
+                delivery.channel,
+                delivery.recipient,
+                attempts,
+                outcome,
+                exc,
+            )
+        finally:
+            self._in_flight.discard(delivery.id)
+
+    def start_due(self) -> int:
+        """Start sending every due delivery not already in flight (bounded concurrency)."""
+        room = self.config.concurrency - len(self._in_flight)
+        started = 0
+        if room <= 0:
+            return 0
+        for delivery in self.ledger.due(self.clock(), limit=room + len(self._in_flight)):
+            if delivery.id in self._in_flight:
+                continue
+            if started >= room:
+                break
+            self._in_flight.add(delivery.id)
+            task = asyncio.create_task(self._deliver(delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started += 1
+        return started
+
+    async def drain(self) -> None:
+        """Wait for the deliveries in flight (for tests and shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def deliver_loop(self, stop: asyncio.Event, poll_s: float = 0.5) -> None:
+        while not stop.is_set():
+            self.escalate()
+            self.start_due()
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=poll_s)
+        await self.drain()
+
+    async def close(self) -> None:
+        await self.drain()
+        for channel in self.channels.values():
+            await channel.close()
+
+
+def _mark_ready(path: Path) -> None:
+    path.write_text("ready\n")
+
+
+async def consume(
+    notifier: Notifier,
+    bootstrap: str,
+    group: str,
+    stop: asyncio.Event,
+    ready_file: Path | None = None,
+) -> None:
+    """Consume ``alerts``: plan each record in the ledger, *then* commit its offset."""
+    aiokafka = require("aiokafka", "sinks")
+    since = notifier.ledger.since(notifier.clock())
+    consumer = aiokafka.AIOKafkaConsumer(
+        Topics.ALERTS.name,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        # alerts are rare and latency matters: do not let the broker hold a fetch long
+        fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            if ready_file is not None and consumer.assignment():
+                _mark_ready(ready_file)
+                ready_file = None
+            for records in batches.values():
+                for record in records:
+                    if record.timestamp / 1000.0 < since.timestamp():
+                        continue  # history from before this notifier first started
+                    try:
+                        alert = decode(record.value, Alert)
+                    except ContractError:
+                        notifier.metrics.rejected.inc()
+                        continue
+                    notifier.handle(alert)
+            if batches:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+def run_notifier(
+    config: NotifyConfig,
+    *,
+    bootstrap: str,
+    group: str,
+    ledger_path: Path | None,
+    metrics_port: int | None,
+    ready_file: Path | None,
+) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit status."""
+
+    if ready_file:
+        ready_file.unlink(missing_ok=True)
+
+    async def main() -> int:
+        ledger = Ledger(ledger_path or config.ledger)
+        notifier = Notifier(config, ledger)
+        if metrics_port:
+            require("prometheus_client", "sinks").start_http_server(metrics_port, addr="127.0.0.1")
+        stop = stop_on_signals()
+        delivering = asyncio.create_task(notifier.deliver_loop(stop))
+        try:
+            await consume(notifier, bootstrap, group, stop, ready_file)
+        finally:
+            stop.set()
+            await delivering
+            await notifier.close()
+            ledger.close()
+        return 0
+
+    return asyncio.run(main())

@@ -1,0 +1,232 @@
+"""The alert engine as a Faust app (``climastream alerts engine``): Kafka in, alerts out.
+
+Consumes ``kpi``, ``readings``, ``gateway-status`` and ``alert-actions``; feeds each record
+to the pure :class:`~stream.alerts.engine.AlertEngine`; publishes every state change it
+returns to ``alerts`` (key = fingerprint). A 1 s timer drives the time-based rules (stale
+sensors, silent gateways, pending durations, silence expiry).
+
+State lives in two Faust tables (``alerts-state`` and ``alerts-signals``) with changelog
+topics, so a restarted worker recovers every alert's phase, acknowledgement, silence and
+evidence before it processes anything. The tables have one partition and write their
+changelog by key (``use_partitioner``): updates come from four topics with different
+partition counts *and* from the timer, which Faust's default (changelog partition = source
+partition) cannot express. Consequence: one engine worker is active at a time; a second
+worker with the same app id is a hot standby that takes over on rebalance. Alert traffic
+is small (the readings agent keeps only liveness and the quantities rules watch), so one
+worker is ample.
+
+Faust does not create topics here (``topic_allow_declare=False``, as in the KPI worker):
+:func:`ensure_changelog_topics` creates the two changelog topics through the Kafka admin
+API before the worker starts; the contract topics come from ``climastream stack up``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from climastream.contract import (
+    Alert,
+    AlertAction,
+    ContractError,
+    GatewayStatus,
+    KpiValue,
+    ReadingBatch,
+    Topics,
+    decode,
+    encode,
+)
+from climastream.extras import require
+from stream.alerts.engine import AlertEngine
+from stream.alerts.rules import RuleSet, load_rules
+
+log = logging.getLogger(__name__)
+
+STATE_TABLE = "alerts-state"
+SIGNALS_TABLE = "alerts-signals"
+SINCE_KEY = "meta|since"
+
+
+@dataclass(frozen=True)
+class AlertsSettings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "climastream-alerts"
+    rules_path: Path | None = None
+    tick_interval_s: float = 1.0
+    data_dir: str = ".faust-alerts"
+    metrics_port: int | None = None
+    #: on the very first start, also evaluate records up to this old (seconds)
+    catch_up_s: float = 0.0
+    #: written once the tables are recovered and input is being evaluated (readiness probe)
+    ready_file: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> AlertsSettings:
+        rules = os.environ.get("CLIMASTREAM_ALERT_RULES")
+        return cls(
+            bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", cls.bootstrap_servers),
+            app_id=os.environ.get("CLIMASTREAM_ALERTS_APP_ID", cls.app_id),
+            rules_path=Path(rules) if rules else None,
+        )
+
+    def changelog_topics(self) -> list[str]:
+        return [f"{self.app_id}-{name}-changelog" for name in (STATE_TABLE, SIGNALS_TABLE)]
+
+
+async def ensure_changelog_topics(settings: AlertsSettings) -> list[str]:
+    """Create the tables' changelog topics (1 partition) if missing; returns those created."""
+    from stream.app import start_admin
+
+    admin_mod = require("aiokafka.admin", "stream")
+    admin = await start_admin(settings.bootstrap_servers)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in settings.changelog_topics() if t not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    admin_mod.NewTopic(
+                        name=t,
+                        num_partitions=1,
+                        replication_factor=1,
+                        topic_configs={"cleanup.policy": "compact"},
+                    )
+                    for t in missing
+                ]
+            )
+        return missing
+    finally:
+        await admin.close()
+
+
+def _mark_ready(path: Path) -> None:
+    path.write_text(f"{os.getpid()}\n")
+
+
+class _Metrics:
+    """Prometheus counters for the engine (registered once per process)."""
+
+    def __init__(self) -> None:
+        prometheus = require("prometheus_client", "stream")
+        self.inputs = prometheus.Counter(
+            "climastream_alerts_inputs_total", "records consumed by the alert engine", ["topic"]
+        )
+        self.rejected = prometheus.Counter(
+            "climastream_alerts_rejected_total",
+            "records that failed the contract (sent to dead-letter)",
+            ["topic"],
+        )
+        self.skipped = prometheus.Counter(
+            "climastream_alerts_skipped_total",
+            "records older than the engine's first start (never evaluated)",
+            ["topic"],
+        )
+        self.transitions = prometheus.Counter(
+            "climastream_alerts_transitions_total", "alert state changes published", ["state"]
+        )
+
+
+def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
+    """Build the Faust app; ``rules`` defaults to ``settings.rules_path`` or the defaults."""
+    faust = require("faust", "stream")
+    ruleset = rules or load_rules(settings.rules_path)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="memory://",
+        datadir=settings.data_dir,
+        broker_session_timeout=3.0,
+        broker_heartbeat_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=False,
+        topic_partitions=1,
+        web_enabled=False,
+        producer_linger_ms=0,
+    )
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(name, value_serializer="raw", key_serializer="raw")
+
+    alerts_topic = raw_topic(Topics.ALERTS.name)
+    dead_letter = raw_topic(Topics.DEAD_LETTER.name)
+    state = app.Table(STATE_TABLE, partitions=1, use_partitioner=True, key_type=str)
+    signals = app.Table(SIGNALS_TABLE, partitions=1, use_partitioner=True, key_type=str)
+    engine = AlertEngine(ruleset, state, signals)
+    metrics = _Metrics()
+    app.climastream_engine = engine
+
+    def since() -> float:
+        """Epoch seconds before which records are history, not news.
+
+        Set once, at the first start of this app id, and kept in the signals table: a
+        fresh engine does not page staff about last week's data, and a restarted one
+        resumes from its committed offsets without skipping anything.
+        """
+        stored = signals.get(SINCE_KEY)
+        if stored is None:
+            stored = time.time() - settings.catch_up_s
+            signals[SINCE_KEY] = stored
+        return float(stored)
+
+    async def publish(alerts: list[Alert]) -> None:
+        for alert in alerts:
+            metrics.transitions.labels(alert.state.value).inc()
+            await alerts_topic.send(key=alert.key, value=encode(alert))
+
+    def consume(
+        topic: str, model: type[Any], apply: Callable[[Any], list[Alert]]
+    ) -> Callable[[Any], Awaitable[None]]:
+        async def agent(stream: Any) -> None:
+            async for event in stream.events():
+                metrics.inputs.labels(topic).inc()
+                if event.message.timestamp < since():
+                    metrics.skipped.labels(topic).inc()
+                    continue
+                try:
+                    record = decode(event.value, model)
+                except ContractError as exc:
+                    metrics.rejected.labels(topic).inc()
+                    await dead_letter.send(
+                        key=event.key,
+                        value=event.value,
+                        headers={
+                            "reason": b"contract",
+                            "source_topic": topic.encode(),
+                            "error": str(exc).encode()[:1000],
+                        },
+                    )
+                    continue
+                await publish(apply(record))
+
+        agent.__name__ = f"alerts_{topic.replace('-', '_')}"
+        return agent
+
+    for spec, model, apply in (
+        (Topics.KPI, KpiValue, engine.on_kpi),
+        (Topics.READINGS, ReadingBatch, engine.on_batch),
+        (Topics.GATEWAY_STATUS, GatewayStatus, engine.on_gateway_status),
+        (Topics.ALERT_ACTIONS, AlertAction, engine.on_action),
+    ):
+        app.agent(raw_topic(spec.name), name=f"alerts-{spec.name}")(
+            consume(spec.name, model, apply)
+        )
+
+    ready: list[bool] = []
+
+    @app.timer(settings.tick_interval_s)
+    async def tick() -> None:
+        # Time-based rules must not run on half-recovered tables.
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        since()
+        await publish(engine.tick())
+        if settings.ready_file and not ready:
+            ready.append(True)
+            _mark_ready(settings.ready_file)
+
+    return app

@@ -1,0 +1,393 @@
+"""The pure alert engine: lifecycle, hysteresis, pending, renotify, inhibition, actions.
+
+Every expectation is derived by hand from the rule definitions, with a fake clock.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from climastream.contract import (
+    AlertAction,
+    AlertActionKind,
+    AlertSeverity,
+    AlertState,
+    GatewayStatus,
+    KpiValue,
+    QualityFlag,
+    Quantity,
+    Reading,
+    ReadingBatch,
+    SourceState,
+)
+from stream.alerts.engine import AlertEngine, fingerprint
+from stream.alerts.rules import load_rules, rules_from_mapping
+
+T0 = datetime(2025, 7, 1, 21, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def engine(rules: list[dict[str, Any]], **defaults: Any) -> tuple[AlertEngine, Clock]:
+    clock = Clock()
+    ruleset = rules_from_mapping({"defaults": defaults, "rules": rules})
+    return AlertEngine(ruleset, {}, {}, clock=clock), clock
+
+
+UHI = {
+    "id": "uhi",
+    "kind": "threshold",
+    "kpi_id": "uhi.night",
+    "scope": "zone",
+    "set": 3.0,
+    "clear": 2.0,
+    "for": "10m",
+    "renotify": "1h",
+    "team": "climate-unit",
+    "summary": "Night-time heat island in {zone}: {value}{unit}",
+}
+
+
+def uhi(clock: Clock, zone: str, value: float, completeness: float = 0.9) -> KpiValue:
+    return KpiValue(
+        kpi_id="uhi.night",
+        kpi_version="1",
+        zone=zone,
+        window_start=clock.now - timedelta(minutes=5),
+        window_end=clock.now,
+        value=value,
+        unit="Cel",
+        sample_count=5,
+        completeness=completeness,
+    )
+
+
+def reading(
+    clock: Clock,
+    device: str,
+    value: float,
+    *,
+    gateway: str = "gw1",
+    seq: int = 0,
+    quantity: Quantity = Quantity.TEMPERATURE,
+    score: float | None = None,
+    quality: tuple[QualityFlag, ...] = (),
+) -> Reading:
+    return Reading(
+        device_id=device,
+        gateway_id=gateway,
+        seq=seq,
+        quantity=quantity,
+        value=value,
+        unit="Cel" if quantity is Quantity.TEMPERATURE else "ug/m3",
+        event_time=clock.now,
+        ingest_time=clock.now,
+        zone="centre",
+        score=score,
+        model_id="iforest" if score is not None else None,
+        quality=quality,
+    )
+
+
+def batch(*readings: Reading) -> ReadingBatch:
+    return ReadingBatch(gateway_id=readings[0].gateway_id, readings=readings)
+
+
+def status(
+    clock: Clock, gateway: str, sources: dict[str, SourceState] | None = None
+) -> GatewayStatus:
+    return GatewayStatus(
+        gateway_id=gateway,
+        time=clock.now,
+        software_version="1",
+        uptime_s=1.0,
+        buffer_depth=0,
+        buffer_bytes=0,
+        buffer_capacity_bytes=1,
+        sources=sources or {},
+    )
+
+
+def test_pending_then_firing_after_for_then_resolved_below_clear_level() -> None:
+    eng, clock = engine([UHI])
+    out = eng.on_kpi(uhi(clock, "centre", 3.4))
+    assert [a.state for a in out] == [AlertState.PENDING]
+    assert out[0].summary == "Night-time heat island in centre: 3.4°C"
+    clock.advance(9 * 60)
+    assert eng.tick() == []
+    clock.advance(60)
+    fired = eng.tick()
+    assert [a.state for a in fired] == [AlertState.FIRING]
+    assert fired[0].started_at == T0  # the incident began when the condition did
+    assert fired[0].fingerprint == fingerprint("uhi", [("zone", "centre")])
+    clock.advance(60)
+    resolved = eng.on_kpi(uhi(clock, "centre", 1.9))
+    assert [a.state for a in resolved] == [AlertState.RESOLVED]
+    assert resolved[0].started_at == T0
+    assert resolved[0].fingerprint == fired[0].fingerprint
+
+
+def test_values_oscillating_between_levels_give_one_incident() -> None:
+    eng, clock = engine([UHI])
+    states = []
+    for value in [3.2, 2.8, 3.5, 2.1, 3.1, 2.9, 3.3, 2.05, 3.4, 2.5, 3.0, 2.2]:
+        states += [a.state for a in eng.on_kpi(uhi(clock, "centre", value))]
+        clock.advance(120)
+        states += [a.state for a in eng.tick()]
+    assert states == [AlertState.PENDING, AlertState.FIRING]
+    assert [a.state for a in eng.on_kpi(uhi(clock, "centre", 2.0))] == [AlertState.RESOLVED]
+
+
+def test_a_dip_below_clear_during_pending_cancels_without_firing() -> None:
+    eng, clock = engine([UHI])
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 3.5))] == [AlertState.PENDING]
+    clock.advance(300)
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 1.0))] == [AlertState.RESOLVED]
+    clock.advance(600)
+    assert eng.tick() == []
+
+
+def test_refiring_within_renotify_waits_until_the_interval_has_passed() -> None:
+    rule = {**UHI, "for": "0s", "renotify": "30m"}
+    eng, clock = engine([rule])
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 4))] == [AlertState.FIRING]
+    clock.advance(60)
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 1))] == [AlertState.RESOLVED]
+    clock.advance(60)  # flaps back 1 min after the resolution
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 4))] == [AlertState.PENDING]
+    clock.advance(28 * 60)  # 29 min after the resolution
+    assert eng.tick() == []
+    clock.advance(60)  # 30 min after the resolution
+    assert [a.state for a in eng.tick()] == [AlertState.FIRING]
+
+
+def test_keep_firing_for_needs_the_clear_condition_to_hold() -> None:
+    rule = {**UHI, "for": "0s", "keep_firing_for": "5m"}
+    eng, clock = engine([rule])
+    eng.on_kpi(uhi(clock, "c", 4))
+    clock.advance(60)
+    assert eng.on_kpi(uhi(clock, "c", 1.5)) == []
+    clock.advance(120)
+    assert eng.on_kpi(uhi(clock, "c", 2.5)) == []  # back in the band: the clear timer resets
+    clock.advance(60)
+    assert eng.on_kpi(uhi(clock, "c", 1.5)) == []
+    clock.advance(299)
+    assert eng.tick() == []
+    clock.advance(1)
+    assert [a.state for a in eng.tick()] == [AlertState.RESOLVED]
+
+
+def test_state_survives_a_new_engine_on_the_same_mappings() -> None:
+    clock = Clock()
+    ruleset = rules_from_mapping({"rules": [{**UHI, "for": "0s"}]})
+    alerts: dict[str, Any] = {}
+    signals: dict[str, Any] = {}
+    first = AlertEngine(ruleset, alerts, signals, clock=clock)
+    assert [a.state for a in first.on_kpi(uhi(clock, "c", 4))] == [AlertState.FIRING]
+    second = AlertEngine(ruleset, alerts, signals, clock=clock)  # the restarted worker
+    clock.advance(10)
+    assert second.on_kpi(uhi(clock, "c", 4.2)) == []  # no duplicate firing
+    out = second.on_kpi(uhi(clock, "c", 1))
+    assert [a.state for a in out] == [AlertState.RESOLVED]
+    assert out[0].started_at == T0
+    assert [p.value for p in out[0].evidence] == [4, 4.2, 1]
+
+
+def test_kpi_rules_match_id_scope_and_zones() -> None:
+    rule = {**UHI, "for": "0s", "zones": ["centre"]}
+    eng, clock = engine([rule])
+    assert eng.on_kpi(uhi(clock, "park", 9)) == []
+    device_kpi = uhi(clock, "centre", 9).model_copy(update={"device_id": "th-1"})
+    assert eng.on_kpi(device_kpi) == []  # scope: zone
+    assert len(eng.on_kpi(uhi(clock, "centre", 9))) == 1
+
+
+def test_eaqi_band_rule_from_the_shipped_defaults_fires_on_poor() -> None:
+    clock = Clock()
+    eng = AlertEngine(load_rules(), {}, {}, clock=clock)
+
+    def eaqi(band_index: int, band: str) -> KpiValue:
+        return KpiValue(
+            kpi_id="eaqi",
+            kpi_version="1",
+            zone="centre",
+            window_start=clock.now - timedelta(hours=1),
+            window_end=clock.now,
+            value=band_index,
+            unit="1",
+            sample_count=60,
+            completeness=1.0,
+            band=band,
+        )
+
+    assert eng.on_kpi(eaqi(3, "moderate")) == []
+    out = eng.on_kpi(eaqi(4, "poor"))
+    assert [(a.rule_id, a.state) for a in out] == [("eaqi-poor", AlertState.PENDING)]
+    clock.advance(3600)
+    fired = eng.on_kpi(eaqi(4, "poor"))
+    assert [(a.rule_id, a.state) for a in fired] == [("eaqi-poor", AlertState.FIRING)]
+    assert fired[0].summary == "Air quality is poor in centre"
+
+
+def test_reading_threshold_carries_evidence_and_location() -> None:
+    rule = {
+        "id": "hot",
+        "kind": "threshold",
+        "source": "reading",
+        "quantity": "temperature",
+        "set": 40,
+        "clear": 35,
+        "severity": "critical",
+    }
+    eng, clock = engine([rule])
+    readings = []
+    for i, value in enumerate([30, 33, 38, 41]):
+        readings.append(reading(clock, "th-1", value, seq=i))
+        clock.advance(1)
+    out = eng.on_batch(batch(*readings))
+    assert [a.state for a in out] == [AlertState.FIRING]
+    alert = out[0]
+    assert alert.severity is AlertSeverity.CRITICAL
+    assert (alert.device_id, alert.gateway_id, alert.zone) == ("th-1", "gw1", "centre")
+    assert (alert.value, alert.threshold) == (41, 40)
+    assert [p.value for p in alert.evidence] == [30, 33, 38, 41]
+
+
+def test_rate_of_change_over_the_window() -> None:
+    rule = {
+        "id": "jump",
+        "kind": "rate_of_change",
+        "quantity": "temperature",
+        "window": "4m",
+        "limit": 1.0,
+        "clear": 0.3,
+    }
+    eng, clock = engine([rule])
+    states = []
+    # 20 °C steady for 2 min, then +3 °C in one minute: (23 - 20) / 2 min = 1.5 °C/min
+    for i, value in enumerate([20, 20, 20, 23]):
+        states += [a.state for a in eng.on_batch(batch(reading(clock, "th", value, seq=i)))]
+        clock.advance(60)
+    assert states == [AlertState.FIRING]
+    for i, value in enumerate([23, 23, 23, 23, 23], start=4):
+        states += [a.state for a in eng.on_batch(batch(reading(clock, "th", value, seq=i)))]
+        clock.advance(60)
+    assert states == [AlertState.FIRING, AlertState.RESOLVED]
+
+
+def test_anomaly_score_and_flag() -> None:
+    rule = {"id": "odd", "kind": "anomaly", "level": 0.9, "clear": 0.5}
+    eng, clock = engine([rule])
+    assert eng.on_batch(batch(reading(clock, "pm", 10, score=0.7))) == []
+    out = eng.on_batch(batch(reading(clock, "pm", 10, score=0.95, seq=1)))
+    assert [a.state for a in out] == [AlertState.FIRING]
+    assert out[0].score == 0.95
+    assert eng.on_batch(batch(reading(clock, "pm", 10, score=0.6, seq=2))) == []
+    resolved = eng.on_batch(batch(reading(clock, "pm", 10, score=0.2, seq=3)))
+    assert [a.state for a in resolved] == [AlertState.RESOLVED]
+    flagged = eng.on_batch(batch(reading(clock, "pm2", 10, quality=(QualityFlag.ANOMALY,))))
+    assert [a.state for a in flagged] == [AlertState.FIRING]
+
+
+STALE = {"id": "stale", "kind": "stale", "cadence": "10s", "missed": 3}
+GATEWAY = {"id": "gw-off", "kind": "gateway_offline", "status_interval": "30s", "missed": 2}
+
+
+def test_stale_sensor_fires_when_its_gateway_is_alive() -> None:
+    eng, clock = engine([STALE, GATEWAY])
+    eng.on_gateway_status(status(clock, "gw1"))
+    eng.on_batch(batch(reading(clock, "a", 20), reading(clock, "b", 20)))
+    for second in range(1, 41):
+        clock.advance(1)
+        if second % 10 == 0:  # only "a" keeps reporting, through the same gateway
+            eng.on_batch(batch(reading(clock, "a", 20, seq=second)))
+            if second % 20 == 0:
+                eng.on_gateway_status(status(clock, "gw1"))
+        out = eng.tick()
+        if out:
+            assert [(a.rule_id, a.device_id, a.state) for a in out] == [
+                ("stale", "b", AlertState.FIRING)
+            ]
+            assert second == 30  # 3 x 10 s cadence
+            break
+    else:
+        pytest.fail("the stale alert never fired")
+    clock.advance(1)
+    resolved = eng.on_batch(batch(reading(clock, "b", 20, seq=99)))
+    assert [(a.device_id, a.state) for a in resolved] == [("b", AlertState.RESOLVED)]
+
+
+def test_gateway_outage_is_one_alert_and_inhibits_its_sensors() -> None:
+    eng, clock = engine([STALE, GATEWAY])
+    devices = [f"d{i}" for i in range(20)]
+    eng.on_gateway_status(status(clock, "gw1"))
+    eng.on_batch(batch(*(reading(clock, d, 20) for d in devices)))
+    published = []
+    for _ in range(600):  # 10 minutes of silence
+        clock.advance(1)
+        published += eng.tick()
+    firing = [a for a in published if a.state is AlertState.FIRING]
+    assert [(a.rule_id, a.gateway_id) for a in firing] == [("gw-off", "gw1")]
+    assert firing[0].summary.startswith("Gateway gw1 is offline")
+    # the gateway is back: its alert resolves; the held sensor alerts end without firing
+    back = eng.on_gateway_status(status(clock, "gw1"))
+    assert [(a.rule_id, a.state) for a in back] == [("gw-off", AlertState.RESOLVED)]
+    out = eng.on_batch(batch(*(reading(clock, d, 20, seq=1) for d in devices)))
+    assert {(a.rule_id, a.state) for a in out} <= {("stale", AlertState.RESOLVED)}
+    stale_states = {a.state for a in published + out if a.rule_id == "stale"}
+    assert AlertState.FIRING not in stale_states
+    assert eng.counters.inhibited > 0
+
+
+def test_gateway_status_with_every_source_down_fires_at_once() -> None:
+    eng, clock = engine([GATEWAY])
+    down = {"serial": SourceState.DOWN, "lora": SourceState.DOWN}
+    out = eng.on_gateway_status(status(clock, "gw1", down))
+    assert [(a.state, a.labels["sources_down"]) for a in out] == [
+        (AlertState.FIRING, "lora,serial")
+    ]
+    up = eng.on_gateway_status(status(clock, "gw1", {"serial": SourceState.UP}))
+    assert [a.state for a in up] == [AlertState.RESOLVED]
+
+
+def test_acknowledge_silence_unsilence_and_expiry() -> None:
+    eng, clock = engine([{**UHI, "for": "0s"}])
+    fp = eng.on_kpi(uhi(clock, "c", 4))[0].fingerprint
+
+    def act(kind: AlertActionKind, until: datetime | None = None) -> list[AlertState]:
+        action = AlertAction(fingerprint=fp, action=kind, actor="ana", at=clock.now, until=until)
+        return [a.state for a in eng.on_action(action)]
+
+    assert act(AlertActionKind.ACKNOWLEDGE) == [AlertState.ACKNOWLEDGED]
+    assert act(AlertActionKind.ACKNOWLEDGE) == []  # idempotent
+    assert act(AlertActionKind.SILENCE, clock.now + timedelta(minutes=5)) == [AlertState.SILENCED]
+    clock.advance(299)
+    assert eng.tick() == []
+    clock.advance(1)
+    assert [a.state for a in eng.tick()] == [AlertState.ACKNOWLEDGED]
+    assert act(AlertActionKind.SILENCE) == [AlertState.SILENCED]
+    assert act(AlertActionKind.UNSILENCE) == [AlertState.ACKNOWLEDGED]
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 1))] == [AlertState.RESOLVED]
+    assert act(AlertActionKind.ACKNOWLEDGE) == []  # nothing to acknowledge any more
+    assert eng.counters.actions_ignored == 2
+
+
+def test_fingerprint_is_stable_and_scoped() -> None:
+    a = fingerprint("uhi", [("zone", "centre")])
+    assert a == fingerprint("uhi", [("zone", "centre"), ("device", None)])
+    assert a != fingerprint("uhi", [("zone", "park")])
+    assert a != fingerprint("uhi2", [("zone", "centre")])
+    assert len(a) == 16
+    assert int(a, 16) >= 0

@@ -1,0 +1,444 @@
+"""Notifier: routing, quiet hours, ledger de-duplication, escalation, retries, channels.
+
+Channels are exercised against real local servers (aiosmtpd with STARTTLS + AUTH, an
+aiohttp receiver); planning logic uses a fake clock and a list channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from climastream.contract import Alert, AlertSeverity, AlertState, EvidencePoint, Location
+from sinks.notify.channels import (
+    AlertmanagerChannel,
+    DeliveryError,
+    EmailChannel,
+    WebhookChannel,
+    sign,
+)
+from sinks.notify.config import ConfigError, config_from_mapping
+from sinks.notify.ledger import Ledger
+from sinks.notify.message import Kind, Notification, render
+from sinks.notify.service import Notifier, quiet_until
+from sinks.notify.testing import RecordingSmtpServer, RecordingWebhookServer
+
+T0 = datetime(2025, 7, 1, 12, 0, tzinfo=UTC)  # 14:00 in Brussels (CEST)
+
+
+class Clock:
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class ListChannel:
+    """Records what it was asked to send; fails the first ``failures`` calls."""
+
+    def __init__(self, name: str, failures: int = 0, retriable: bool = True) -> None:
+        self.name = name
+        self.sent: list[tuple[str, str, str]] = []
+        self.failures = failures
+        self.retriable = retriable
+
+    async def send(self, notification: Notification, recipient: str, delivery_id: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise DeliveryError("boom", retriable=self.retriable)
+        self.sent.append((notification.kind.value, recipient, notification.subject))
+
+    async def close(self) -> None:
+        return None
+
+
+CONFIG: dict[str, Any] = {
+    "console_url": "https://city.test/console",
+    "quiet_hours": {"start": "22:00", "end": "07:00"},
+    "smtp": {"host": "127.0.0.1", "from": "alerts@city.test"},
+    "webhooks": [{"name": "chat", "url": "http://127.0.0.1:1/hook", "secret": "k"}],
+    "contacts": {
+        "duty": {"email": "duty@city.test"},
+        "head": {"email": "head@city.test"},
+        "climate": {"email": "climate@city.test", "webhook": "chat"},
+        "ops": {"email": "ops@city.test"},
+    },
+    "routes": [
+        {
+            "match": {"severities": ["critical"]},
+            "notify": ["duty"],
+            "escalate": {"after": "15m", "to": ["head"]},
+        },
+        {"match": {"teams": ["climate-unit"], "zones": ["centre"]}, "notify": ["climate"]},
+        {"match": {}, "notify": ["ops"]},
+    ],
+    "retry": {"attempts": 3, "initial": "10s", "maximum": "1m"},
+}
+
+
+def alert(
+    state: AlertState = AlertState.FIRING,
+    severity: AlertSeverity = AlertSeverity.WARNING,
+    zone: str = "centre",
+    started: datetime = T0,
+    fp: str = "00112233aabbccdd",
+) -> Alert:
+    return Alert(
+        fingerprint=fp,
+        rule_id="uhi-night",
+        state=state,
+        severity=severity,
+        summary=f"Night-time heat island in {zone}: 3.4°C above the reference",
+        team="climate-unit",
+        zone=zone,
+        device_id="th-centre-1",
+        gateway_id="gw-1",
+        kpi_id="uhi.night",
+        location=Location(lat=50.8467, lon=4.3525),
+        value=3.4,
+        threshold=3.0,
+        unit="Cel",
+        completeness=0.92,
+        started_at=started,
+        updated_at=started,
+        evidence=(EvidencePoint(time=started, value=3.4),),
+    )
+
+
+@pytest.fixture
+def ledger_at() -> Iterator[Callable[[Path], Ledger]]:
+    """Opens ledgers and closes them after the test (an unclosed sqlite3 connection is a
+    ResourceWarning since Python 3.13, raised in whichever later test collects it)."""
+    opened: list[Ledger] = []
+
+    def open_ledger(path: Path) -> Ledger:
+        opened.append(Ledger(path))
+        return opened[-1]
+
+    yield open_ledger
+    for ledger in opened:
+        ledger.close()
+
+
+@pytest.fixture
+def notifier(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> tuple[Notifier, Clock, ListChannel, ListChannel]:
+    clock = Clock()
+    email, webhook = ListChannel("email"), ListChannel("webhook")
+    config = config_from_mapping(CONFIG)
+    channels: dict[str, Any] = {"email": email, "webhook": webhook}
+    ledger = ledger_at(tmp_path / "l.db")
+    return Notifier(config, ledger, channels, clock=clock), clock, email, webhook
+
+
+async def run_due(n: Notifier) -> None:
+    n.escalate()
+    n.start_due()
+    await n.drain()
+
+
+async def test_routing_first_match_and_one_message_per_recipient(notifier: Any) -> None:
+    n, _, email, webhook = notifier
+    assert n.handle(alert()) == 2  # climate: e-mail + webhook
+    assert n.handle(alert()) == 0  # the same record again (replay): nothing new
+    await run_due(n)
+    assert email.sent == [("firing", "climate@city.test", email.sent[0][2])]
+    assert email.sent[0][2].startswith("[Warning] Night-time heat island in centre")
+    assert webhook.sent == [("firing", "chat", email.sent[0][2])]
+    n.handle(alert(zone="north", fp="99112233aabbccdd"))
+    await run_due(n)
+    assert email.sent[-1][1] == "ops@city.test"  # the catch-all
+
+
+async def test_pending_is_never_sent_and_resolution_goes_to_who_got_the_firing(
+    notifier: Any,
+) -> None:
+    n, clock, email, _ = notifier
+    assert n.handle(alert(AlertState.PENDING)) == 0
+    n.handle(alert())
+    await run_due(n)
+    clock.now += timedelta(minutes=5)
+    n.handle(alert(AlertState.RESOLVED))
+    n.handle(alert(AlertState.RESOLVED))  # duplicate record
+    await run_due(n)
+    assert [(k, r) for k, r, _ in email.sent] == [
+        ("firing", "climate@city.test"),
+        ("resolved", "climate@city.test"),
+    ]
+    assert email.sent[1][2].startswith("[Resolved] ")
+
+
+async def test_a_new_incident_record_while_one_is_open_is_not_a_second_page(
+    notifier: Any,
+) -> None:
+    n, _, email, _ = notifier
+    n.handle(alert())
+    # an engine that lost its state re-fires with a new start time: same open incident
+    n.handle(alert(started=T0 + timedelta(minutes=3)))
+    await run_due(n)
+    assert len(email.sent) == 1
+
+
+async def test_quiet_hours_defer_non_critical_and_cancel_if_resolved_first(
+    notifier: Any,
+) -> None:
+    n, clock, email, _ = notifier
+    clock.now = datetime(2025, 7, 1, 21, 30, tzinfo=UTC)  # 23:30 in Brussels
+    n.handle(alert())
+    await run_due(n)
+    assert email.sent == []
+    clock.now = datetime(2025, 7, 2, 4, 59, tzinfo=UTC)  # 06:59 local
+    await run_due(n)
+    assert email.sent == []
+    clock.now = datetime(2025, 7, 2, 5, 0, tzinfo=UTC)  # 07:00 local
+    await run_due(n)
+    assert [k for k, _, _ in email.sent] == ["firing"]
+    # another one at night that resolves before morning: nothing at all
+    clock.now = datetime(2025, 7, 2, 21, 0, tzinfo=UTC)
+    n.handle(alert(fp="aa112233aabbccdd", started=clock.now))
+    clock.now += timedelta(hours=1)
+    n.handle(alert(AlertState.RESOLVED, fp="aa112233aabbccdd", started=clock.now))
+    clock.now = datetime(2025, 7, 3, 6, 0, tzinfo=UTC)
+    await run_due(n)
+    assert len(email.sent) == 1
+
+
+def test_quiet_until_handles_overnight_windows() -> None:
+    config = config_from_mapping(CONFIG)
+    assert quiet_until(config, datetime(2025, 1, 10, 12, 0, tzinfo=UTC)) is None
+    # 23:30 CET on 10 Jan -> quiet until 07:00 CET on 11 Jan = 06:00 UTC
+    assert quiet_until(config, datetime(2025, 1, 10, 22, 30, tzinfo=UTC)) == datetime(
+        2025, 1, 11, 6, 0, tzinfo=UTC
+    )
+    # 05:00 CET -> same morning 07:00 CET
+    assert quiet_until(config, datetime(2025, 1, 11, 4, 0, tzinfo=UTC)) == datetime(
+        2025, 1, 11, 6, 0, tzinfo=UTC
+    )
+
+
+async def test_critical_ignores_quiet_hours_and_escalates_exactly_once(
+    tmp_path: Path, notifier: Any, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    n, clock, email, _ = notifier
+    clock.now = datetime(2025, 7, 1, 23, 0, tzinfo=UTC)  # 01:00 local: quiet
+    n.handle(alert(severity=AlertSeverity.CRITICAL))
+    await run_due(n)
+    assert [(k, r) for k, r, _ in email.sent] == [("firing", "duty@city.test")]
+    clock.now += timedelta(minutes=14, seconds=59)
+    await run_due(n)
+    assert len(email.sent) == 1
+    clock.now += timedelta(seconds=1)
+    await run_due(n)
+    clock.now += timedelta(hours=2)
+    await run_due(n)
+    assert [(k, r) for k, r, _ in email.sent] == [
+        ("firing", "duty@city.test"),
+        ("escalation", "head@city.test"),
+    ]
+    assert email.sent[1][2].startswith("[Escalated: not acknowledged after 15 min]")
+    # a restarted notifier on the same ledger escalates nothing again
+    again = Notifier(n.config, ledger_at(n.ledger.path), {"email": email}, clock=clock)
+    await run_due(again)
+    assert len(email.sent) == 2
+
+
+async def test_acknowledged_alert_does_not_escalate(notifier: Any) -> None:
+    n, clock, email, _ = notifier
+    n.handle(alert(severity=AlertSeverity.CRITICAL))
+    clock.now += timedelta(minutes=3)
+    n.handle(alert(AlertState.ACKNOWLEDGED, severity=AlertSeverity.CRITICAL))
+    clock.now += timedelta(hours=1)
+    await run_due(n)
+    assert [k for k, _, _ in email.sent] == ["firing"]
+
+
+async def test_silenced_alert_cancels_unsent_and_sends_no_resolution(notifier: Any) -> None:
+    n, clock, email, _ = notifier
+    clock.now = datetime(2025, 7, 1, 21, 30, tzinfo=UTC)  # quiet: the firing waits
+    n.handle(alert())
+    n.handle(alert(AlertState.SILENCED))
+    n.handle(alert(AlertState.RESOLVED))
+    clock.now += timedelta(hours=12)
+    await run_due(n)
+    assert email.sent == []
+
+
+async def test_retries_with_backoff_then_failure_is_recorded(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    clock = Clock()
+    failing = ListChannel("email", failures=10)
+    config = config_from_mapping({**CONFIG, "quiet_hours": None})
+    n = Notifier(config, ledger_at(tmp_path / "l.db"), {"email": failing}, clock=clock)
+    n.handle(alert(zone="north"))
+    await run_due(n)
+    [row] = n.ledger.deliveries()
+    assert (row.status, row.attempts, row.last_error) == ("pending", 1, "boom")
+    assert row.due_at == T0 + timedelta(seconds=10)
+    clock.now = row.due_at
+    await run_due(n)
+    [row] = n.ledger.deliveries()
+    assert (row.attempts, row.due_at) == (2, clock.now + timedelta(seconds=20))
+    clock.now = row.due_at
+    await run_due(n)
+    [row] = n.ledger.deliveries()
+    assert (row.status, row.attempts) == ("failed", 3)  # attempts: 3
+    clock.now += timedelta(hours=1)
+    await run_due(n)
+    assert n.ledger.deliveries()[0].attempts == 3
+
+
+async def test_non_retriable_error_fails_at_once(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    clock = Clock()
+    refused = ListChannel("email", failures=1, retriable=False)
+    config = config_from_mapping({**CONFIG, "quiet_hours": None})
+    n = Notifier(config, ledger_at(tmp_path / "l.db"), {"email": refused}, clock=clock)
+    n.handle(alert(zone="north"))
+    await run_due(n)
+    assert [(d.status, d.attempts) for d in n.ledger.deliveries()] == [("failed", 1)]
+
+
+def test_config_errors_name_the_key() -> None:
+    bad = {**CONFIG, "routes": [{"match": {}, "notify": ["nobody"]}]}
+    with pytest.raises(ConfigError, match=r"routes.0: unknown contact 'nobody'"):
+        config_from_mapping(bad)
+    with pytest.raises(ConfigError, match="timezone"):
+        config_from_mapping({**CONFIG, "timezone": "Mars/Olympus"})
+    plain_auth = {**CONFIG, "smtp": {"host": "h", "starttls": False, "username": "u"}}
+    with pytest.raises(ConfigError, match="refusing to send a password"):
+        config_from_mapping(plain_auth)
+
+
+def test_message_carries_evidence_and_links() -> None:
+    from zoneinfo import ZoneInfo
+
+    note = render(
+        alert(),
+        Kind.FIRING,
+        console_url="https://city.test/console/",
+        zone=ZoneInfo("Europe/Brussels"),
+    )
+    assert note.subject == "[Warning] Night-time heat island in centre: 3.4°C above the reference"
+    text = note.text
+    assert "Where:      zone centre, device th-centre-1, gateway gw-1" in text
+    assert "Value:      3.4 °C (alert level 3 °C)" in text
+    assert "Since:      2025-07-01 14:00 CEST (12:00 UTC)" in text
+    assert "Data:       92% of expected readings arrived" in text
+    assert "  14:00:00  3.4 °C" in text
+    assert "https://city.test/console/alerts/00112233aabbccdd?action=acknowledge" in text
+    assert "openstreetmap.org/?mlat=50.84670&mlon=4.35250" in text
+
+
+async def test_email_over_starttls_with_auth_reaches_a_real_smtp_server(tmp_path: Path) -> None:
+    server = RecordingSmtpServer(tmp_path).start()
+    try:
+        config = config_from_mapping(
+            {
+                **CONFIG,
+                "smtp": {
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "username": server.username,
+                    "password": server.password,
+                    "from": "alerts@city.test",
+                    "ca_file": str(server.cert),
+                },
+            }
+        )
+        assert config.smtp is not None
+        from zoneinfo import ZoneInfo
+
+        note = render(alert(), Kind.FIRING, console_url="https://c", zone=ZoneInfo("UTC"))
+        await EmailChannel(config.smtp).send(note, "climate@city.test", "7-abc")
+        [mail] = server.received()
+        assert mail.recipients == ("climate@city.test",)
+        assert mail.subject == note.subject
+        assert mail.fingerprint == "00112233aabbccdd"
+        assert "Latest values:" in mail.body
+        # a wrong password is refused by the server and is not retriable
+        wrong = config.smtp.model_copy(update={"password": SecretStr("not-the-password")})
+        with pytest.raises(DeliveryError) as info:
+            await EmailChannel(wrong).send(note, "climate@city.test", "8-abc")
+        assert not info.value.retriable
+        assert server.auth_failures >= 1  # smtplib tries PLAIN, then LOGIN
+        # an untrusted certificate fails (never silently sends in clear text)
+        untrusted = config.smtp.model_copy(update={"ca_file": None})
+        with pytest.raises(DeliveryError, match="SSL"):
+            await EmailChannel(untrusted).send(note, "climate@city.test", "9-abc")
+        assert len(server.received()) == 1
+    finally:
+        server.stop()
+
+
+async def test_webhook_is_signed_and_http_errors_are_classified() -> None:
+    from zoneinfo import ZoneInfo
+
+    from sinks.notify.config import WebhookConfig
+
+    receiver = RecordingWebhookServer("s3cret").start()
+    try:
+        hook = WebhookConfig(name="chat", url=f"{receiver.url}/hook", secret=SecretStr("s3cret"))
+        channel = WebhookChannel({"chat": hook}, clock=lambda: 1_700_000_000)
+        note = render(alert(), Kind.FIRING, console_url="https://c", zone=ZoneInfo("UTC"))
+        await channel.send(note, "chat", "1-abc")
+        [hit] = receiver.received()
+        assert hit.signature_ok
+        assert hit.headers["X-Climastream-Timestamp"] == "1700000000"
+        assert hit.headers["X-Climastream-Signature"] == sign(b"s3cret", "1700000000", hit.body)
+        assert (hit.json["kind"], hit.json["alert"]["zone"]) == ("firing", "centre")
+        wrong = WebhookChannel({"chat": hook.model_copy(update={"secret": SecretStr("nope")})})
+        with pytest.raises(DeliveryError) as info:
+            await wrong.send(note, "chat", "2-abc")  # receiver answers 401
+        assert not info.value.retriable
+        receiver.status = 503
+        with pytest.raises(DeliveryError) as info:
+            await channel.send(note, "chat", "3-abc")
+        assert info.value.retriable
+        await channel.close()
+        await wrong.close()
+    finally:
+        receiver.stop()
+
+
+def test_alertmanager_body_follows_the_v2_api() -> None:
+    from zoneinfo import ZoneInfo
+
+    resolved = alert(AlertState.RESOLVED)
+    note = render(resolved, Kind.RESOLVED, console_url="https://c", zone=ZoneInfo("UTC"))
+    [item] = AlertmanagerChannel.body(note)
+    assert item["labels"]["alertname"] == "uhi-night"
+    assert item["labels"]["fingerprint"] == "00112233aabbccdd"
+    assert item["labels"]["zone"] == "centre"
+    assert item["startsAt"] == "2025-07-01T12:00:00+00:00"
+    assert item["endsAt"] == "2025-07-01T12:00:00+00:00"
+    assert item["generatorURL"] == "https://c/alerts/00112233aabbccdd"
+    assert orjson.loads(orjson.dumps([item]))  # JSON-serialisable as sent
+
+
+async def test_alertmanager_channel_posts_to_the_v2_endpoint() -> None:
+    from zoneinfo import ZoneInfo
+
+    from sinks.notify.config import AlertmanagerConfig
+
+    receiver = RecordingWebhookServer("unused", verify=False).start()
+    try:
+        channel = AlertmanagerChannel(AlertmanagerConfig(url=receiver.url + "/"))
+        note = render(alert(), Kind.FIRING, console_url="https://c", zone=ZoneInfo("UTC"))
+        await channel.send(note, "alertmanager", "1-abc")
+        [hit] = receiver.received()
+        assert hit.path == "/api/v2/alerts"
+        assert hit.json == AlertmanagerChannel.body(note)
+        assert "endsAt" not in hit.json[0]
+        await channel.close()
+    finally:
+        receiver.stop()
