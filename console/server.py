@@ -1,0 +1,87 @@
+"""Runs the console: Kafka feed + coalescing hub + aiohttp site, until a stop signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from aiohttp import web
+
+from console.auth import Credentials
+from console.feed import FeedSettings, KafkaActionSink, KafkaFeed, load_site
+from console.hub import Hub
+from console.state import LiveState, StateLimits
+from console.web import ConsoleApp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsoleSettings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    host: str = "127.0.0.1"
+    port: int = 8450
+    gateway_configs: tuple[Path, ...] = ()
+    coalesce_interval_s: float = 0.5
+    reference_zone: str | None = None
+    secure_cookies: bool = False
+    spark_window: timedelta = timedelta(minutes=5)
+    stale_after: timedelta = timedelta(seconds=60)
+    feed: FeedSettings = field(default_factory=FeedSettings)
+
+
+async def supervise(name: str, run: object, stop: asyncio.Event) -> None:
+    """Re-run ``run(stop)`` after failures (broker outage) with capped backoff."""
+    backoff = 1.0
+    while not stop.is_set():
+        try:
+            await run(stop)  # type: ignore[operator]
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s failed, retrying in %.0fs: %s", name, backoff, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+            backoff = min(backoff * 2, 30.0)
+
+
+async def serve(settings: ConsoleSettings, credentials: Credentials, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set. Prints the URL once listening."""
+    state = LiveState(
+        load_site(list(settings.gateway_configs)),
+        limits=StateLimits(spark_window=settings.spark_window, stale_after=settings.stale_after),
+        reference_zone=settings.reference_zone,
+    )
+    hub = Hub(state, interval=settings.coalesce_interval_s)
+    feed = KafkaFeed(
+        FeedSettings(
+            bootstrap_servers=settings.bootstrap_servers,
+            backfill=settings.feed.backfill,
+            max_records=settings.feed.max_records,
+        ),
+        state,
+    )
+    actions = KafkaActionSink(settings.bootstrap_servers)
+    console = ConsoleApp(hub, credentials, actions, secure_cookies=settings.secure_cookies)
+    runner = web.AppRunner(console.build(), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    print(f"console: listening on http://{settings.host}:{settings.port}/", flush=True)
+    tasks = [
+        asyncio.create_task(supervise("kafka feed", feed.run, stop)),
+        asyncio.create_task(hub.run(stop)),
+    ]
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await actions.stop()
+        await runner.cleanup()

@@ -1,0 +1,210 @@
+"""``climastream tail``: a filtered live view of the streams in a terminal (rich).
+
+For operators and installers over SSH: ``climastream tail --zone centre`` prints each
+reading of that zone as it arrives; ``--kpi eaqi`` adds KPI values, ``--alerts`` alert state
+changes. Filters combine with AND; each may be repeated (OR within one filter). Reading is
+group-less: tailing never moves an offset anything else depends on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from climastream.contract import (
+    Alert,
+    ContractError,
+    KpiValue,
+    Reading,
+    ReadingBatch,
+    Topics,
+    decode,
+)
+from climastream.extras import require
+
+
+@dataclass(frozen=True)
+class TailFilter:
+    """Which records to show. Empty sets mean "any"."""
+
+    devices: frozenset[str] = frozenset()
+    zones: frozenset[str] = frozenset()
+    quantities: frozenset[str] = frozenset()
+    #: None: KPIs are not shown; empty: every KPI; else those kpi_ids
+    kpis: frozenset[str] | None = None
+    alerts: bool = False
+    readings: bool = True
+    topics: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        topics = []
+        if self.readings:
+            topics.append(Topics.READINGS.name)
+        if self.kpis is not None:
+            topics.append(Topics.KPI.name)
+        if self.alerts:
+            topics.append(Topics.ALERTS.name)
+        object.__setattr__(self, "topics", tuple(topics))
+
+    def reading(self, reading: Reading) -> bool:
+        return (
+            (not self.devices or reading.device_id in self.devices)
+            and (not self.zones or reading.zone in self.zones)
+            and (not self.quantities or reading.quantity.value in self.quantities)
+        )
+
+    def kpi(self, kpi: KpiValue) -> bool:
+        if self.kpis is None:
+            return False
+        return (
+            (not self.kpis or kpi.kpi_id in self.kpis)
+            and (not self.devices or kpi.device_id in self.devices)
+            and (not self.zones or kpi.zone in self.zones)
+            and (
+                not self.quantities
+                or (kpi.quantity is not None and kpi.quantity.value in self.quantities)
+            )
+        )
+
+    def alert(self, alert: Alert) -> bool:
+        return (
+            self.alerts
+            and (not self.devices or alert.device_id in self.devices)
+            and (not self.zones or alert.zone in self.zones)
+        )
+
+
+_STATE_STYLE = {
+    "firing": "bold red",
+    "pending": "yellow",
+    "acknowledged": "cyan",
+    "silenced": "dim",
+    "resolved": "green",
+}
+
+
+def format_reading(reading: Reading) -> Any:
+    text = require("rich.text", "console")
+    flags = f" [{','.join(reading.quality)}]" if reading.quality else ""
+    return text.Text.assemble(
+        (reading.event_time.strftime("%H:%M:%S.%f")[:-3] + " ", "dim"),
+        ("reading ", "blue"),
+        (f"{reading.zone or '-':<10} ", "magenta"),
+        (f"{reading.device_id:<16} ", "bold"),
+        f"{reading.quantity.value:<18} ",
+        (f"{reading.value:>10.3f} ", "bold green"),
+        reading.unit,
+        (flags, "yellow"),
+    )
+
+
+def format_kpi(kpi: KpiValue) -> Any:
+    text = require("rich.text", "console")
+    scope = kpi.zone or kpi.device_id or "-"
+    quantity = kpi.quantity.value if kpi.quantity else ""
+    band = f" band={kpi.band}" if kpi.band else ""
+    return text.Text.assemble(
+        (kpi.window_end.strftime("%H:%M:%S") + "     ", "dim"),
+        ("kpi     ", "cyan"),
+        (f"{scope:<27} ", "magenta"),
+        (f"{kpi.kpi_id} {quantity}".strip().ljust(18) + " ", "bold"),
+        (f"{kpi.value:>10.3f} ", "bold green"),
+        kpi.unit,
+        (f" completeness={kpi.completeness:.2f}{band}", "dim"),
+    )
+
+
+def format_alert(alert: Alert) -> Any:
+    text = require("rich.text", "console")
+    where = alert.zone or alert.device_id or alert.gateway_id or "-"
+    value = ""
+    if alert.value is not None:
+        value = f" value={alert.value:g}"
+        if alert.threshold is not None:
+            value += f" threshold={alert.threshold:g}"
+        value += f" {alert.unit or ''}"
+    return text.Text.assemble(
+        (alert.updated_at.strftime("%H:%M:%S") + "     ", "dim"),
+        ("alert   ", "red"),
+        (f"{alert.state.value:<12} ", _STATE_STYLE.get(alert.state.value, "")),
+        (f"{alert.severity.value:<8} ", "bold"),
+        (f"{where:<16} ", "magenta"),
+        alert.summary,
+        (value, "dim"),
+        (f" [{alert.fingerprint[:12]}]", "dim"),
+    )
+
+
+def render_record(topic: str, raw: bytes, flt: TailFilter) -> Iterable[Any]:
+    """The lines to print for one record (none if filtered out). Raises ContractError."""
+    if topic == Topics.READINGS.name:
+        return [format_reading(r) for r in decode(raw, ReadingBatch).readings if flt.reading(r)]
+    if topic == Topics.KPI.name:
+        kpi = decode(raw, KpiValue)
+        return [format_kpi(kpi)] if flt.kpi(kpi) else []
+    if topic == Topics.ALERTS.name:
+        alert = decode(raw, Alert)
+        return [format_alert(alert)] if flt.alert(alert) else []
+    return []
+
+
+async def tail(
+    bootstrap_servers: str,
+    flt: TailFilter,
+    *,
+    stop: asyncio.Event,
+    backfill: int = 0,
+    max_lines: int = 0,
+    console: Any = None,
+) -> int:
+    """Print matching records until ``stop`` (or ``max_lines``). Returns lines printed."""
+    aiokafka = require("aiokafka", "console")
+    rich_console = require("rich.console", "console")
+    out = console or rich_console.Console(highlight=False, soft_wrap=True)
+    err = rich_console.Console(stderr=True, highlight=False)
+    consumer = aiokafka.AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    printed = 0
+    try:
+        await consumer.start()
+        await consumer.topics()
+        partitions = [
+            aiokafka.TopicPartition(topic, p)
+            for topic in flt.topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            err.print(f"tail: none of the topics {', '.join(flt.topics)} exist")
+            return 0
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        begins = await consumer.beginning_offsets(partitions)
+        for tp in partitions:
+            consumer.seek(tp, max(begins[tp], ends[tp] - backfill))
+        for tp in partitions:
+            await consumer.position(tp)
+        err.print(
+            f"tail: following {', '.join(flt.topics)} on {bootstrap_servers} (Ctrl-C to stop)"
+        )
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=300, max_records=1000)
+            for tp, records in batches.items():
+                for record in records:
+                    try:
+                        lines = render_record(tp.topic, record.value, flt)
+                    except ContractError as exc:
+                        err.print(f"tail: skipped a bad record on {tp.topic}: {exc}")
+                        continue
+                    for line in lines:
+                        out.print(line)
+                        printed += 1
+                        if max_lines and printed >= max_lines:
+                            return printed
+            sys.stdout.flush()
+    finally:
+        await consumer.stop()
+    return printed

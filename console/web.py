@@ -1,0 +1,322 @@
+"""The console's HTTP side (aiohttp): login, the page, the SSE stream and alert actions.
+
+Routes
+------
+``GET /login``, ``POST /login``  form login (token, or name + password) -> session cookie
+``POST /logout``                 ends the session (CSRF-checked)
+``GET /``                        the page (static HTML/JS/CSS served by this app; no CDN)
+``GET /api/me``                  name, role and the session's CSRF token
+``GET /api/events``              Server-Sent Events, one event type per panel
+``GET /api/snapshot/{panel}``    the latest snapshot of one panel (JSON)
+``POST /api/alerts/{fingerprint}/actions``  ``{"action": "acknowledge"|"silence"|
+                                 "unsilence", "comment": str, "minutes": int}``; operators only
+``GET /healthz``                 liveness, no auth
+
+Authentication is a session cookie (``HttpOnly; SameSite=Strict``, ``Secure`` when
+configured) or ``Authorization: Bearer <token>``. A cookie-authenticated POST must carry the
+session's CSRF token in ``X-CSRF-Token`` and, when the browser sends ``Origin``, come from
+this origin; bearer requests carry no ambient credential and need neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from datetime import timedelta
+from importlib import resources
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from climastream.contract import AlertAction, AlertActionKind
+from climastream.validation import error_lines
+from console.auth import Credentials, LoginThrottle, Principal, SessionStore
+from console.feed import ActionSink
+from console.hub import Hub
+from console.state import PANELS
+
+log = logging.getLogger(__name__)
+
+COOKIE = "climastream_session"
+PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
+_PUBLIC = {"/login", "/healthz", "/static/console.css", "/static/login.js"}
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+MAX_SILENCE = timedelta(days=7)
+
+
+def _static(name: str) -> bytes:
+    return resources.files("console").joinpath("static", name).read_bytes()
+
+
+class ConsoleApp:
+    """Builds the aiohttp application around a hub, credentials and an action sink."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        credentials: Credentials,
+        actions: ActionSink,
+        *,
+        sessions: SessionStore | None = None,
+        throttle: LoginThrottle | None = None,
+        secure_cookies: bool = False,
+        keepalive_s: float = 15.0,
+    ) -> None:
+        self.hub = hub
+        self.credentials = credentials
+        self.actions = actions
+        self.sessions = sessions or SessionStore()
+        self.throttle = throttle or LoginThrottle()
+        self.secure_cookies = secure_cookies
+        self.keepalive_s = keepalive_s
+        self.actions_sent = 0
+
+    def build(self) -> web.Application:
+        app = web.Application(middlewares=[self._security, self._auth], client_max_size=64 * 1024)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/login", self.login_page)
+        app.router.add_post("/login", self.login)
+        app.router.add_post("/logout", self.logout)
+        app.router.add_get("/", self.index)
+        app.router.add_get("/static/{name}", self.static)
+        app.router.add_get("/api/me", self.me)
+        app.router.add_get("/api/events", self.events)
+        app.router.add_get("/api/snapshot/{panel}", self.snapshot)
+        app.router.add_post("/api/alerts/{fingerprint}/actions", self.alert_action)
+        return app
+
+    # ------------------------------------------------------------------ middleware
+
+    @web.middleware
+    async def _security(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        for key, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    def _principal(self, request: web.Request) -> tuple[Principal | None, str | None]:
+        """(principal, csrf token or None for bearer auth)."""
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return self.credentials.check_token(header[7:].strip()), None
+        session_id = request.cookies.get(COOKIE)
+        if session_id:
+            session = self.sessions.get(session_id)
+            if session is not None:
+                return session.principal, session.csrf
+        return None, None
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in _PUBLIC:
+            return await handler(request)
+        principal, csrf = self._principal(request)
+        if principal is None:
+            if request.path.startswith("/api/") or request.method != "GET":
+                raise web.HTTPUnauthorized(
+                    text='{"error": "login required"}', content_type="application/json"
+                )
+            raise web.HTTPFound("/login")
+        if request.method == "POST" and csrf is not None:
+            self._check_csrf(request, csrf)
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    @staticmethod
+    def _check_csrf(request: web.Request, csrf: str) -> None:
+        origin = request.headers.get("Origin")
+        if origin and origin != f"{request.scheme}://{request.host}":
+            raise web.HTTPForbidden(
+                text='{"error": "cross-origin request refused"}', content_type="application/json"
+            )
+        sent = request.headers.get("X-CSRF-Token", "")
+        if not hmac.compare_digest(sent.encode(), csrf.encode()):
+            raise web.HTTPForbidden(
+                text='{"error": "missing or wrong X-CSRF-Token"}',
+                content_type="application/json",
+            )
+
+    # ------------------------------------------------------------------ pages
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "subscribers": self.hub.subscribers})
+
+    async def login_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=_static("login.html"), content_type="text/html")
+
+    async def login(self, request: web.Request) -> web.Response:
+        client = request.remote or "unknown"
+        origin = request.headers.get("Origin")
+        if origin and origin != f"{request.scheme}://{request.host}":
+            raise web.HTTPForbidden(text="cross-origin login refused")
+        if self.throttle.blocked(client):
+            raise web.HTTPTooManyRequests(text="too many failed logins; wait a minute")
+        form = await request.post()
+        token = str(form.get("token", "")).strip()
+        name = str(form.get("username", "")).strip()
+        password = str(form.get("password", ""))
+        principal = None
+        if token:
+            principal = self.credentials.check_token(token)
+        elif name and password:
+            principal = self.credentials.check_password(name, password)
+        if principal is None:
+            self.throttle.failed(client)
+            raise web.HTTPFound("/login?failed=1")
+        session_id, _session = self.sessions.create(principal)
+        response = web.HTTPFound("/")
+        response.set_cookie(
+            COOKIE,
+            session_id,
+            httponly=True,
+            samesite="Strict",
+            secure=self.secure_cookies,
+            path="/",
+            max_age=int(self.sessions.ttl.total_seconds()),
+        )
+        log.info("login name=%s role=%s", principal.name, principal.role.value)
+        raise response
+
+    async def logout(self, request: web.Request) -> web.Response:
+        session_id = request.cookies.get(COOKIE)
+        if session_id:
+            self.sessions.delete(session_id)
+        response = web.HTTPFound("/login")
+        response.del_cookie(COOKIE, path="/")
+        raise response
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(body=_static("index.html"), content_type="text/html")
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        types = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
+        suffix = name[name.rfind(".") :] if "." in name else ""
+        if "/" in name or ".." in name or suffix not in types:
+            raise web.HTTPNotFound()
+        try:
+            body = _static(name)
+        except (FileNotFoundError, IsADirectoryError):
+            raise web.HTTPNotFound() from None
+        return web.Response(body=body, content_type=types[suffix])
+
+    # ------------------------------------------------------------------ API
+
+    async def me(self, request: web.Request) -> web.Response:
+        principal = request[PRINCIPAL]
+        _p, csrf = self._principal(request)
+        return web.json_response(
+            {
+                "name": principal.name,
+                "role": principal.role.value,
+                "can_act": principal.can_act,
+                "csrf": csrf,
+                "coalesce_interval_s": self.hub.interval,
+            }
+        )
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        panel = request.match_info["panel"]
+        if panel not in PANELS:
+            raise web.HTTPNotFound(text=f"unknown panel {panel!r}; known: {', '.join(PANELS)}")
+        return web.Response(body=self.hub.render(panel), content_type="application/json")
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-store",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        subscription = self.hub.subscribe()
+        try:
+            await response.write(b"retry: 2000\n\n")
+            while True:
+                pending = await subscription.next(self.keepalive_s)
+                if not pending:
+                    await response.write(b": keepalive\n\n")
+                    continue
+                chunks = [
+                    b"event: " + panel.encode() + b"\ndata: " + payload + b"\n\n"
+                    for panel, payload in pending.items()
+                ]
+                await response.write(b"".join(chunks))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.hub.unsubscribe(subscription)
+        return response
+
+    async def alert_action(self, request: web.Request) -> web.Response:
+        principal = request[PRINCIPAL]
+        if not principal.can_act:
+            raise web.HTTPForbidden(
+                text=orjson.dumps(
+                    {"error": f"{principal.name} is a viewer; only operators can act on alerts"}
+                ).decode(),
+                content_type="application/json",
+            )
+        try:
+            body = await request.json(loads=orjson.loads)
+        except ValueError:
+            raise web.HTTPBadRequest(text='{"error": "body must be JSON"}') from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(text='{"error": "body must be a JSON object"}')
+        now = self.hub.state.clock()
+        until = None
+        minutes = body.get("minutes")
+        if body.get("action") == AlertActionKind.SILENCE.value and minutes is not None:
+            if not isinstance(minutes, int) or not 1 <= minutes <= MAX_SILENCE.total_seconds() / 60:
+                raise web.HTTPBadRequest(
+                    text='{"error": "minutes must be an integer from 1 to 10080"}',
+                    content_type="application/json",
+                )
+            until = now + timedelta(minutes=minutes)
+        try:
+            action = AlertAction(
+                fingerprint=request.match_info["fingerprint"],
+                action=body.get("action"),
+                actor=principal.name,
+                at=now,
+                until=until,
+                comment=body.get("comment", "") or "",
+            )
+        except ValidationError as exc:
+            fields = "; ".join(error_lines(exc, root=""))
+            raise web.HTTPBadRequest(
+                text=orjson.dumps({"error": f"invalid action: {fields}"}).decode(),
+                content_type="application/json",
+            ) from None
+        try:
+            await self.actions.send(action)
+        except Exception as exc:  # Kafka down or timed out: say so, never pretend
+            log.warning("alert action not delivered fingerprint=%s: %s", action.fingerprint, exc)
+            raise web.HTTPServiceUnavailable(
+                text=orjson.dumps({"error": f"alert engine unreachable: {exc}"}).decode(),
+                content_type="application/json",
+            ) from None
+        self.actions_sent += 1
+        log.info(
+            "alert action fingerprint=%s action=%s actor=%s",
+            action.fingerprint,
+            action.action.value,
+            action.actor,
+        )
+        return web.json_response(
+            {"sent": True, "fingerprint": action.fingerprint, "action": action.action.value},
+            status=202,
+        )

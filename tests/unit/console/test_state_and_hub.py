@@ -1,0 +1,151 @@
+"""LiveState stays bounded and computes what the tiles show; the hub coalesces."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from climastream.contract import KpiValue, Location, Quantity, Reading
+from climastream.quantities import CANONICAL_UNITS
+from console.hub import Hub
+from console.state import (
+    DeviceInfo,
+    LiveState,
+    Sparkline,
+    StateLimits,
+    eaqi_band_index,
+)
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def reading(
+    device: str, zone: str, seq: int, quantity: Quantity, value: float, at: datetime
+) -> Reading:
+    return Reading(
+        device_id=device,
+        gateway_id="gw",
+        seq=seq,
+        quantity=quantity,
+        value=value,
+        unit=CANONICAL_UNITS[quantity],
+        event_time=at,
+        ingest_time=at,
+        zone=zone,
+        location=Location(lat=50.8, lon=4.3),
+    )
+
+
+def test_eaqi_bands_follow_the_eea_2024_breakpoints() -> None:
+    # EEA 2024 table, PM2.5: 0-5 good, 6-15 fair, 16-50 moderate, 51-90 poor, ...
+    assert eaqi_band_index(Quantity.PM2_5, 5) == 1
+    assert eaqi_band_index(Quantity.PM2_5, 5.1) == 2
+    assert eaqi_band_index(Quantity.PM2_5, 30) == 3
+    assert eaqi_band_index(Quantity.PM2_5, 60) == 4
+    assert eaqi_band_index(Quantity.NO2, 151) == 6  # NO2 above 150: extremely poor
+    assert eaqi_band_index(Quantity.TEMPERATURE, 30) is None
+
+
+def test_sparkline_buckets_means_and_stays_bounded() -> None:
+    line = Sparkline(bucket_s=5, points=4)
+    for second in range(100):
+        line.add(1_000_000 + second, float(second))
+    points = line.points()
+    assert len(points) == 4
+    # last bucket holds seconds 95..99: mean 97
+    assert points[-1] == [1_000_095.0, 97.0]
+    assert line.latest == 99.0
+
+
+def test_state_is_bounded_however_much_arrives() -> None:
+    clock = Clock()
+    state = LiveState(
+        limits=StateLimits(max_devices=50, max_series=80, spark_points=10), clock=clock
+    )
+    for i in range(5000):
+        at = T0 + timedelta(seconds=i)
+        clock.now = at
+        state.add_readings([reading(f"d{i % 500}", f"z{i % 7}", i, Quantity.TEMPERATURE, 20.0, at)])
+    assert len(state.devices) == 50
+    assert len(state.device_series) <= 80
+    assert all(len(s) <= 10 for _k, s in state.device_series.items())
+    assert state.counts["readings"] == 5000
+    assert len(state.snapshot("streams")["rows"]) <= state.limits.max_stream_rows
+
+
+def test_provisional_eaqi_and_uhi_from_readings() -> None:
+    clock = Clock()
+    state = LiveState([DeviceInfo("pm-a", zone="a", lat=50.8, lon=4.3)], clock=clock)
+    state.add_readings(
+        [
+            reading("pm-a", "a", 1, Quantity.PM2_5, 60.0, T0),  # 50-90: band 4 poor
+            reading("no2-a", "a", 1, Quantity.NO2, 50.0, T0),  # 25-60: band 3 moderate
+            reading("t-a", "a", 1, Quantity.TEMPERATURE, 25.0, T0),
+            reading("t-b", "b", 1, Quantity.TEMPERATURE, 21.5, T0),
+        ]
+    )
+    eaqi = state.zone_eaqi("a")
+    assert eaqi == {"value": 4, "band": "poor", "dominant": "pm2_5", "source": "readings"}
+    uhi = state.zone_uhi("a")
+    assert uhi is not None
+    assert uhi["value"] == 3.5
+    assert uhi["reference"] == "b"
+    # a KPI from the stream replaces the provisional value
+    state.add_kpi(
+        KpiValue(
+            kpi_id="eaqi",
+            kpi_version="1",
+            zone="a",
+            window_start=T0,
+            window_end=T0 + timedelta(hours=1),
+            value=3.0,
+            unit="1",
+            sample_count=60,
+            completeness=0.9,
+            band="moderate",
+            attributes={"dominant_pollutant": "no2"},
+        )
+    )
+    eaqi = state.zone_eaqi("a")
+    assert eaqi is not None
+    assert (eaqi["band"], eaqi["dominant"], eaqi["source"]) == ("moderate", "no2", "kpi")
+
+
+async def test_hub_renders_each_dirty_panel_once_per_tick() -> None:
+    clock = Clock()
+    state = LiveState(clock=clock)
+    hub = Hub(state, interval=0.5)
+    subscription = hub.subscribe()
+    hub.tick()
+    for i in range(1000):
+        state.add_readings([reading("d", "z", i, Quantity.NO2, 10.0, T0)])
+    hub.tick()
+    # one frame per panel per tick, however many readings arrived in between; an unread
+    # subscription keeps only the latest frame per panel
+    assert subscription.replaced >= 4
+    pending = await subscription.next(0)
+    assert set(pending) == {"map", "streams", "kpi", "stats", "alerts", "gateways"}
+    assert await subscription.next(0.01) == {}
+    assert hub.tick() == set()
+
+
+def test_site_comes_from_every_source_kind_of_the_demo_gateway() -> None:
+    from pathlib import Path
+
+    from console.feed import load_site
+
+    root = Path(__file__).resolve().parents[3]
+    site = {d.device_id: d for d in load_site([root / "deploy/local/demo-gateway.yaml"])}
+    assert site["th-centre-1"].zone == "centre"  # simulated source
+    assert site["sds-centre-1"].zone == "centre"  # serial sensor with a fixed id
+    assert (site["sds-centre-1"].lat, site["sds-centre-1"].lon) == (50.8452, 4.3535)
+    assert site["70b3d57ed0000002"].zone == "park"  # LoRaWAN device via TTS
+    assert site["station-north-1"].zone == "north"  # MQTT JSON station
+    assert all(d.gateway_id == "gw-demo-1" for d in site.values())

@@ -1,0 +1,109 @@
+"""Access control of the console app: login, roles, CSRF, and the action path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from console.auth import Credentials, Principal, Role, hash_password, verify_password
+from console.feed import ListActionSink
+from console.hub import Hub
+from console.state import LiveState
+from console.web import COOKIE, ConsoleApp
+
+OP_TOKEN = "operator-token-0123456789"
+VIEW_TOKEN = "viewer-token-0123456789"
+FP = "0123456789abcdef"
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[tuple[TestClient[object, object], ListActionSink]]:
+    credentials = Credentials()
+    credentials.add_token(OP_TOKEN, Principal("olga", Role.OPERATOR))
+    credentials.add_token(VIEW_TOKEN, Principal("wall", Role.VIEWER))
+    sink = ListActionSink()
+    app = ConsoleApp(Hub(LiveState()), credentials, sink).build()
+    async with TestClient(TestServer(app)) as client:
+        yield client, sink
+
+
+def test_password_hashes_verify() -> None:
+    encoded = hash_password("a long password")
+    assert verify_password("a long password", encoded)
+    assert not verify_password("a long passwort", encoded)
+    assert not verify_password("x", "garbage")
+
+
+async def test_unauthenticated_requests_are_refused(
+    setup: tuple[TestClient, ListActionSink],
+) -> None:
+    client, _ = setup
+    assert (await client.get("/api/me")).status == 401
+    response = await client.get("/", allow_redirects=False)
+    assert response.status == 302
+    assert response.headers["Location"] == "/login"
+
+
+async def login(client: TestClient, token: str) -> str:
+    response = await client.post("/login", data={"token": token}, allow_redirects=False)
+    assert response.status == 302
+    cookie = response.cookies[COOKIE]
+    assert cookie["httponly"]
+    assert cookie["samesite"] == "Strict"
+    me = await (await client.get("/api/me")).json()
+    return str(me["csrf"])
+
+
+async def test_operator_action_goes_to_the_action_sink(
+    setup: tuple[TestClient, ListActionSink],
+) -> None:
+    client, sink = setup
+    csrf = await login(client, OP_TOKEN)
+    url = f"/api/alerts/{FP}/actions"
+    body = {"action": "silence", "minutes": 30}
+    # without the CSRF token, or from another origin: refused, nothing sent
+    assert (await client.post(url, json=body)).status == 403
+    foreign = {"X-CSRF-Token": csrf, "Origin": "http://evil.example"}
+    assert (await client.post(url, json=body, headers=foreign)).status == 403
+    assert sink.actions == []
+    response = await client.post(url, json=body, headers={"X-CSRF-Token": csrf})
+    assert response.status == 202
+    (action,) = sink.actions
+    assert (action.fingerprint, action.action.value, action.actor) == (FP, "silence", "olga")
+    assert action.until is not None
+    assert (action.until - action.at).total_seconds() == 1800
+    bad = await client.post(
+        "/api/alerts/NOT-HEX/actions", json=body, headers={"X-CSRF-Token": csrf}
+    )
+    assert bad.status == 400
+    assert "fingerprint" in (await bad.json())["error"]
+
+
+async def test_viewer_cannot_act(setup: tuple[TestClient, ListActionSink]) -> None:
+    client, sink = setup
+    csrf = await login(client, VIEW_TOKEN)
+    response = await client.post(
+        f"/api/alerts/{FP}/actions", json={"action": "acknowledge"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert response.status == 403
+    bearer = await client.post(
+        f"/api/alerts/{FP}/actions",
+        json={"action": "acknowledge"},
+        headers={"Authorization": f"Bearer {VIEW_TOKEN}"},
+    )
+    assert bearer.status == 403
+    assert sink.actions == []
+
+
+async def test_wrong_token_fails_and_is_throttled(setup: tuple[TestClient, ListActionSink]) -> None:
+    client, _ = setup
+    statuses = []
+    for _ in range(12):
+        response = await client.post(
+            "/login", data={"token": "wrong-token-xxxxxxxx"}, allow_redirects=False
+        )
+        statuses.append(response.status)
+    assert statuses[:10] == [302] * 10  # back to /login?failed=1
+    assert statuses[10:] == [429, 429]
