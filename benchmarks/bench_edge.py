@@ -1,0 +1,366 @@
+"""``make bench-edge``: readings per CPU-second through the whole gateway agent.
+
+Both sides run in this process against the same real Kafka-protocol broker (Tansu, the
+local stack), one after the other:
+
+* **agent**: pre-encoded wire bytes of 200 sensor nodes (the framed serial protocol, one
+  frame per node and tick carrying temperature, humidity and PM2.5) go through the agent's
+  real path: the serial source's decode (``firmware_bridge`` stream decoder and sample
+  conversion, minus the port I/O), the source queue and writer, both ONNX models (anomaly
+  score on temperature, humidity correction of PM2.5), contract validation, the SQLite
+  buffer (fsync_window 1 s), ReadingBatch records built from stored payloads, the aiokafka
+  producer (gzip), acks and deletes.
+* **raw producer**: a bare aiokafka producer sending the very ReadingBatch records the
+  agent produced (pre-encoded, same key, same compression), awaiting every ack. This is
+  the baseline of the ratio.
+* **for context**: the same raw producer sending the same readings as one record each
+  (keyed by device, 2,000 in flight): what the baseline would be had the contract chosen
+  a record per reading. Printed, not used for the ratio.
+
+All of it goes to this run's own topics (``bench-edge-<id>``, deleted at the end), never to
+the real ``readings``: a demo, stream worker or sink on the same stack would consume a
+benchmark backlog (the one-record-per-reading baseline is not even a contract record).
+
+CPU time is process CPU (user + system, every thread: the agent's worker thread too)
+measured with ``time.process_time``; the broker runs in its own process and is not
+counted. Each side's one-off start-up is left out the same way: the raw producer's
+connect, and the agent's buffer open and model loading (printed separately); the agent's
+window opens when it starts its sources and closes when Kafka acked the last reading.
+Prints both rates, their ratio and the process's peak RSS (both models loaded).
+A benchmark, not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from climastream.contract import Quantity, SourceState  # noqa: E402
+from climastream.stack import Stack, StackConfig  # noqa: E402
+from edge.agent import Agent  # noqa: E402
+from edge.config import GatewayConfig, KafkaConfig  # noqa: E402
+from edge.sources import Sample  # noqa: E402
+from edge.uplink import KafkaUplink  # noqa: E402
+
+
+class ReplaySource:
+    """Feeds pre-encoded serial bytes through the serial source's decode path.
+
+    Exactly what :class:`edge.sources.serial_source.SerialSource` does with each read of
+    the port (stream decoder, then :func:`edge.sources.convert.to_samples`), without the
+    port: reads of 4 KiB, as fast as the agent takes them.
+    """
+
+    name = "replay"
+    read_size = 4096
+
+    def __init__(self, wire: bytes) -> None:
+        from firmware_bridge.codecs import stream_decoder
+
+        self._wire = wire
+        self._offset = 0
+        self._decoder = stream_decoder("framed")
+        self._errors: dict[str, int] = {}
+        self.done = asyncio.Event()
+        self.started_cpu: float | None = None
+
+    @property
+    def state(self) -> SourceState:
+        return SourceState.UP
+
+    @property
+    def decode_errors(self) -> dict[str, int]:
+        return dict(self._errors)
+
+    async def start(self) -> None:
+        # the agent starts sources last, after opening the buffer and loading both models
+        self.started_cpu = time.process_time()
+
+    async def read(self) -> list[Sample]:
+        from edge.sources.convert import to_samples
+
+        if self._offset >= len(self._wire):
+            self.done.set()
+            await asyncio.sleep(3600)
+        chunk = self._wire[self._offset : self._offset + self.read_size]
+        self._offset += self.read_size
+        return to_samples(
+            self._decoder.feed(chunk), errors=self._errors, now=lambda: datetime.now(UTC)
+        )
+
+    async def stop(self) -> None:
+        return None
+
+
+class RecordingUplink(KafkaUplink):
+    """The real uplink, keeping a copy of every readings record for the baseline."""
+
+    def __init__(self, config: KafkaConfig, client_id: str) -> None:
+        super().__init__(config, client_id)
+        self.readings_topic = config.readings_topic
+        self.records: list[tuple[str, bytes, bytes]] = []
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> Any:
+        if topic == self.readings_topic:
+            self.records.append((topic, key, value))
+        return await super().send(topic, key, value)
+
+
+def make_wire(total: int, devices: int = 200) -> bytes:
+    """Framed-protocol frames for ``total`` readings: 3 per frame, one frame per node tick."""
+    from firmware_bridge.serial_codecs.framed import encode_frame
+
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    frames = []
+    for i in range(-(-total // 3)):
+        tick = i // devices
+        frames.append(
+            encode_frame(
+                f"node-{i % devices:03d}",
+                tick,
+                start + timedelta(seconds=tick),
+                [
+                    (Quantity.TEMPERATURE, 20.0 + (i % 17) * 0.1, 0),
+                    (Quantity.RELATIVE_HUMIDITY, 60.0 + (i % 7), 0),
+                    (Quantity.PM2_5, 10.0 + (i % 13), 0),
+                ],
+            )
+        )
+    return b"".join(frames)
+
+
+def config(bootstrap: str, buffer: Path, topic: str = "readings") -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "gateway_id": "gw-bench",
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "linger_ms": 5,
+                "compression": "gzip",
+                "readings_topic": topic,
+                "status_topic": f"{topic}-status",
+            },
+            "buffer": {"path": str(buffer), "fsync_window_s": 1.0},
+            "batch_max_readings": 2000,
+            "batch_max_wait_s": 0.01,
+            "status_interval_s": 3600,
+            "metrics": {"listen": None},
+            "models": [
+                {
+                    "id": "sensor-anomaly",
+                    "path": str(ROOT / "edge/models/sensor_anomaly.onnx"),
+                    "devices": ["node-*"],
+                    "quantity": "temperature",
+                    "inputs": [{"window": 16}],
+                    "outputs": [{"kind": "score", "threshold": 0.9}],
+                },
+                {
+                    "id": "pm-humidity",
+                    "path": str(ROOT / "edge/models/pm_humidity_correction.onnx"),
+                    "devices": ["node-*"],
+                    "quantity": "pm2_5",
+                    "inputs": [{"quantity": "pm2_5"}, {"quantity": "relative_humidity"}],
+                    "outputs": [{"kind": "correct"}],
+                },
+            ],
+            "sources": [
+                {
+                    "kind": "simulated",
+                    "devices": [{"device_id": "x", "quantities": ["temperature"]}],
+                }
+            ],
+        }
+    )
+
+
+async def bench_agent(
+    bootstrap: str, total: int, workdir: Path, topic: str
+) -> tuple[float, int, RecordingUplink]:
+    cfg = config(bootstrap, workdir / "bench.db", topic)
+    source = ReplaySource(make_wire(total))
+    uplink = RecordingUplink(cfg.kafka, client_id="gw-bench")
+    await uplink.send_and_wait(f"{topic}-status", b"warmup", b"{}")  # connect outside timing
+    agent = Agent(cfg, sources=[source], uplink=uplink, drain_timeout_s=120)
+    stop = asyncio.Event()
+    cpu0 = time.process_time()
+    task = asyncio.create_task(agent.run(stop))
+    total = 3 * -(-total // 3)
+    while agent.counters.sent < total - agent.counters.dropped.get("invalid_reading", 0):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    assert not source.decode_errors, source.decode_errors
+    cpu_end = time.process_time()
+    stop.set()
+    await task
+    assert source.started_cpu is not None
+    startup = source.started_cpu - cpu0
+    print(f"  (agent start-up, not counted: {startup:.2f} CPU-s: buffer open, models load)")
+    return cpu_end - source.started_cpu, agent.counters.sent, uplink
+
+
+async def bench_raw(
+    bootstrap: str, records: list[tuple[str, bytes, bytes]], window: int = 4
+) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        compression_type="gzip",
+        max_batch_size=4 * 1024 * 1024,
+        max_request_size=4 * 1024 * 1024,
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(records[0][0], b"{}", key=b"warmup")
+        cpu0 = time.process_time()
+        futures = []
+        for topic, key, value in records:
+            futures.append(await producer.send(topic, value=value, key=key))
+            if len(futures) >= window:
+                await futures.pop(0)
+        for future in futures:
+            await future
+        return time.process_time() - cpu0
+    finally:
+        await producer.stop()
+
+
+def agent_process_rss(bootstrap: str, topic: str) -> float:
+    """Run ``climastream edge run`` on the demo gateway (both models) and read its VmHWM.
+
+    The demo config is copied with this run's own topics, so its readings do not land in
+    the real ``readings`` topic that a demo or sink on the same stack consumes.
+    """
+    import os
+    import signal
+    import subprocess
+
+    import yaml
+
+    demo = yaml.safe_load((ROOT / "deploy/local/demo-gateway.yaml").read_text())
+    demo["kafka"]["readings_topic"] = topic
+    demo["kafka"]["status_topic"] = f"{topic}-status"
+    with tempfile.TemporaryDirectory() as tmp:
+        gateway = Path(tmp) / "gateway.yaml"
+        gateway.write_text(yaml.safe_dump(demo))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "climastream.cli",
+                "edge",
+                "run",
+                "--config",
+                str(gateway),
+                "--kafka",
+                bootstrap,
+                "--buffer",
+                str(Path(tmp) / "rss.db"),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(20)
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return kb / 1024
+
+
+async def main(total: int) -> None:
+    stack = Stack(StackConfig())
+    started = not all(stack.pid(s) for s in ("kafka", "mqtt", "tsdb"))
+    stack.up()
+    try:
+        await _main(stack, total)
+    finally:
+        if started:
+            stack.down()
+
+
+async def bench_topics(bootstrap: str, topic: str, *, delete: bool = False) -> None:
+    """Create (or delete) this run's own topics: the bench never writes to the real
+    ``readings`` / ``gateway-status``, which a demo or sink on the same stack consumes."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if delete:
+            await admin.delete_topics([topic, f"{topic}-status"])
+        else:
+            await admin.create_topics([NewTopic(topic, 4, 1), NewTopic(f"{topic}-status", 1, 1)])
+    finally:
+        await admin.close()
+
+
+async def _main(stack: Stack, total: int) -> None:
+    bootstrap = stack.config.kafka_bootstrap
+    topic = f"bench-edge-{uuid.uuid4().hex[:8]}"
+    await bench_topics(bootstrap, topic)
+    try:
+        await _measure(bootstrap, total, topic)
+    finally:
+        with contextlib.suppress(Exception):
+            await bench_topics(bootstrap, topic, delete=True)
+
+
+async def _measure(bootstrap: str, total: int, topic: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cpu_agent, sent, uplink = await bench_agent(bootstrap, total, Path(tmp), topic)
+    readings_in_records = sum(value.count(b'"seq"') for _, _, value in uplink.records)
+    cpu_raw = await bench_raw(bootstrap, uplink.records)
+    # context only: the same readings as one Kafka record each (the record shape the
+    # contract did not choose), keyed by device, many in flight
+    single = [
+        (topic, reading["device_id"].encode(), orjson.dumps(reading))
+        for _, _, value in uplink.records
+        for reading in orjson.loads(value)["readings"]
+    ]
+    cpu_single = await bench_raw(bootstrap, single, window=2000)
+    agent_rate = sent / cpu_agent
+    raw_rate = readings_in_records / cpu_raw
+    rss_mb = agent_process_rss(bootstrap, topic)
+    print(f"bench-edge: {sent} readings, {len(uplink.records)} records")
+    print(
+        f"  agent (decode, validate, 2 models, SQLite buffer, produce): "
+        f"{agent_rate:,.0f} readings/CPU-s ({cpu_agent:.2f} CPU-s)"
+    )
+    print(
+        f"  raw aiokafka producer, same pre-encoded records:           "
+        f"{raw_rate:,.0f} readings/CPU-s ({cpu_raw:.2f} CPU-s)"
+    )
+    print(f"  ratio agent/raw: {agent_rate / raw_rate:.2f}   (targets: >= 30,000/CPU-s, >= 0.5)")
+    print(
+        f"  for context, raw aiokafka sending one record per reading:   "
+        f"{len(single) / cpu_single:,.0f} readings/CPU-s ({cpu_single:.2f} CPU-s; "
+        f"agent/that {agent_rate / (len(single) / cpu_single):.2f})"
+    )
+    print(
+        f"  agent process peak RSS (VmHWM), both models loaded, 20 s of the demo gateway: "
+        f"{rss_mb:.0f} MB (target <= 100 MB)"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readings", type=int, default=200_000)
+    args = parser.parse_args()
+    asyncio.run(main(args.readings))
