@@ -20,6 +20,9 @@ from console.auth import hash_password
 
 ROOT = Path(__file__).resolve().parents[3]
 DEMO_GATEWAY = ROOT / "deploy" / "local" / "demo-gateway.yaml"
+# the demo's 10 s windows: with the production default of 1 min, the first KPI of a
+# just-started worker can take up to 66 s (window end + grace), longer than the tests wait
+DEMO_STREAM = ROOT / "deploy" / "local" / "demo-stream.yaml"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = os.environ.get("CLIMASTREAM_CHROMIUM", "/usr/bin/chromium")
 CONSOLE_PORT = int(os.environ.get("CLIMASTREAM_TEST_CONSOLE_PORT", "36510"))
@@ -147,6 +150,8 @@ def demo_pipeline(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
                 f"console-test-{os.getpid()}",
                 "--data-dir",
                 str(workdir / "faust"),
+                "--config",
+                str(DEMO_STREAM),
             ],
             workdir,
             env,
