@@ -25,7 +25,8 @@ pytestmark = pytest.mark.integration
 WINDOW = timedelta(seconds=10)
 
 
-async def _read_topic(bootstrap: str, topic: str) -> list[bytes]:
+async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """Each partition's end offset now: the test reads only what came after."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -34,8 +35,27 @@ async def _read_topic(bootstrap: str, topic: str) -> list[bytes]:
         await consumer.topics()  # fetches metadata
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         assert partitions, f"topic {topic} has no partitions"
+        end = await consumer.end_offsets(partitions)
+        return {tp.partition: offset for tp, offset in end.items()}
+    finally:
+        await consumer.stop()
+
+
+async def _read_topic(bootstrap: str, topic: str, since: dict[int, int]) -> list[bytes]:
+    """Every record of ``topic`` from the offsets ``since`` up to the current end.
+
+    Reading from the beginning would also read what earlier tests left on the shared
+    broker: thousands of records, read again on every poll of the wait loops below.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in since]
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            consumer.seek(tp, since[tp.partition])
         end = await consumer.end_offsets(partitions)
         values: list[bytes] = []
 
@@ -77,6 +97,9 @@ def test_readings_flow_to_the_database_and_kpis_match_hand_computed_means(
     run = uuid.uuid4().hex[:8]
     gateway_id, prefix = f"gw-{run}", f"t{run}"
     since = datetime.now(UTC) - timedelta(seconds=1)
+    bootstrap = stack.config.kafka_bootstrap
+    readings_from = asyncio.run(_end_offsets(bootstrap, Topics.READINGS.name))
+    kpi_from = asyncio.run(_end_offsets(bootstrap, Topics.KPI.name))
 
     def stored() -> int:
         return count_samples(stack.config.tsdb_url, "reading_value", since, {"gateway": gateway_id})
@@ -95,10 +118,9 @@ def test_readings_flow_to_the_database_and_kpis_match_hand_computed_means(
         while stored() < sent and time.monotonic() < deadline:
             time.sleep(1)
 
-        bootstrap = stack.config.kafka_bootstrap
         readings = [
             r
-            for raw in asyncio.run(_read_topic(bootstrap, Topics.READINGS.name))
+            for raw in asyncio.run(_read_topic(bootstrap, Topics.READINGS.name, readings_from))
             for r in decode(raw, ReadingBatch).readings
             if r.gateway_id == gateway_id
         ]
@@ -112,7 +134,7 @@ def test_readings_flow_to_the_database_and_kpis_match_hand_computed_means(
         def emitted_kpis() -> list[KpiValue]:
             return [
                 k
-                for raw in asyncio.run(_read_topic(bootstrap, Topics.KPI.name))
+                for raw in asyncio.run(_read_topic(bootstrap, Topics.KPI.name, kpi_from))
                 if (k := decode(raw, KpiValue)).kpi_id == "stat.mean"
                 and k.device_id
                 and k.device_id.startswith(prefix)
