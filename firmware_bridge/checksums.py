@@ -60,7 +60,33 @@ def cobs_decode(block: bytes) -> bytes:
     """Invert :func:`cobs_encode` for one block without its delimiter.
 
     Raises :class:`CobsError` for a 0x00 inside the block or a code byte pointing past its end.
+
+    Fast path (every block shorter than 254 bytes, i.e. every climastream frame): each code
+    byte after the first stands exactly where the decoded data has a zero, so the block is
+    copied once and those bytes overwritten, instead of slicing and joining each run. A
+    0xFF code (a run of 254 non-zero bytes, which adds no zero) and every malformed block
+    take the general loop, which finds the first error in walking order.
     """
+    length = len(block)
+    if not length or 0 in block:
+        return _cobs_decode_general(block)  # raises with the exact offset, or b""
+    out = bytearray(block)
+    index = block[0]
+    if index < 0xFF:
+        while index < length:
+            code = block[index]
+            if code == 0xFF:
+                break
+            out[index] = 0
+            index += code
+        else:
+            if index == length:
+                del out[0]
+                return bytes(out)
+    return _cobs_decode_general(block)
+
+
+def _cobs_decode_general(block: bytes) -> bytes:
     out = bytearray()
     index = 0
     length = len(block)

@@ -9,7 +9,7 @@ one-shot payload has no "next read" to complete them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from firmware_bridge.lorawan.cayenne import decode_cayenne
@@ -150,7 +150,7 @@ def _json(payload: bytes, options: CodecOptions) -> list[DecodeResult]:
     result = options.mapping.decode(payload, options.topic)
     if options.device_id and isinstance(result, Decoded):
         result = Decoded(
-            tuple(replace(m, device_id=options.device_id) for m in result.measurements),
+            tuple(m._replace(device_id=options.device_id) for m in result.measurements),
             raw=result.raw,
             unmapped=result.unmapped,
         )

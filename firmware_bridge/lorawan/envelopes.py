@@ -39,7 +39,7 @@ from firmware_bridge.model import (
     measurement,
 )
 
-_EUI = re.compile(r"^[0-9A-Fa-f]{16}$")
+_EUI = re.compile(r"[0-9A-Fa-f]{16}")  # fullmatch: "$" would pass a trailing newline
 
 #: decodes an application payload: (payload, device id, seq) -> result
 PayloadDecoder = Callable[[bytes, str | None, int | None], DecodeResult]
@@ -119,7 +119,7 @@ def _best_gateway(
 
 
 def _dev_eui(value: object, key: str, raw: bytes) -> str:
-    if not isinstance(value, str) or not _EUI.match(value):
+    if not isinstance(value, str) or not _EUI.fullmatch(value):
         raise DecodeError("bad_field", f"{key} must be 16 hex digits, got {value!r}", raw=raw)
     return value.lower()
 

@@ -22,7 +22,8 @@ VERSION = 1
 FLAG_TIME_VALID = 0x01
 MAX_ENCODED = 1024
 MAX_ID_LEN = 32
-_SAFE_ID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$")
+# fullmatch, not "^...$": "$" would also match before a trailing newline
+_SAFE_ID = re.compile(rb"[A-Za-z0-9][A-Za-z0-9_.:\-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +96,7 @@ def encode_frame(
     Raises :class:`EncodeError` when a value does not fit its record type.
     """
     ident = device_id.encode("ascii", "replace")
-    if not 1 <= len(ident) <= MAX_ID_LEN or not _SAFE_ID.match(ident):
+    if not 1 <= len(ident) <= MAX_ID_LEN or not _SAFE_ID.fullmatch(ident):
         raise EncodeError(f"device id {device_id!r} is not 1..32 safe ASCII characters")
     if not 0 <= seq < 2**32:
         raise EncodeError(f"seq {seq} does not fit uint32")
@@ -123,14 +124,25 @@ def decode_frame(frame: bytes, device_id: str | None = None) -> DecodeResult:
 
     Error offsets count bytes of this decoded frame. ``device_id`` overrides the frame's id.
     """
-    raw = bytes(frame)
+    return _decode_frame(bytes(frame), device_id)
+
+
+#: device ids already checked against the safe-id pattern, as bytes -> str: a gateway hears
+#: the same few hundred nodes over and over. Bounded; cleared when full.
+_IDS: dict[bytes, str] = {}
+_IDS_MAX = 10_000
+
+
+def _decode_frame(raw: bytes, device_id: str | None) -> DecodeResult:
     if len(raw) < 14:
         return DecodeError(
             "truncated", f"a frame is at least 14 bytes, got {len(raw)}", raw=raw, offset=len(raw)
         )
-    crc = crc16_ccitt_false(raw[:-2])
-    sent = raw[-2] << 8 | raw[-1]
-    if crc != sent:
+    # CRC-16/CCITT-FALSE over the data followed by its own big-endian CRC is 0 exactly when
+    # the CRC is right (no reflection, no final XOR): one pass, no slice copy
+    if crc16_ccitt_false(raw):
+        crc = crc16_ccitt_false(raw[:-2])
+        sent = raw[-2] << 8 | raw[-1]
         return DecodeError(
             "bad_checksum",
             f"CRC field is 0x{sent:04X}, CRC-16/CCITT-FALSE of the frame is 0x{crc:04X}",
@@ -153,18 +165,23 @@ def decode_frame(frame: bytes, device_id: str | None = None) -> DecodeResult:
     if 3 + id_len + 9 > end:
         return DecodeError("truncated", "frame ends inside the header", raw=raw, offset=end)
     ident = raw[3 : 3 + id_len]
-    if not _SAFE_ID.match(ident):
-        return DecodeError(
-            "bad_header",
-            f"device id {ident!r} has characters outside [A-Za-z0-9_.:-]",
-            raw=raw,
-            offset=3,
-        )
+    name = _IDS.get(ident)
+    if name is None:
+        if not _SAFE_ID.fullmatch(ident):
+            return DecodeError(
+                "bad_header",
+                f"device id {ident!r} has characters outside [A-Za-z0-9_.:-]",
+                raw=raw,
+                offset=3,
+            )
+        if len(_IDS) >= _IDS_MAX:
+            _IDS.clear()
+        name = _IDS[ident] = ident.decode("ascii")
     pos = 3 + id_len
     seq, stamp, count = _HEADER(raw, pos)
     pos += 9
     when = datetime.fromtimestamp(stamp, UTC) if flags & FLAG_TIME_VALID else None
-    dev = device_id or ident.decode("ascii")
+    dev = device_id or name
     out: list[Measurement] = []
     for index in range(count):
         if pos + 2 > end:
@@ -219,11 +236,16 @@ def decode_encoded(block: bytes, device_id: str | None = None) -> DecodeResult:
             raw=block,
             offset=block.index(0),
         )
+    return _decode_block(block, device_id)
+
+
+def _decode_block(block: bytes, device_id: str | None) -> DecodeResult:
+    """A COBS block known to hold no 0x00 (split off the stream at one)."""
     try:
         frame = cobs_decode(block)
     except CobsError as exc:
         return DecodeError("bad_cobs", str(exc), raw=block, offset=exc.offset)
-    return decode_frame(frame, device_id)
+    return _decode_frame(frame, device_id)
 
 
 class FramedDecoder(StreamDecoder):
@@ -270,4 +292,4 @@ class FramedDecoder(StreamDecoder):
                     )
                 )
             elif block:
-                results.append(decode_encoded(block, self.device_id))
+                results.append(_decode_block(block, self.device_id))

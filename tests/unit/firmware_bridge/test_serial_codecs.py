@@ -8,9 +8,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from climastream.quantities import Quantity
-from firmware_bridge.checksums import cobs_decode, cobs_encode, crc16_ccitt_false, nmea_checksum
+from firmware_bridge.checksums import (
+    CobsError,
+    _cobs_decode_general,
+    cobs_decode,
+    cobs_encode,
+    crc16_ccitt_false,
+    nmea_checksum,
+)
 from firmware_bridge.firmware import climastream_node as node
 from firmware_bridge.model import Decoded, DecodeError
 from firmware_bridge.serial_codecs import (
@@ -58,6 +67,33 @@ def test_cobs_matches_reference_examples(plain: bytes, encoded: bytes) -> None:
     assert cobs_encode(plain) == encoded
     assert node.cobs_encode(plain) == encoded
     assert cobs_decode(encoded) == plain
+
+
+def _cobs_outcome(decode: object, block: bytes) -> tuple[object, ...]:
+    try:
+        return ("ok", decode(block))  # type: ignore[operator]
+    except CobsError as exc:
+        return ("error", exc.offset, str(exc))
+
+
+_runs = st.lists(st.one_of(st.binary(max_size=300), st.just(bytes(range(1, 255)))), max_size=4).map(
+    b"\x00".join
+)
+
+
+@given(data=_runs, flips=st.lists(st.tuples(st.integers(0, 600), st.integers(0, 255)), max_size=3))
+def test_cobs_fast_path_agrees_with_the_general_loop(
+    data: bytes, flips: list[tuple[int, int]]
+) -> None:
+    """The in-place fast path decodes and fails exactly like the run-by-run loop."""
+    block = bytearray(cobs_encode(data))
+    assert cobs_decode(bytes(block)) == data
+    for at, value in flips:  # corrupt it: codes past the end, zeros inside, 0xFF codes
+        if block:
+            block[at % len(block)] = value
+    assert _cobs_outcome(cobs_decode, bytes(block)) == _cobs_outcome(
+        _cobs_decode_general, bytes(block)
+    )
 
 
 def test_sds011_one_byte_at_a_time_with_garbage_and_counters() -> None:
@@ -169,3 +205,18 @@ def test_micropython_node_numbers_frames() -> None:
 
 def test_sds011_encoder_rounds_to_datasheet_resolution() -> None:
     assert encode_sds011(21.2, 50.0, 0xA160) == SDS
+
+
+def test_framed_device_id_with_a_trailing_newline_is_a_bad_header() -> None:
+    """A regex "$" matches before a final newline; the id check must not let one through."""
+    import struct
+
+    from firmware_bridge.serial_codecs.framed import decode_frame
+
+    body = struct.pack(">BBB", 1, 0, 5) + b"node\n" + struct.pack(">IIB", 7, 0, 0)
+    frame = body + struct.pack(">H", crc16_ccitt_false(body))
+    result = decode_frame(frame)
+    assert isinstance(result, DecodeError)
+    assert (result.reason, result.offset) == ("bad_header", 3)
+    with pytest.raises(EncodeError):
+        encode_frame("node\n", 7, None, [])
