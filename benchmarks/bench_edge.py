@@ -142,6 +142,22 @@ def make_wire(total: int, devices: int = 200) -> bytes:
     return b"".join(frames)
 
 
+def make_samples(total: int, batch: int = 500) -> list[list[Sample]]:
+    """The readings of :func:`make_wire` through the serial source's decode path, in
+    ingest batches of ``batch`` (``benchmarks/bench_edge_buffer.py`` uses these)."""
+    from edge.sources.convert import to_samples
+    from firmware_bridge.codecs import stream_decoder
+
+    errors: dict[str, int] = {}
+    samples = to_samples(
+        stream_decoder("framed").feed(make_wire(total)),
+        errors=errors,
+        now=lambda: datetime.now(UTC),
+    )
+    assert not errors, errors
+    return [samples[i : i + batch] for i in range(0, len(samples), batch)]
+
+
 def config(bootstrap: str, buffer: Path, topic: str = "readings") -> GatewayConfig:
     return GatewayConfig.model_validate(
         {
@@ -193,7 +209,9 @@ async def bench_agent(
     source = ReplaySource(make_wire(total))
     uplink = RecordingUplink(cfg.kafka, client_id="gw-bench")
     await uplink.send_and_wait(f"{topic}-status", b"warmup", b"{}")  # connect outside timing
-    agent = Agent(cfg, sources=[source], uplink=uplink, drain_timeout_s=120)
+    # tune_gc as ``climastream edge run`` does (process-wide: the raw baseline after it
+    # runs under the same collector settings)
+    agent = Agent(cfg, sources=[source], uplink=uplink, drain_timeout_s=120, tune_gc=True)
     stop = asyncio.Event()
     cpu0 = time.process_time()
     task = asyncio.create_task(agent.run(stop))

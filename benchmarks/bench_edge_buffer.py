@@ -57,7 +57,7 @@ def run(total: int, interleave: bool) -> None:
             finally:
                 in_append += time.process_time() - start
 
-        buffer.append = timed_append  # type: ignore[method-assign]
+        buffer.append = timed_append  # type: ignore[method-assign,assignment]
         in_ingest = in_drain = 0.0
         sent = 0
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from climastream import __version__
-from climastream.contract import ContractError, GatewayStatus, encode
+from climastream.contract import ContractError, GatewayStatus, Location, Quantity, encode
 from climastream.fastpath import ReadingEncoder
 from edge import systemd
 from edge.buffer import (
@@ -64,6 +65,9 @@ log = logging.getLogger(__name__)
 _BATCH_PREFIX = b'{"schema_version":1,"gateway_id":"%s","readings":['
 _BATCH_SUFFIX = b"]}"
 _FRAME_OVERHEAD = 128
+#: Quantity -> its wire name as an exact str (a dict lookup is several times cheaper than
+#: the enum's ``.value`` descriptor; a plain-str quantity falls through unchanged)
+_QUANTITY_NAMES: dict[Any, str] = {q: q.value for q in Quantity}
 
 
 class Uplink(Protocol):
@@ -88,6 +92,34 @@ class Counters:
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+
+#: gen0 collection after this many net container allocations (CPython's default: 700)
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Garbage-collector settings for the agent's process, applied once start-up is done.
+
+    The hot path allocates a few container objects per reading (sample, reading dict,
+    record), nearly all freed by reference counting; the cyclic collector finds nothing in
+    them but still scans them, and every full collection also walks the tens of thousands
+    of start-up objects (modules, pydantic schemas, the onnxruntime sessions) that live
+    for the whole run. Measured on the ``make bench-edge`` path: 16.4 µs per reading with
+    CPython's defaults, 14.2 with these two settings, 14.0 with the collector off.
+
+    1. :func:`gc.freeze` moves everything alive after start-up out of the collector's view
+       (it is still freed normally if it ever becomes garbage).
+    2. A generation-0 threshold of :data:`GC_GEN0_THRESHOLD` instead of 700: cycles are
+       still collected, in fewer and larger passes; the garbage it can hold in between is
+       bounded by that count.
+
+    ``climastream edge run`` applies it; an :class:`Agent` embedded in another program
+    (tests, the benchmark) only when asked (``tune_gc=True``), as it changes the process.
+    """
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+    gc.freeze()
 
 
 def build_sources(config: GatewayConfig) -> list[Source]:
@@ -150,6 +182,7 @@ class Agent:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         status_file: Path | None = None,
         drain_timeout_s: float = 15.0,
+        tune_gc: bool = False,
     ) -> None:
         self.config = config
         self.sources = list(sources) if sources is not None else build_sources(config)
@@ -160,6 +193,7 @@ class Agent:
         self.clock = clock
         self.status_file = status_file
         self.drain_timeout_s = drain_timeout_s
+        self.tune_gc = tune_gc
         self.counters = Counters()
         self.buffer: Buffer | None = None
         self._queue: asyncio.Queue[tuple[list[Sample], Callable[[], None] | None]] = asyncio.Queue(
@@ -172,7 +206,7 @@ class Agent:
         self._prefix = _BATCH_PREFIX % config.gateway_id.encode()
         self._batch_bytes = batch_payload_bytes(config)
         self._key = config.gateway_id.encode()
-        self._locations: dict[int, dict[str, float]] = {}
+        self._locations: dict[int, tuple[Location, dict[str, float]]] = {}
         self._rate_bytes_per_s = 0.0
         self._rate_mark: tuple[float, int] | None = None
         self._bytes_in = 0
@@ -196,6 +230,8 @@ class Agent:
         recovered = getattr(self.buffer, "recovered", "clean")
         if recovered != "clean":
             log.warning("buffer recovered after %s dropped=%s", recovered, self.buffer.dropped())
+        if self.tune_gc:
+            tune_gc()
         for source in self.sources:
             await source.start()
 
@@ -276,15 +312,15 @@ class Agent:
                     self._queue.task_done()
             self._new_data.set()
 
-    def _location(self, sample: Sample) -> dict[str, float] | None:
-        location = sample.location
-        if location is None:
-            return None
+    def _location(self, location: Location) -> dict[str, float]:
+        """A device's configured location as the reading carries it (dumped once)."""
         cached = self._locations.get(id(location))
-        if cached is None:
-            cached = location.model_dump(exclude_none=True)
+        if cached is None or cached[0] is not location:  # the entry keeps the id in use
+            if len(self._locations) >= 10_000:  # config locations are few; stay bounded
+                self._locations.clear()
+            cached = (location, location.model_dump(exclude_none=True))
             self._locations[id(location)] = cached
-        return cached
+        return cached[1]
 
     def ingest(self, samples: list[Sample]) -> int:
         """Stamp, infer, validate and durably append (worker thread). Returns stored count."""
@@ -293,25 +329,26 @@ class Agent:
         default_zone = self.config.zone
         ingest_time = self.clock()
         readings: list[dict[str, Any]] = []
-        for sample in samples:
+        append_reading = readings.append
+        names = _QUANTITY_NAMES
+        for device_id, quantity, value, unit, event_time, seq, zone, location in samples:
             reading: dict[str, Any] = {
                 "schema_version": 1,
-                "device_id": sample.device_id,
+                "device_id": device_id,
                 "gateway_id": gateway_id,
-                "seq": sample.seq,
-                "quantity": sample.quantity.value,
-                "value": sample.value,
-                "unit": sample.unit,
-                "event_time": sample.event_time,
+                "seq": seq,
+                "quantity": names.get(quantity, quantity),
+                "value": value,
+                "unit": unit,
+                "event_time": event_time,
                 "ingest_time": ingest_time,
             }
-            location = self._location(sample)
             if location is not None:
-                reading["location"] = location
-            zone = sample.zone or default_zone
+                reading["location"] = self._location(location)
+            zone = zone or default_zone
             if zone is not None:
                 reading["zone"] = zone
-            readings.append(reading)
+            append_reading(reading)
         for model in self.models:
             readings.extend(model.process(readings))
         need: dict[str, int] = {}

@@ -116,7 +116,12 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = stop_on_signals()
         try:
-            agent = Agent(config, status_file=args.status_file, drain_timeout_s=args.drain_timeout)
+            agent = Agent(
+                config,
+                status_file=args.status_file,
+                drain_timeout_s=args.drain_timeout,
+                tune_gc=True,
+            )
         except (ValueError, OSError) as exc:
             print(f"edge: {exc}", file=sys.stderr)
             return 2

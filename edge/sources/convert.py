@@ -26,7 +26,11 @@ def to_samples(
     gateway's receive time is the event time.
     """
     samples: list[Sample] = []
+    append = samples.append
     received = now()
+    # zone and location are per device: looked up once per call, not once per value
+    where: dict[str, tuple[str | None, Location | None]] = {}
+    last = SEQ_STRIDE - 1
     for result in results:
         if isinstance(result, DecodeError):
             errors[result.reason] = errors.get(result.reason, 0) + 1
@@ -39,17 +43,11 @@ def to_samples(
                 continue
             index = position.get(device, 0)
             position[device] = index + 1
-            seq = None if m.seq is None else m.seq * SEQ_STRIDE + min(index, SEQ_STRIDE - 1)
-            samples.append(
-                Sample(
-                    device_id=device,
-                    quantity=m.quantity,
-                    value=m.value,
-                    unit=m.unit,
-                    event_time=m.time or received,
-                    seq=seq,
-                    zone=zone(device),
-                    location=location(device),
-                )
-            )
+            seq = m.seq
+            if seq is not None:
+                seq = seq * SEQ_STRIDE + (index if index < last else last)
+            place = where.get(device)
+            if place is None:
+                place = where[device] = (zone(device), location(device))
+            append(Sample(device, m.quantity, m.value, m.unit, m.time or received, seq, *place))
     return samples
