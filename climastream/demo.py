@@ -82,6 +82,19 @@ def count_samples(
     return total
 
 
+def _status_age(status: dict[str, object]) -> str:
+    """`` (gateway status Ns old)``: ``sent`` and ``buffered`` come from the gateway's last
+    status, so they trail the stored counts, which are read live from the database."""
+    stamp = status.get("time")
+    if not isinstance(stamp, str):
+        return ""
+    try:
+        age = (datetime.now(UTC) - datetime.fromisoformat(stamp)).total_seconds()
+    except ValueError:
+        return ""
+    return f" (gateway status {max(age, 0.0):.0f}s old)"
+
+
 def stored_counts(tsdb_url: str, since: datetime) -> StoredCounts:
     flush_tsdb(tsdb_url)  # once for all three counts
     return StoredCounts(
@@ -208,6 +221,7 @@ class Demo:
                 )
 
     def edge_status(self) -> dict[str, object]:
+        """The gateway's last status file (written on its status interval)."""
         try:
             return dict(json.loads((self.workdir / "edge-status.json").read_text()))
         except (OSError, ValueError):
@@ -269,8 +283,9 @@ def run_demo(
             edge = demo.edge_status()
             print(
                 f"demo: t={time.monotonic() - t0:4.0f}s sent={edge.get('readings_sent_total', 0)} "
-                f"buffered={edge.get('buffer_depth', 0)} stored_readings={counts.readings} "
-                f"stored_kpis={counts.kpis} alerts={counts.alerts}",
+                f"buffered={edge.get('buffer_depth', 0)}{_status_age(edge)} "
+                f"stored_readings={counts.readings} stored_kpis={counts.kpis} "
+                f"alerts={counts.alerts}",
                 flush=True,
             )
         print("demo: stopping the gateway and draining the pipeline ...", flush=True)
