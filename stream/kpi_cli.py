@@ -19,8 +19,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="replay a JSONL file of readings and print the KpiValues the stream would emit",
         description="Reads one Reading JSON per line (the wire contract) and prints one "
         "KpiValue JSON per line. Windows close on event time; at the end of the input "
-        "every window with data is closed. Bad lines are reported with their line number "
+        "every window with data is closed, and every hour or day window that has ended by "
+        "the wall clock (minus grace). Bad lines are reported with their line number "
         "on stderr and counted; exit status 1 if any.",
+        epilog='A reading line: {"device_id": "t1", "gateway_id": "gw1", '
+        '"seq": 1, "quantity": "temperature", "value": 21.5, "unit": "Cel", '
+        '"event_time": "2026-07-01T21:00:00Z", "ingest_time": '
+        '"2026-07-01T21:00:01Z", "zone": "centre"}. Units are the canonical ones '
+        "('climastream kpi list' shows each KPI's; e.g. Cel, %RH, ug/m3, dB(A)); times "
+        "are RFC 3339 UTC from 2015-01-01 up to 1 h past now. UHI KPIs need a reference "
+        "station or zone in --config (reference.device_id / reference.zone).",
     )
     ev.add_argument("--input", required=True, type=Path, help="readings.jsonl ('-': stdin)")
     ev.add_argument("--kpi", metavar="ID", help="only this KPI id (see 'kpi list')")
@@ -84,6 +92,12 @@ def _eval(args: argparse.Namespace) -> int:
         f"kpi eval: late={len(result.late)} duplicates={result.duplicates} bad_lines={bad}",
         file=sys.stderr,
     )
+    if config.reference is None and (args.kpi is None or args.kpi.startswith("uhi")):
+        print(
+            "kpi eval: no UHI reference in the config (reference.device_id or "
+            "reference.zone): uhi.* KPIs are not computed",
+            file=sys.stderr,
+        )
     return 1 if bad else 0
 
 

@@ -124,7 +124,10 @@ REGISTRY: tuple[KpiDef, ...] = (
     KpiDef("uhi.night", "1", "uhi", (_T,), ("zone",), WindowRef.UHI_NIGHT,
            "zone mean minus reference mean at the nightly hour", "Cel",
            "UHI intensity over uhi_night_window from uhi_night_hour local time (23:00 in "
-           "Brussels' 2022 campaign)."),
+           "Brussels' 2022 campaign). Both means are taken over the base windows in which "
+           "the zone and the reference both reported (paired), so a reference gap does "
+           "not compare a cooling zone's later minutes with the reference's earlier ones; "
+           "completeness shows the share of the night those windows cover."),
     KpiDef("uhi.daily_max", "1", "uhi", (_T,), ("zone",), WindowRef.DAY,
            "maximum of the window UHI intensities", "Cel",
            "Largest uhi.intensity of the local calendar day."),

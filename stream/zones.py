@@ -222,6 +222,10 @@ class ZoneWindows:
             else:
                 limit = watermark
             if limit is None:
+                if final and state["next"] is not None:
+                    # every base window of this key is already closed (the watermark got
+                    # there during the replay), but its hour/day windows still have to be
+                    emitted.extend(self._close_long(key, state, state["next"], final))
                 continue
             if state["next"] is None:
                 if not state["known"]:

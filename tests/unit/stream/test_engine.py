@@ -190,6 +190,23 @@ def test_eaqi_hourly_and_pm_running_mean() -> None:
     assert pm.band == "moderate"
 
 
+def test_replay_end_closes_long_windows_of_zones_already_closed() -> None:
+    """Zone "west" goes quiet early in the hour; its minute windows close during the
+    replay (the watermark passes them), so at the end it has no base window pending. Its
+    hour window must still be emitted, like the later zone's (an audit found it was not)."""
+    s = Seq()
+    config = cfg(window="1m", eaqi_period="1h")
+    readings = [
+        s.reading("no2-w", "no2", 30.0, T0 + timedelta(minutes=5), zone="west"),
+        s.reading("no2-e", "no2", 30.0, T0 + timedelta(minutes=50), zone="east"),
+    ]
+    kpis = replay(readings, config).kpis
+    assert sorted((k.zone, k.window_start, k.band) for k in pick(kpis, "eaqi")) == [
+        ("east", T0, "moderate"),  # NO2 30 ug/m3: 25 < 30 <= 60 (EAQI 2024)
+        ("west", T0, "moderate"),
+    ]
+
+
 def test_heatwave_and_daily_uhi_over_local_days() -> None:
     s = Seq()
     config = cfg(window="1h", reference={"zone": "park"}, zones={"centre": {}, "park": {}})
