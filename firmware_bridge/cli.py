@@ -15,7 +15,14 @@ import re
 import sys
 from typing import Any
 
-_HEX = re.compile(r"^(0x)?[0-9A-Fa-f\s:,-]+$")
+#: hex digits, optionally grouped by spaces, colons, commas or dashes, each group optionally
+#: prefixed 0x as datasheets and C arrays write them ("AA C0 ..", "0xAA, 0xC0, ..")
+_HEX = re.compile(r"^(?:(?:0[xX])?[0-9A-Fa-f]+[\s:,-]*)+$")
+_HEX_NOISE = re.compile(r"(?:^|(?<=[\s:,-]))0[xX]|[\s:,-]")
+
+
+class PayloadError(ValueError):
+    """PAYLOAD text that is not valid hex, base64 or UTF-8 (bad input: exit status 1)."""
 
 
 def register(subparsers: Any) -> None:
@@ -28,6 +35,11 @@ def register(subparsers: Any) -> None:
         help="decode a device payload (serial, LoRaWAN, MQTT) and print measurements as JSON",
         description="Decode one device payload and print the measurements as JSON with units.\n\n"
         f"codecs:\n{listing}",
+        epilog="Output: {codec, measurements: [{device_id, quantity, value, unit (canonical),\n"
+        "seq, time, channel, metadata}], errors: [{reason, offset, message, raw_hex}]}.\n"
+        "Serial codecs take several concatenated frames (and skip garbage between them).\n"
+        "Exit status: 0 every frame decoded; 1 bad input (a bad frame, or PAYLOAD that is\n"
+        "not hex, base64 or UTF-8); 2 usage or configuration error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
@@ -65,25 +77,47 @@ def register(subparsers: Any) -> None:
 
 
 def read_payload(text: str, fmt: str, kind: str) -> bytes:
-    """Turn PAYLOAD text into bytes; raise ValueError saying which format failed and why."""
+    """Turn PAYLOAD text into bytes; raise PayloadError saying which format failed and why."""
     stripped = text.strip()
     if kind == "json" or fmt == "json" or (fmt == "auto" and stripped[:1] in ("{", "[")):
         return stripped.encode("utf-8")
-    if fmt == "hex" or (
-        fmt == "auto"
-        and _HEX.match(stripped)
-        and len(re.sub(r"[\s:,-]|^0x", "", stripped)) % 2 == 0
-    ):
-        digits = re.sub(r"[\s:,-]", "", stripped)
-        digits = digits[2:] if digits[:2].lower() == "0x" else digits
+    looks_hex = bool(_HEX.match(stripped))
+    digits = _HEX_NOISE.sub("", stripped) if looks_hex else ""
+    if fmt == "hex" or (fmt == "auto" and looks_hex and len(digits) % 2 == 0):
+        if fmt == "hex" and not looks_hex:
+            digits = re.sub(r"[\s:,-]", "", stripped)
         try:
             return bytes.fromhex(digits)
         except ValueError as exc:
-            raise ValueError(f"PAYLOAD is not valid hex: {exc}") from None
+            raise PayloadError(f"PAYLOAD is not valid hex: {exc}") from None
     try:
         return base64.b64decode(stripped, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"PAYLOAD is neither hex nor valid base64: {exc}") from None
+        if looks_hex:
+            raise PayloadError(
+                f"PAYLOAD looks like hex but has an odd number of digits ({len(digits)}); "
+                f"as base64 it is invalid too ({exc})"
+            ) from None
+        raise PayloadError(
+            f"PAYLOAD is neither hex nor valid base64: {exc} (--format says which it is)"
+        ) from None
+
+
+def _read_text(source: str) -> str:
+    """PAYLOAD itself, stdin ('-') or a file ('@FILE'), as text."""
+    if source == "-":
+        return sys.stdin.read()
+    if not source.startswith("@"):
+        return source
+    with open(source[1:], "rb") as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(
+            f"{source[1:]}: not UTF-8 text at byte {exc.start}; write a binary payload as "
+            "hex or base64"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,14 +126,15 @@ def run(args: argparse.Namespace) -> int:
     from firmware_bridge.model import DecodeError
     from firmware_bridge.mqtt.generic_json import MappingError, mapping_from_dict
 
-    text = args.payload
     try:
-        if text == "-":
-            text = sys.stdin.read()
-        elif text.startswith("@"):
-            with open(text[1:], encoding="utf-8") as handle:
-                text = handle.read()
-        payload = read_payload(text, args.format, CODECS[args.codec].kind)
+        payload = read_payload(_read_text(args.payload), args.format, CODECS[args.codec].kind)
+    except PayloadError as exc:  # bad input, like a bad frame
+        print(f"climastream decode: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"climastream decode: {exc}", file=sys.stderr)
+        return 2
+    try:
         layout = None
         if args.layout:
             layout = (

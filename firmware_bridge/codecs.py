@@ -9,7 +9,7 @@ one-shot payload has no "next read" to complete them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from firmware_bridge.lorawan.cayenne import decode_cayenne
@@ -129,6 +129,8 @@ def _envelope(
             uplink = parse(payload)
         except DecodeError as exc:
             return [exc]
+        if options.device_id:  # --device-id overrides the DevEUI, as for the other codecs
+            uplink = replace(uplink, device_id=options.device_id)
         return [decode_uplink(uplink, _inner(options), radio_readings=options.radio_readings)]
 
     return run

@@ -110,6 +110,10 @@ def _best_gateway(
         rssi_value = entry.get("rssi", entry.get("channel_rssi"))
         rssi = None if rssi_value is None else number(rssi_value, f"{key}[{index}].rssi", raw)
         snr_value = entry.get("snr")
+        if snr_value is None and rssi is not None and "snr" not in entry:
+            # both servers emit protobuf JSON, which leaves out zero values (as for fCnt):
+            # a reception with an RSSI and no "snr" key had an SNR of exactly 0 dB
+            snr_value = 0.0
         snr = None if snr_value is None else number(snr_value, f"{key}[{index}].snr", raw)
         gw = id_of(entry)
         gateway = gw if isinstance(gw, str) else None

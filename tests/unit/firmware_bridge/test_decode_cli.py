@@ -65,11 +65,48 @@ def test_chirpstack_json_from_file_and_layout(capsys: pytest.CaptureFixture[str]
     assert all(t["seq"] == 10 and t["metadata"]["rssi"] == -36 for t in temps)
 
 
-def test_bad_hex_and_missing_layout_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(capsys, "cayenne", "not-hex-or-b64!", "--format", "hex")[0] == 2
+def test_bad_payload_text_is_bad_input_and_missing_layout_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Exit 1 for input that is not a payload (like a bad frame), 2 for usage errors."""
+    code, _, err = run(capsys, "cayenne", "not-hex-or-b64!", "--format", "hex")
+    assert code == 1
+    assert "not valid hex" in err
+    code, _, err = run(capsys, "sds011", "AAC0D")
+    assert code == 1
+    assert "odd number of digits (5)" in err
+    binary = tmp_path / "frame.bin"
+    binary.write_bytes(b"AA\xff")
+    code, _, err = run(capsys, "sds011", f"@{binary}")
+    assert code == 1
+    assert "not UTF-8 text at byte 2" in err
     code, _, err = run(capsys, "layout", "0102")
     assert code == 2
     assert "needs a layout" in err
+
+
+def test_hex_as_datasheets_and_c_arrays_write_it(capsys: pytest.CaptureFixture[str]) -> None:
+    frame = "0xAA, 0xC0, 0xD2, 0x04, 0x2E, 0x16, 0x12, 0xAB, 0xD7, 0xAB"  # SDS011 datasheet form
+    code, report, _ = run(capsys, "sds011", frame)
+    assert code == 0
+    assert [m["value"] for m in report["measurements"]] == [123.4, 567.8]  # type: ignore[index, union-attr]
+
+
+def test_device_id_overrides_the_dev_eui_and_an_omitted_snr_is_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Protobuf JSON leaves out zero values: an rxInfo entry without "snr" had 0 dB."""
+    uplink = {
+        "deviceInfo": {"devEui": "0011223344556677"},
+        "fCnt": 3,
+        "data": base64.b64encode(bytes.fromhex("016700E1")).decode(),  # ch1 22.5 Cel
+        "rxInfo": [{"rssi": -80}],
+    }
+    code, report, _ = run(capsys, "chirpstack", json.dumps(uplink), "--device-id", "my-node")
+    assert code == 0
+    temperature = report["measurements"][0]  # type: ignore[index]
+    assert temperature["device_id"] == "my-node"
+    assert (temperature["metadata"]["rssi"], temperature["metadata"]["snr"]) == (-80.0, 0.0)
 
 
 def test_help_lists_every_codec() -> None:
