@@ -165,6 +165,7 @@ class Ledger:
         acked: bool | None = None,
         silenced: bool | None = None,
         closed_at: datetime | None = None,
+        escalate_at: datetime | None = None,
         escalated_at: datetime | None = None,
     ) -> None:
         sets, values = [], []
@@ -173,6 +174,7 @@ class Ledger:
             ("acked", None if acked is None else int(acked)),
             ("silenced", None if silenced is None else int(silenced)),
             ("closed_at", _iso(closed_at) if closed_at else None),
+            ("escalate_at", _iso(escalate_at) if escalate_at else None),
             ("escalated_at", _iso(escalated_at) if escalated_at else None),
         ):
             if value is not None:
@@ -243,6 +245,35 @@ class Ledger:
                 "due_at = ? WHERE id = ?",
                 (PENDING, error[:500], _iso(retry_at), delivery_id),
             )
+
+    def revive(
+        self,
+        fingerprint: str,
+        incident: str,
+        kind: str,
+        channel: str,
+        recipient: str,
+        *,
+        now: datetime,
+        due_at: datetime,
+    ) -> bool:
+        """Plan a delivery again that was cancelled before it was sent (its alert was
+        silenced, then unsilenced while still firing); True if one was revived."""
+        cursor = self._db.execute(
+            "UPDATE deliveries SET status = ?, due_at = ? WHERE fingerprint = ? AND "
+            "incident = ? AND kind = ? AND channel = ? AND recipient = ? AND status = ?",
+            (
+                PENDING if due_at <= now else DEFERRED,
+                _iso(due_at),
+                fingerprint,
+                incident,
+                kind,
+                channel,
+                recipient,
+                CANCELLED,
+            ),
+        )
+        return cursor.rowcount > 0
 
     def cancel(self, delivery_id: int) -> None:
         """Cancel a delivery that was not sent yet (its alert resolved or was silenced)."""

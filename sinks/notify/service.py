@@ -4,9 +4,11 @@ Flow per alert record: route it (zone, severity, team), plan one delivery row pe
 recipient in the :class:`~sinks.notify.ledger.Ledger` (idempotent), commit the Kafka
 offset, then a delivery loop sends due rows with retries and exponential backoff. Rows
 for non-critical alerts that arrive in quiet hours wait until the quiet hours end, and are
-cancelled if the alert resolves first. An incident that is still unacknowledged
-``escalate.after`` its first notification is sent to the route's escalation contacts,
-once (the ledger remembers, across restarts).
+cancelled if the alert resolves first (quiet hours are per route). An incident that is
+still unacknowledged ``escalate.after`` its first notification (after quiet hours, or
+after a silence ended) is sent to the route's escalation contacts, once (the ledger
+remembers, across restarts). An incident unsilenced while still firing is sent to whoever
+was not told yet.
 
 What staff receive per incident: one firing message per recipient, at most one escalation,
 one resolution to everyone who got the firing message. PENDING records are never sent.
@@ -153,10 +155,53 @@ class Notifier:
                 out.append(("webhook", contact.webhook))
         return list(dict.fromkeys(out))
 
-    def _due(self, alert: Alert, routes: list[Route], now: datetime) -> datetime:
-        if alert.severity is AlertSeverity.CRITICAL or not any(r.quiet_hours for r in routes):
+    def _route_due(self, alert: Alert, route: Route, now: datetime) -> datetime:
+        """When this route's messages about ``alert`` may go out (quiet hours hold
+        non-critical ones, per route: ``quiet_hours: false`` routes are never held)."""
+        if alert.severity is AlertSeverity.CRITICAL or not route.quiet_hours:
             return now
         return quiet_until(self.config, now) or now
+
+    def _dues(
+        self, alert: Alert, routes: list[Route], now: datetime, *, escalation: bool = False
+    ) -> dict[tuple[str, str], datetime]:
+        """Recipient -> earliest due time over the routes that name it (``notify``, and
+        ``escalate.to`` too when ``escalation``)."""
+        dues: dict[tuple[str, str], datetime] = {}
+        for route in routes:
+            names = route.notify
+            if escalation and route.escalate:
+                names = (*names, *route.escalate.to)
+            due = self._route_due(alert, route, now)
+            for target in self._recipients(names):
+                dues[target] = min(due, dues.get(target, due))
+        return dues
+
+    def _plan_firing(
+        self, alert: Alert, routes: list[Route], incident: str, now: datetime
+    ) -> tuple[int, datetime | None]:
+        """Plan (or revive, after an unsilence) the firing messages of an incident.
+
+        Returns how many are new and when the first person is told (None: nobody).
+        """
+        planned = 0
+        first: datetime | None = None
+        for (channel, recipient), due in self._dues(alert, routes, now).items():
+            first = due if first is None else min(first, due)
+            args = (alert.fingerprint, incident, Kind.FIRING, channel, recipient)
+            if self.ledger.plan(*args, now=now, due_at=due) or self.ledger.revive(
+                *args, now=now, due_at=due
+            ):
+                planned += 1
+        if "alertmanager" in self.channels:
+            args = (alert.fingerprint, incident, Kind.FIRING, "alertmanager", "alertmanager")
+            if self.ledger.plan(*args, now=now, due_at=now) or self.ledger.revive(
+                *args, now=now, due_at=now
+            ):
+                planned += 1
+        if planned:
+            self.wake.set()
+        return planned, first
 
     def handle(self, alert: Alert) -> int:
         """Plan the deliveries one alert state change calls for; returns how many are new."""
@@ -174,6 +219,8 @@ class Notifier:
             return self._plan_resolution(alert, incident.incident, incident.silenced, now)
         acked = alert.state is AlertState.ACKNOWLEDGED
         silenced = alert.state is AlertState.SILENCED
+        routes = self.config.routes_for(alert)
+        escalation = next((r.escalate for r in routes if r.escalate), None)
         if incident is not None and is_open:
             self.ledger.update_incident(
                 alert.fingerprint,
@@ -183,13 +230,20 @@ class Notifier:
             )
             if silenced:
                 self._cancel_unsent(alert.fingerprint, incident.incident)
-            return 0
-        routes = self.config.routes_for(alert)
+                return 0
+            if not incident.silenced or acked or incident.acked or not routes:
+                return 0
+            # unsilenced while still firing (by hand, or the silence ran out): whoever has
+            # not been told yet is told now, and the escalation clock starts from then
+            planned, first = self._plan_firing(alert, routes, incident.incident, now)
+            if escalation and first is not None and incident.escalated_at is None:
+                self.ledger.update_incident(alert.fingerprint, escalate_at=first + escalation.after)
+            return planned
         if not routes:
             self.metrics.unrouted.inc()
             return 0
         key = alert.started_at.isoformat()
-        escalation = next((r.escalate for r in routes if r.escalate), None)
+        first = min(self._dues(alert, routes, now).values(), default=now)
         self.ledger.open_incident(
             alert.fingerprint,
             key,
@@ -198,30 +252,12 @@ class Notifier:
             alert_json=raw,
             acked=acked,
             silenced=silenced,
-            escalate_at=now + escalation.after if escalation else None,
+            # escalation counts from the first notification (after quiet hours, if held)
+            escalate_at=first + escalation.after if escalation and not silenced else None,
         )
         if silenced:
             return 0
-        due = self._due(alert, routes, now)
-        planned = 0
-        for route in routes:
-            for channel, recipient in self._recipients(route.notify):
-                planned += self.ledger.plan(
-                    alert.fingerprint, key, Kind.FIRING, channel, recipient, now=now, due_at=due
-                )
-        if "alertmanager" in self.channels:
-            planned += self.ledger.plan(
-                alert.fingerprint,
-                key,
-                Kind.FIRING,
-                "alertmanager",
-                "alertmanager",
-                now=now,
-                due_at=now,
-            )
-        if planned:
-            self.wake.set()
-        return planned
+        return self._plan_firing(alert, routes, key, now)[0]
 
     def _cancel_unsent(self, fingerprint: str, incident: str) -> None:
         for delivery in self.ledger.deliveries(fingerprint):
@@ -243,7 +279,7 @@ class Notifier:
         if silenced:
             return 0
         routes = self.config.routes_for(alert)
-        due = self._due(alert, routes, now)
+        dues = self._dues(alert, routes, now, escalation=True)
         planned = 0
         for channel, recipient in dict.fromkeys(reached):
             planned += self.ledger.plan(
@@ -253,7 +289,7 @@ class Notifier:
                 channel,
                 recipient,
                 now=now,
-                due_at=now if channel == "alertmanager" else due,
+                due_at=dues.get((channel, recipient), now),
             )
         if planned:
             self.wake.set()
@@ -297,8 +333,12 @@ class Notifier:
         assert incident is not None
         alert = decode(incident.alert_json, Alert)
         after = None
-        if delivery.kind == Kind.ESCALATION and incident.escalate_at:
-            after = _format_delta(incident.escalate_at - incident.opened_at)
+        if delivery.kind == Kind.ESCALATION:
+            escalation = next(
+                (r.escalate for r in self.config.routes_for(alert) if r.escalate), None
+            )
+            if escalation is not None:
+                after = _format_delta(escalation.after)
         return render(
             alert,
             Kind(delivery.kind),

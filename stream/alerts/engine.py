@@ -243,7 +243,7 @@ def _default_summary(rule: Rule) -> str:
     if isinstance(rule, StaleRule):
         return "Sensor {device} in {zone} has sent nothing for {value} s"
     if isinstance(rule, GatewayOfflineRule):
-        return "Gateway {gateway} is offline: no status for {value} s"
+        return "Gateway {gateway} out of contact: no status for {value} s"
     return "Unusual {quantity} readings in {where} (model score {value})"
 
 
@@ -360,6 +360,10 @@ class AlertEngine:
             state in (SourceState.DOWN, SourceState.DISABLED) for state in status.sources.values()
         )
         previous = self._signal(f"gw|{status.gateway_id}") or {}
+        backlog_since = None
+        if status.buffer_depth > 0 and status.buffer_oldest_age_s is not None:
+            # readings taken since then may still be in the gateway's buffer
+            backlog_since = _iso(now - timedelta(seconds=status.buffer_oldest_age_s))
         self._set_signal(
             f"gw|{status.gateway_id}",
             {
@@ -367,11 +371,13 @@ class AlertEngine:
                 "last_status": _iso(now),
                 "last_heard": _iso(now),
                 "all_sources_down": all_down,
+                "backlog_since": backlog_since,
             },
         )
         for rule in self._gateway_rules:
             condition = Condition.SET if all_down and rule.all_sources_down else Condition.CLEAR
-            context = {"gateway_id": status.gateway_id, "value": 0.0, "unit": "s"}
+            # no "value": the record keeps how long the gateway was out of contact
+            context: JsonDict = {"gateway_id": status.gateway_id, "unit": "s"}
             if condition is Condition.SET:
                 down = sorted(status.sources)
                 context["labels"] = {"sources_down": ",".join(down)[:300]}
@@ -675,20 +681,34 @@ class AlertEngine:
         """True while the alert's gateway is down (one outage is one alert)."""
         if isinstance(rule, GatewayOfflineRule) or not record.gateway_id or not self._gateway_rules:
             return False
+        stale = isinstance(rule, StaleRule)
         for gateway_rule in self._gateway_rules:
             gateway_alert = self._record(
                 fingerprint(gateway_rule.id, [("gateway", record.gateway_id)])
             )
-            if gateway_alert is not None and gateway_alert.phase is not Phase.RESOLVED:
+            if gateway_alert is None:
+                continue
+            if gateway_alert.phase is not Phase.RESOLVED:
                 return True
-        if isinstance(rule, StaleRule) and record.device_id:
+            back = gateway_alert.resolved_at
+            if stale and back is not None and now - back < gateway_rule.limit:
+                # just back from an outage: its status can arrive before the readings it
+                # buffered meanwhile; give them one gateway timeout to drain
+                return True
+        if stale and record.device_id:
+            assert isinstance(rule, StaleRule)
             gateway = self._signal(f"gw|{record.gateway_id}") or {}
             device = self._signal(f"dev|{record.device_id}") or {}
             heard, seen = gateway.get("last_heard"), device.get("last_seen")
             if heard and seen:
                 cadence = rule.limit_for(record.device_id) / rule.missed
+                due = datetime.fromisoformat(seen) + cadence  # when it should have spoken
                 # the gateway said nothing since the device should have spoken
-                return datetime.fromisoformat(heard) < datetime.fromisoformat(seen) + cadence
+                if datetime.fromisoformat(heard) < due:
+                    return True
+                # or the gateway still holds a backlog reaching back before that moment
+                backlog = gateway.get("backlog_since")
+                return backlog is not None and datetime.fromisoformat(backlog) <= due
         return False
 
     # ------------------------------------------------------------------ helpers
@@ -809,12 +829,19 @@ class AlertEngine:
         if record.labels.get("sources_down"):
             down = record.labels["sources_down"]
             description = f"The gateway reports every source down: {down}.\n{description}"
+        summary = render_summary(rule.summary or _default_summary(rule), record)
+        if record.labels.get("sources_down") and isinstance(rule, GatewayOfflineRule):
+            # in contact, but every source it reads is down: not "out of contact"
+            summary = (
+                f"Gateway {record.gateway_id} reports every sensor source down "
+                f"({record.labels['sources_down']})"
+            )[:300]
         return Alert(
             fingerprint=record.fingerprint,
             rule_id=rule.id,
             state=state,
             severity=rule.severity,
-            summary=render_summary(rule.summary or _default_summary(rule), record),
+            summary=summary,
             description=description.strip(),
             team=rule.team,
             zone=record.zone,

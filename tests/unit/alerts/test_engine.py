@@ -106,16 +106,21 @@ def batch(*readings: Reading) -> ReadingBatch:
 
 
 def status(
-    clock: Clock, gateway: str, sources: dict[str, SourceState] | None = None
+    clock: Clock,
+    gateway: str,
+    sources: dict[str, SourceState] | None = None,
+    *,
+    backlog_s: float | None = None,
 ) -> GatewayStatus:
     return GatewayStatus(
         gateway_id=gateway,
         time=clock.now,
         software_version="1",
         uptime_s=1.0,
-        buffer_depth=0,
-        buffer_bytes=0,
-        buffer_capacity_bytes=1,
+        buffer_depth=0 if backlog_s is None else 100,
+        buffer_bytes=0 if backlog_s is None else 10_000,
+        buffer_capacity_bytes=100_000,
+        buffer_oldest_age_s=backlog_s,
         sources=sources or {},
     )
 
@@ -340,7 +345,7 @@ def test_gateway_outage_is_one_alert_and_inhibits_its_sensors() -> None:
         published += eng.tick()
     firing = [a for a in published if a.state is AlertState.FIRING]
     assert [(a.rule_id, a.gateway_id) for a in firing] == [("gw-off", "gw1")]
-    assert firing[0].summary.startswith("Gateway gw1 is offline")
+    assert firing[0].summary.startswith("Gateway gw1 out of contact")
     # the gateway is back: its alert resolves; the held sensor alerts end without firing
     back = eng.on_gateway_status(status(clock, "gw1"))
     assert [(a.rule_id, a.state) for a in back] == [("gw-off", AlertState.RESOLVED)]
@@ -351,6 +356,50 @@ def test_gateway_outage_is_one_alert_and_inhibits_its_sensors() -> None:
     assert eng.counters.inhibited > 0
 
 
+def test_reconnect_status_before_the_buffered_readings_pages_nobody() -> None:
+    """Back from an outage, a gateway's status can arrive before the readings it buffered:
+    its sensors get one gateway timeout (and its backlog) to catch up; a sensor that stays
+    silent after that still fires, and the gateway's resolution keeps the outage length."""
+    eng, clock = engine([STALE, GATEWAY])
+    eng.on_gateway_status(status(clock, "gw1"))
+    eng.on_batch(batch(reading(clock, "a", 20), reading(clock, "b", 20)))
+    published = []
+    for _ in range(600):
+        clock.advance(1)
+        published += eng.tick()
+    back = eng.on_gateway_status(status(clock, "gw1"))  # no backlog reported
+    assert [(a.rule_id, a.state) for a in back] == [("gw-off", AlertState.RESOLVED)]
+    assert back[0].summary == "Gateway gw1 out of contact: no status for 600 s"
+    for _ in range(5):  # readings still on their way
+        clock.advance(1)
+        published += eng.tick()
+    published += eng.on_batch(batch(reading(clock, "a", 20, seq=1)))  # "b" never comes back
+    for second in range(1, 121):  # gateway and "a" report as usual
+        clock.advance(1)
+        if second % 10 == 0:
+            published += eng.on_batch(batch(reading(clock, "a", 20, seq=1 + second)))
+        if second % 20 == 0:
+            published += eng.on_gateway_status(status(clock, "gw1"))
+        published += eng.tick()
+    stale = [(a.device_id, a.state) for a in published if a.rule_id == "stale"]
+    assert ("a", AlertState.FIRING) not in stale
+    assert stale[-1] == ("b", AlertState.FIRING)
+
+
+def test_a_reported_backlog_holds_stale_alerts_until_it_drains() -> None:
+    eng, clock = engine([STALE, GATEWAY])
+    eng.on_gateway_status(status(clock, "gw1"))
+    eng.on_batch(batch(reading(clock, "a", 20)))
+    for second in range(1, 121):  # the gateway is alive but 2 min behind on readings
+        clock.advance(1)
+        if second % 20 == 0:
+            eng.on_gateway_status(status(clock, "gw1", backlog_s=second + 5))
+        assert [a for a in eng.tick() if a.state is AlertState.FIRING] == []
+    eng.on_gateway_status(status(clock, "gw1"))  # drained, and still nothing from "a"
+    clock.advance(1)
+    assert [(a.device_id, a.state) for a in eng.tick()] == [("a", AlertState.FIRING)]
+
+
 def test_gateway_status_with_every_source_down_fires_at_once() -> None:
     eng, clock = engine([GATEWAY])
     down = {"serial": SourceState.DOWN, "lora": SourceState.DOWN}
@@ -358,6 +407,7 @@ def test_gateway_status_with_every_source_down_fires_at_once() -> None:
     assert [(a.state, a.labels["sources_down"]) for a in out] == [
         (AlertState.FIRING, "lora,serial")
     ]
+    assert out[0].summary == "Gateway gw1 reports every sensor source down (lora,serial)"
     up = eng.on_gateway_status(status(clock, "gw1", {"serial": SourceState.UP}))
     assert [a.state for a in up] == [AlertState.RESOLVED]
 

@@ -211,6 +211,85 @@ async def test_quiet_hours_defer_non_critical_and_cancel_if_resolved_first(
     assert len(email.sent) == 1
 
 
+async def test_an_incident_opened_silenced_is_sent_once_the_silence_ends(
+    notifier: Any,
+) -> None:
+    """A silence that outlives one incident covers the next; when it ends with that
+    incident still firing, its people are told then (it used to stay unsent forever)."""
+    n, clock, email, _ = notifier
+    n.handle(alert(AlertState.SILENCED))  # opened while the silence holds
+    await run_due(n)
+    assert email.sent == []
+    clock.now += timedelta(hours=1)
+    n.handle(alert())  # the silence ran out; still firing
+    n.handle(alert())  # replayed record: nothing more
+    await run_due(n)
+    assert [(k, r) for k, r, _ in email.sent] == [("firing", "climate@city.test")]
+
+
+async def test_unsilenced_after_the_firing_was_held_sends_the_cancelled_message(
+    notifier: Any,
+) -> None:
+    n, clock, email, _ = notifier
+    clock.now = datetime(2025, 7, 1, 21, 30, tzinfo=UTC)  # 23:30 local: held until 07:00
+    n.handle(alert())
+    n.handle(alert(AlertState.SILENCED))  # cancels the held message
+    clock.now = datetime(2025, 7, 2, 6, 0, tzinfo=UTC)  # 08:00 local
+    n.handle(alert())  # unsilenced, still firing
+    await run_due(n)
+    assert [(k, r) for k, r, _ in email.sent] == [("firing", "climate@city.test")]
+
+
+async def test_escalation_counts_from_the_first_message_after_quiet_hours(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    config = config_from_mapping(
+        {
+            **CONFIG,
+            "routes": [
+                {"match": {}, "notify": ["duty"], "escalate": {"after": "15m", "to": ["head"]}}
+            ],
+        }
+    )
+    clock, email = Clock(datetime(2025, 7, 1, 21, 30, tzinfo=UTC)), ListChannel("email")
+    n = Notifier(config, ledger_at(tmp_path / "l.db"), {"email": email}, clock=clock)
+    n.handle(alert())  # a warning at 23:30 local
+    clock.now = datetime(2025, 7, 1, 21, 50, tzinfo=UTC)
+    await run_due(n)
+    assert email.sent == []  # neither the duty contact nor, 20 min on, the head
+    clock.now = datetime(2025, 7, 2, 5, 0, tzinfo=UTC)  # 07:00 local
+    await run_due(n)
+    clock.now = datetime(2025, 7, 2, 5, 14, tzinfo=UTC)
+    await run_due(n)
+    assert [(k, r) for k, r, _ in email.sent] == [("firing", "duty@city.test")]
+    clock.now = datetime(2025, 7, 2, 5, 15, tzinfo=UTC)
+    await run_due(n)
+    assert [(k, r) for k, r, _ in email.sent][1:] == [("escalation", "head@city.test")]
+    assert "not acknowledged after 15 min" in email.sent[1][2]
+
+
+async def test_a_route_without_quiet_hours_is_not_held_by_another_with_them(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    config = config_from_mapping(
+        {
+            **CONFIG,
+            "routes": [
+                {"match": {}, "notify": ["ops"], "quiet_hours": False, "continue": True},
+                {"match": {}, "notify": ["duty"]},
+            ],
+        }
+    )
+    clock, email = Clock(datetime(2025, 7, 1, 21, 30, tzinfo=UTC)), ListChannel("email")
+    n = Notifier(config, ledger_at(tmp_path / "l.db"), {"email": email}, clock=clock)
+    n.handle(alert())
+    await run_due(n)
+    assert [(k, r) for k, r, _ in email.sent] == [("firing", "ops@city.test")]
+    clock.now = datetime(2025, 7, 2, 5, 0, tzinfo=UTC)
+    await run_due(n)
+    assert [r for _, r, _ in email.sent] == ["ops@city.test", "duty@city.test"]
+
+
 def test_quiet_until_handles_overnight_windows() -> None:
     config = config_from_mapping(CONFIG)
     assert quiet_until(config, datetime(2025, 1, 10, 12, 0, tzinfo=UTC)) is None
