@@ -77,7 +77,9 @@ EARLIEST_EVENT_TIME: Final = datetime(2015, 1, 1, tzinfo=UTC)
 MAX_CLOCK_SKEW: Final = timedelta(hours=1)
 MAX_BATCH_READINGS: Final = 5000
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: C0 and C1 control characters, DEL and the Unicode line/paragraph separators: anything
+#: a log, a line-protocol writer or str.splitlines could take for a line break
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ContractError(ValueError):
@@ -146,7 +148,10 @@ _RawTime = Annotated[AwareDatetime, Strict()]
 UtcTime = Annotated[_RawTime, AfterValidator(_utc_bounded)]
 FiniteFloat = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Count = Annotated[int, Strict(), Field(ge=0, lt=2**63)]
-Unit = Annotated[str, Strict(), Field(min_length=1, max_length=16), AfterValidator(_single_line)]
+#: A unit symbol ("Cel", "ug/m3", "dB(A)", "%RH", "Cel/min"): units are line-protocol tags,
+#: so no spaces, commas, '=', quotes or backslashes; "°", "µ", "²", "³" are allowed.
+UNIT_PATTERN = r"^[A-Za-z0-9%/()._^*\-°µ²³]{1,16}$"
+Unit = Annotated[str, Strict(), Field(pattern=UNIT_PATTERN)]
 
 
 class _Model(BaseModel):

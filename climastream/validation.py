@@ -6,6 +6,7 @@ chooses its own prefix, separator and how many problems to show.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -27,9 +28,19 @@ def error_lines(
     lines = []
     errors = [e for e in exc.errors(include_url=False) if not _only_echoes_items(e)]
     for error in errors[:limit]:
-        where = ".".join(str(p) for p in error["loc"] if p not in drop)
+        where = ".".join(_segment(p) for p in error["loc"] if p not in drop)
         lines.append(f"{where or root}: {error['msg']}")
     return lines
+
+
+_PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.:\-\[\]]{1,64}")
+
+
+def _segment(part: object) -> str:
+    """A path segment as written, or quoted when it could smuggle anything into a log line
+    (a hostile dict key with a newline, say)."""
+    text = str(part)
+    return text if _PLAIN_SEGMENT.fullmatch(text) else repr(text)[:80]
 
 
 def _only_echoes_items(error: Any) -> bool:

@@ -189,26 +189,38 @@ def kpi_line(kpi: KpiValue, precision: Precision = Precision.NS) -> str:
     )
 
 
+_SAFE_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
+
+
 def alert_line(alert: Alert, precision: Precision = Precision.NS) -> str:
+    """One point per state change, in the alert's own series.
+
+    The tags are the alert's scope (rule, zone, device, gateway, KPI, quantity: what its
+    fingerprint is made of) plus severity and team, so two alerts changing state in the
+    same instant never share a point, and one alert's states follow each other in one
+    series: ``last(active)`` per series, summed, is the number of ongoing alerts.
+    """
+    quantity = alert.labels.get("quantity")
     return line(
         "alert",
         {
             "rule": alert.rule_id,
             "severity": alert.severity.value,
-            "state": alert.state.value,
             "zone": alert.zone,
             "team": alert.team,
+            "device": alert.device_id,
+            "gateway": alert.gateway_id,
+            "kpi": alert.kpi_id,
+            "quantity": quantity if quantity and _SAFE_TAG.fullmatch(quantity) else None,
         },
         {
             # acknowledged and silenced alerts are still ongoing incidents; only resolved ends one
             "active": 0 if alert.state is AlertState.RESOLVED else 1,
+            "state": alert.state.value,
             "fingerprint": alert.fingerprint,
             "summary": alert.summary,
             "value": alert.value,
             "threshold": alert.threshold,
-            "device": alert.device_id,
-            "gateway": alert.gateway_id,
-            "kpi": alert.kpi_id,
         },
         timestamp(alert.updated_at, precision),
     )
@@ -232,6 +244,10 @@ def gateway_status_line(status: GatewayStatus, precision: Precision = Precision.
         fields[f"decode_errors_{reason}"] = count
     for source, state in sorted(status.sources.items()):
         fields[f"source_up_{source}"] = 1 if state.value == "up" else 0
+    for model, errors in sorted(status.model_errors.items()):
+        fields[f"model_errors_{model}"] = errors
+    for model, latency in sorted(status.model_latency_ms.items()):
+        fields[f"model_latency_ms_{model}"] = latency
     return line(
         "gateway_status", {"gateway": status.gateway_id}, fields, timestamp(status.time, precision)
     )

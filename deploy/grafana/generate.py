@@ -33,6 +33,20 @@ def flux(measurement: str, field: str, *filters: str, agg: str = "mean", group: 
     return "\n".join(lines)
 
 
+#: ongoing alerts: each alert is one series (sinks/SCHEMA.md), its last ``active`` is 1 until
+#: it resolves; counts the alerts with a state change in the dashboard's time range
+ACTIVE_ALERTS = "\n".join(
+    [
+        f'from(bucket: "{BUCKET}")',
+        "  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)",
+        '  |> filter(fn: (r) => r._measurement == "alert" and r._field == "active")',
+        "  |> last()",
+        "  |> group()",
+        "  |> sum()",
+    ]
+)
+
+
 def panel(
     title: str,
     query: str,
@@ -128,9 +142,7 @@ def dashboards() -> dict[str, dict[str, Any]]:
                 ),
                 panel(
                     "Active alerts",
-                    flux(
-                        "alert", "active", "r._value == true", agg="count", group='"rule", "zone"'
-                    ),
+                    ACTIVE_ALERTS,
                     kind="stat",
                     x=16,
                     w=8,

@@ -290,6 +290,56 @@ def test_alert_summary_is_one_line() -> None:
         )
 
 
+@pytest.mark.parametrize("unit", ['ug"m3', "a b", "k=v", "a,b", "C\\", "x" * 17])
+def test_a_unit_is_a_symbol_safe_to_use_as_a_tag(unit: str) -> None:
+    """Units become line-protocol tags: the contract refuses what a tag cannot carry."""
+    base = {
+        "kpi_id": "stat.mean",
+        "kpi_version": "1",
+        "zone": "centre",
+        "window_start": "2026-11-23T11:00:00Z",
+        "window_end": "2026-11-23T11:00:10Z",
+        "value": 1.0,
+        "unit": unit,
+        "sample_count": 10,
+        "completeness": 1.0,
+    }
+    with pytest.raises(ContractError, match="unit: String should match pattern"):
+        decode(orjson.dumps(base), KpiValue, now=NOW)
+    assert decode(orjson.dumps({**base, "unit": "Cel/min"}), KpiValue, now=NOW).unit == "Cel/min"
+
+
+@pytest.mark.parametrize("text", ["a\x85b", "a\u2028b", "a\u2029b", "a\x9fb"])
+def test_unicode_line_breaks_and_c1_controls_are_control_characters(text: str) -> None:
+    with pytest.raises(ValueError, match="control characters"):
+        Alert(
+            fingerprint="0123456789abcdef",
+            rule_id="uhi-night",
+            state=AlertState.FIRING,
+            severity=AlertSeverity.WARNING,
+            summary=text,
+            started_at=NOW,
+            updated_at=NOW,
+        )
+
+
+def test_a_hostile_key_in_an_error_path_is_quoted() -> None:
+    status = {
+        "gateway_id": "gw1",
+        "time": "2026-11-23T11:00:00Z",
+        "software_version": "1",
+        "uptime_s": 1.0,
+        "buffer_depth": 0,
+        "buffer_bytes": 0,
+        "buffer_capacity_bytes": 1,
+        "sources": {"mqtt\nINJECTED": "up"},
+    }
+    with pytest.raises(ContractError) as info:
+        decode(orjson.dumps(status), GatewayStatus, now=NOW)
+    assert "\n" not in str(info.value)
+    assert "'mqtt\\nINJECTED'" in str(info.value)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_random_bytes_never_raise_anything_but_contract_error(raw: bytes) -> None:

@@ -204,12 +204,17 @@ def test_alert_and_status_lines() -> None:
     )
     measurement, tags, fields, t = parse_line(alert_line(alert))
     assert (measurement, t) == ("alert", T0_NS)
-    assert tags == {"rule": "heat", "severity": "critical", "state": "firing", "zone": "a"}
+    assert tags == {"rule": "heat", "severity": "critical", "zone": "a"}
     assert fields == {
         "active": 1,
+        "state": "firing",
         "fingerprint": "deadbeef",
         "summary": 'Heat "extreme", zone a\\b',
     }
+    # two alerts of one rule and zone changing state in the same instant: two series
+    other = alert.model_copy(update={"fingerprint": "feedbeef", "device_id": "th-2"})
+    assert parse_line(alert_line(other))[1]["device"] == "th-2"
+    assert alert_line(other).split(" ")[0] != alert_line(alert).split(" ")[0]
     for state, active in (("acknowledged", 1), ("silenced", 1), ("resolved", 0)):
         changed = alert.model_copy(update={"state": AlertState(state)})
         assert parse_line(alert_line(changed))[2]["active"] == active, state
@@ -364,4 +369,5 @@ def test_alert_text_cannot_inject(summary: str, key: str) -> None:
         return
     _m, tags, fields, _t = parse_line(alert_line(alert))
     assert fields["summary"] == summary
-    assert set(tags) == {"rule", "severity", "state"}
+    assert fields["state"] == "pending"
+    assert set(tags) == {"rule", "severity"}
