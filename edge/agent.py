@@ -558,7 +558,12 @@ class Agent:
             systemd.notify("WATCHDOG=1")
             if window > 0:
                 await self._in_worker(buffer.sync)
-            self.last_status = await self.status()  # what /metrics serves
+            try:
+                self.last_status = await self.status()  # what /metrics serves
+            except Exception:
+                # a status that cannot be built must not end this loop (and with it the
+                # watchdog pings, fsyncs and expiry): log it and try again next tick
+                log.exception("building the gateway status failed")
             now = time.monotonic()
             if now >= next_expire:
                 next_expire = now + 60.0

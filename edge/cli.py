@@ -175,7 +175,11 @@ async def _check_sources(config: Any, count: int, wait_s: float) -> int:
         async def stop(self) -> None:
             return None
 
-    agent = Agent(config, uplink=NoUplink())
+    try:
+        agent = Agent(config, uplink=NoUplink())
+    except (ValueError, OSError) as exc:  # a source the config describes cannot be built
+        print(f"edge: {exc}", file=sys.stderr)
+        return 2
     await agent.start()
     failed = 0
     for model in agent.models:
@@ -197,14 +201,19 @@ async def _check_sources(config: Any, count: int, wait_s: float) -> int:
                         ack()
         except TimeoutError:
             pass
+        shown = 0
         for pending in agent.buffer.take(Kind.READING, 10_000):
             for payload in pending.payloads():
-                print(payload.decode())
+                if shown < count:  # a read can decode several; show what was asked for
+                    print(payload.decode())
+                    shown += 1
         agent.buffer.ack(Kind.READING, 2**62)
         errors = dict(source.decode_errors)
+        why = getattr(source, "last_error", None)
         print(
             f"source {source.name}: {source.state.value}, {got} readings"
-            + (f", decode errors {errors}" if errors else ""),
+            + (f", decode errors {errors}" if errors else "")
+            + (f" ({why})" if why and not got else ""),
             file=sys.stderr,
         )
         failed += got == 0

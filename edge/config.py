@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from climastream.contract import Location, Quantity, SafeId
 from climastream.validation import error_lines
@@ -190,6 +198,14 @@ class BufferConfig(_Frozen):
     #: counts each record's payload + 8 bytes, and 64 bytes per chunk (one ingest batch)
     max_bytes: Annotated[int, Field(ge=64 * 1024)] = 512 * 1024 * 1024
     max_age: timedelta = timedelta(days=7)
+
+    @field_validator("max_age")
+    @classmethod
+    def _positive_age(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be a positive duration, e.g. P7D (ISO 8601) or seconds")
+        return value
+
     #: drop_oldest: evict gateway-status records first, then the oldest readings;
     #: drop_newest: refuse new readings while full. Both count every drop by reason.
     overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
@@ -255,6 +271,16 @@ class MetricsConfig(_Frozen):
     #: ``host:port`` for the Prometheus endpoint; null disables it
     listen: str | None = "127.0.0.1:9108"
 
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {value!r}")
+        return value
+
 
 class GatewayConfig(_Frozen):
     gateway_id: SafeId
@@ -273,10 +299,11 @@ class GatewayConfig(_Frozen):
         names = [s.name for s in self.sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"source names must be unique; repeated: {dupes}")
+            raise ValueError(f"sources: each name must be unique; repeated: {dupes}")
         ids = [m.id for m in self.models]
-        if len(set(ids)) != len(ids):
-            raise ValueError("model ids must be unique")
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"models: each id must be unique; repeated: {repeated}")
         return self
 
 
@@ -296,9 +323,13 @@ def _resolve(node: Any, where: str, base: Path) -> Any:
                 if not secret_path.is_absolute():
                     secret_path = base / secret_path
                 try:
-                    out[key[:-5]] = secret_path.read_text().removesuffix("\n")
+                    out[key[:-5]] = secret_path.read_text(encoding="utf-8").removesuffix("\n")
                 except OSError as exc:
                     raise ConfigError(f"{path}: cannot read secret file: {exc.strerror}") from None
+                except UnicodeDecodeError as exc:
+                    raise ConfigError(
+                        f"{path}: secret file is not UTF-8 text (byte {exc.start})"
+                    ) from None
                 continue
             out[key] = _resolve(value, path, base)
         return out
@@ -335,8 +366,17 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayC
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
+        for depth, key in enumerate(parents):
+            child = node.get(key)
+            if child is None:  # absent, or written as an empty section ("buffer:")
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(
+                    f"{path}: invalid gateway config:\n  {where}: expected a mapping of "
+                    f"settings, got {type(child).__name__}"
+                )
+            node = child
         node[leaf] = value
     try:
         return GatewayConfig.model_validate(raw)

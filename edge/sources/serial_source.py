@@ -45,6 +45,8 @@ class SerialSource:
         self._errors: dict[str, int] = {}
         self._backoff = config.reconnect_min_s
         self._lost = False
+        #: why the port could not be opened last time (None: open, or not tried yet)
+        self.last_error: str | None = None
         self._stopped = False
         self.reconnects = 0
 
@@ -81,10 +83,18 @@ class SerialSource:
             self._port = await loop.run_in_executor(None, self._open_blocking)
         except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
             self._state = SourceState.CONNECTING
-            log.debug(
-                "serial open failed source=%s port=%s error=%s", self.name, self._config.port, exc
-            )
+            error = str(exc)
+            if error != self.last_error:  # once per distinct cause, not once per retry
+                log.warning(
+                    "serial port cannot be opened, retrying with backoff source=%s port=%s "
+                    "error=%s",
+                    self.name,
+                    self._config.port,
+                    error,
+                )
+            self.last_error = error
             return False
+        self.last_error = None
         self._decoder.reset()
         self._state = SourceState.UP
         self._backoff = self._config.reconnect_min_s

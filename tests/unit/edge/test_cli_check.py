@@ -71,6 +71,22 @@ def test_check_fails_naming_a_source_that_cannot_be_opened(tmp_path: Path) -> No
     out = _check(path)
     assert out.returncode != 0
     assert "unplugged" in out.stderr
+    assert "source unplugged: connecting, 0 readings (" in out.stderr
+    assert "No such file or directory" in out.stderr  # the reason, not only the state
+    # --count bounds what is printed, even though a read can decode more
+    assert len(out.stdout.splitlines()) == 5
+
+
+def test_a_source_that_cannot_be_built_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    config = yaml.safe_load(_demo_gateway_without_devices(tmp_path).read_text())
+    config["sources"][0]["devices"][0]["quantities"] = ["wind_speed"]
+    config["buffer"] = None  # an empty section, overridden by check: no TypeError either
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = _check(path)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "the simulator cannot produce ['wind_speed']" in out.stderr
 
 
 def test_check_names_the_bad_key(tmp_path: Path) -> None:

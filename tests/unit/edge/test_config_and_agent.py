@@ -83,6 +83,48 @@ def test_errors_name_the_offending_key(tmp_path: Path) -> None:
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("buffer: {max_age: 0}\n", "buffer.max_age: Value error, must be a positive duration"),
+        ("metrics: {listen: localhost}\n", "metrics.listen: Value error, expected host:port"),
+        ("buffer: [a]\n", "buffer: Input should be a valid dictionary"),
+    ],
+)
+def test_more_bad_keys_are_named(tmp_path: Path, extra: str, message: str) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nsources:\n  - {kind: simulated, devices: "
+        "[{device_id: t1, quantities: [temperature]}]}\n" + extra
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_overriding_inside_a_section_that_is_not_a_mapping_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nbuffer: [a]\nsources:\n  - {kind: simulated, devices: "
+        "[{device_id: t1, quantities: [temperature]}]}\n"
+    )
+    with pytest.raises(ConfigError, match="buffer: expected a mapping of settings, got list"):
+        load_config(path, {"buffer.path": "/tmp/x.db"})
+    path.write_text(path.read_text().replace("buffer: [a]", "buffer:"))
+    assert load_config(path, {"buffer.path": "/tmp/x.db"}).buffer.path == Path("/tmp/x.db")
+
+
+def test_a_secret_file_that_is_not_text_is_named(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_bytes(b"ab\xff")
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nkafka: {sasl_mechanism: PLAIN, sasl_username: u, "
+        "sasl_password_file: pw}\nsources:\n  - {kind: simulated, devices: "
+        "[{device_id: t1, quantities: [temperature]}]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"kafka\.sasl_password_file: secret file is not UTF-8"):
+        load_config(path)
+
+
 def _config(models: list[dict[str, Any]] | None = None) -> GatewayConfig:
     return GatewayConfig.model_validate(
         {
