@@ -247,7 +247,7 @@ def test_gateway_outage_gives_one_gateway_alert_and_no_sensor_alerts(
     _settle(system, 3)
     gateway_mails = system.mails(lambda m: dead_gw in m.subject)
     assert len(gateway_mails) == 1, [m.subject for m in gateway_mails]
-    assert gateway_mails[0].subject.startswith(f"[Urgent] Gateway {dead_gw} is offline")
+    assert gateway_mails[0].subject.startswith(f"[Urgent] Gateway {dead_gw} out of contact")
     assert about(dead_devices) == []  # no sensor alert at all
     assert len(about([live_devices[1]])) == 1
     assert not about([live_devices[0]])
