@@ -42,10 +42,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--metrics", metavar="HOST:PORT", help="override metrics.listen ('off' disables it)"
     )
     run.add_argument(
-        "--drain-timeout", type=float, default=15.0, help="seconds to drain on shutdown"
+        "--drain-timeout",
+        type=float,
+        default=15.0,
+        help="seconds to drain on shutdown (default %(default)s)",
     )
     run.add_argument(
-        "--log-format", choices=("text", "json"), default="text", help="structured log format"
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text or as JSON objects (default %(default)s)",
     )
     run.set_defaults(func=_run)
 
@@ -55,11 +61,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Like 'telegraf --test': validates the config (errors name the key), "
         "loads every model, opens each source once and prints up to --count decoded "
         "readings per source as JSON lines, with model outputs applied. Sends nothing to "
-        "Kafka and writes no buffer. Exit status 0 when every source produced readings.",
+        "Kafka and writes no buffer. Exit status 0 when every model loaded and every "
+        "source produced readings; 1 otherwise; 2 for a config error.",
     )
     check.add_argument("--config", type=Path, required=True, help="gateway YAML file")
-    check.add_argument("--count", type=int, default=3, help="readings to print per source")
-    check.add_argument("--timeout", type=float, default=10.0, help="seconds to wait per source")
+    check.add_argument(
+        "--count", type=int, default=3, help="readings to print per source (default %(default)s)"
+    )
+    check.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait per source (default %(default)s)",
+    )
     check.set_defaults(func=_check)
 
 
@@ -83,8 +97,7 @@ def _setup_logging(fmt: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.handlers[:] = [handler]  # the level stays what 'climastream --log-level' set
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
 
 

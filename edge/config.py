@@ -43,6 +43,14 @@ Seconds = Annotated[float, Field(gt=0, le=86400)]
 SECRET_KEYS = frozenset({"sasl_password", "password", "ssl_password"})
 
 
+def _backoff_order(low: float, high: float) -> None:
+    if low > high:
+        raise ValueError(
+            f"reconnect_min_s ({low:g}) is larger than reconnect_max_s ({high:g}): the "
+            "backoff starts at the first and doubles up to the second"
+        )
+
+
 class ConfigError(ValueError):
     """The gateway config is invalid; the message names each offending key."""
 
@@ -94,6 +102,7 @@ class SerialSourceConfig(_Frozen):
     def _identity(self) -> SerialSourceConfig:
         if self.codec in ("sds011", "pms5003") and self.device_id is None:
             raise ValueError(f"device_id is required: {self.codec} frames carry no identity")
+        _backoff_order(self.reconnect_min_s, self.reconnect_max_s)
         return self
 
 
@@ -144,6 +153,7 @@ class MqttSourceConfig(_Frozen):
             raise ValueError("layout (a firmware_bridge layout YAML) is required")
         if self.format == "json" and self.mapping is None:
             raise ValueError("format json needs a mapping (topic template and fields)")
+        _backoff_order(self.reconnect_min_s, self.reconnect_max_s)
         return self
 
 
@@ -319,6 +329,11 @@ def _resolve(node: Any, where: str, base: Path) -> Any:
         for key, value in node.items():
             path = f"{where}.{key}" if where else str(key)
             if isinstance(key, str) and key.endswith("_file") and key[:-5] in SECRET_KEYS:
+                if key[:-5] in node:
+                    raise ConfigError(
+                        f"{path}: give either {key[:-5]} or {key}, not both (which one wins "
+                        "would be a guess)"
+                    )
                 secret_path = Path(str(_resolve(value, path, base)))
                 if not secret_path.is_absolute():
                     secret_path = base / secret_path
@@ -347,6 +362,32 @@ def _resolve(node: Any, where: str, base: Path) -> Any:
     return node
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML would keep the
+    last silently, so half of an edited section would vanish)."""
+
+
+def _unique_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _value in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line)
+        except TypeError:  # an unhashable key: construct_mapping says what is wrong
+            break
+        if first != key_node.start_mark.line:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"found key {key!r} a second time (first on line {first + 1})",
+                key_node.start_mark,
+            )
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayConfig:
     """Load and validate a gateway config file; raise :class:`ConfigError` naming bad keys.
 
@@ -354,7 +395,7 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayC
     the agent in its state directory); ``*_file`` secrets are relative to the config file.
     """
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # a SafeLoader subclass
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
     if not isinstance(raw, dict):

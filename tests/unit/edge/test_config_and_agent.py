@@ -113,6 +113,29 @@ def test_overriding_inside_a_section_that_is_not_a_mapping_names_it(tmp_path: Pa
     assert load_config(path, {"buffer.path": "/tmp/x.db"}).buffer.path == Path("/tmp/x.db")
 
 
+def test_ambiguous_configs_are_refused_not_guessed(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    source = (
+        "sources:\n  - {kind: simulated, devices: [{device_id: t1, quantities: [temperature]}]}\n"
+    )
+    path.write_text("gateway_id: gw1\nbuffer:\n  path: /a.db\n  path: /b.db\n" + source)
+    with pytest.raises(ConfigError, match=r"found key 'path' a second time \(first on line 3\)"):
+        load_config(path)
+    (tmp_path / "pw").write_text("secret\n")
+    path.write_text(
+        "gateway_id: gw1\nkafka: {sasl_mechanism: PLAIN, sasl_username: u, sasl_password: x, "
+        "sasl_password_file: pw}\n" + source
+    )
+    with pytest.raises(ConfigError, match="give either sasl_password or sasl_password_file"):
+        load_config(path)
+    path.write_text(
+        "gateway_id: gw1\nsources:\n  - {kind: serial, name: s, port: /x, codec: framed, "
+        "reconnect_min_s: 40, reconnect_max_s: 10}\n"
+    )
+    with pytest.raises(ConfigError, match=r"reconnect_min_s \(40\) is larger than"):
+        load_config(path)
+
+
 def test_a_secret_file_that_is_not_text_is_named(tmp_path: Path) -> None:
     (tmp_path / "pw").write_bytes(b"ab\xff")
     path = tmp_path / "gw.yaml"
