@@ -14,6 +14,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from climastream.contract import Alert, AlertSeverity
+from climastream.quantities import CANONICAL_UNITS
 
 __all__ = ["Kind", "Notification", "render"]
 
@@ -129,9 +130,11 @@ def render(
         lines += ["", "Latest values:"]
         for point in alert.evidence:
             source = f"  {point.device_id}" if point.device_id else ""
+            # a point of a known quantity is in its canonical unit (an anomaly alert's own
+            # unit is the model score's, not the readings')
+            unit = CANONICAL_UNITS[point.quantity] if point.quantity else alert.unit
             lines.append(
-                f"  {point.time.astimezone(zone):%H:%M:%S}  {_number(point.value, alert.unit)}"
-                f"{source}"
+                f"  {point.time.astimezone(zone):%H:%M:%S}  {_number(point.value, unit)}{source}"
             )
     if alert.description:
         lines += ["", alert.description]

@@ -217,6 +217,7 @@ def render_summary(template: str, record: AlertRecord) -> str:
         "device": record.device_id or "?",
         "gateway": record.gateway_id or "?",
         "value": _fmt(record.value),
+        "percent": "?" if record.value is None else f"{record.value * 100:.0f}",
         "threshold": _fmt(record.threshold),
         "unit": unit_text(record.unit),
         "quantity": (record.quantity or "?").replace("_", "."),

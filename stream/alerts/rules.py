@@ -70,7 +70,19 @@ TeamId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")]
 
 #: what a rule's ``summary`` template may use
 SUMMARY_FIELDS = frozenset(
-    {"zone", "device", "gateway", "value", "threshold", "unit", "quantity", "kpi", "band", "where"}
+    {
+        "zone",
+        "device",
+        "gateway",
+        "value",
+        "percent",
+        "threshold",
+        "unit",
+        "quantity",
+        "kpi",
+        "band",
+        "where",
+    }
 )
 
 

@@ -15,7 +15,14 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from climastream.contract import Alert, AlertSeverity, AlertState, EvidencePoint, Location
+from climastream.contract import (
+    Alert,
+    AlertSeverity,
+    AlertState,
+    EvidencePoint,
+    Location,
+    Quantity,
+)
 from sinks.notify.channels import (
     AlertmanagerChannel,
     DeliveryError,
@@ -416,6 +423,19 @@ def test_message_carries_evidence_and_links() -> None:
     assert "  14:00:00  3.4 °C" in text
     assert "https://city.test/console/alerts/00112233aabbccdd?action=acknowledge" in text
     assert "openstreetmap.org/?mlat=50.84670&mlon=4.35250" in text
+    # an anomaly alert's value is a model score; its evidence are readings with units
+    anomaly = alert().model_copy(
+        update={
+            "unit": "1",
+            "value": 0.95,
+            "evidence": (
+                EvidencePoint(time=T0, value=21.5, device_id="th-1", quantity=Quantity.TEMPERATURE),
+            ),
+        }
+    )
+    text = render(anomaly, Kind.FIRING, console_url="https://c/", zone=ZoneInfo("UTC")).text
+    assert "Value:      0.95 (alert level 3)" in text
+    assert "  12:00:00  21.5 °C  th-1" in text
 
 
 async def test_email_over_starttls_with_auth_reaches_a_real_smtp_server(tmp_path: Path) -> None:
