@@ -221,6 +221,10 @@ class LiveState:
         self.kpis: BoundedMap[tuple[str, str, str, str], KpiValue] = BoundedMap(
             self.limits.max_kpis
         )
+        #: the newest zone-scoped value per (KPI id, zone), whatever quantity the KPI is of
+        #: (uhi.intensity is "of temperature", noise.laeq "of noise_laeq" ...): the tiles'
+        #: lookup
+        self.zone_kpis: BoundedMap[tuple[str, str], KpiValue] = BoundedMap(self.limits.max_kpis)
         self.alerts: BoundedMap[str, Alert] = BoundedMap(self.limits.max_active_alerts)
         self.resolved: deque[Alert] = deque(maxlen=self.limits.resolved_kept)
         self.gateways: BoundedMap[str, tuple[GatewayStatus, datetime]] = BoundedMap(1000)
@@ -295,6 +299,10 @@ class LiveState:
         previous = self.kpis.get(key)
         if previous is None or kpi.window_end >= previous.window_end:
             self.kpis.put(key, kpi)
+        if kpi.zone and not kpi.device_id:
+            latest = self.zone_kpis.get((kpi.kpi_id, kpi.zone))
+            if latest is None or kpi.window_end >= latest.window_end:
+                self.zone_kpis.put((kpi.kpi_id, kpi.zone), kpi)
         self.counts["kpis"] += 1
         self._dirty.update(("kpi", "map", "stats"))
 
@@ -320,7 +328,8 @@ class LiveState:
     # ------------------------------------------------------------------ derived values
 
     def _kpi(self, kpi_id: str, zone: str) -> KpiValue | None:
-        return self.kpis.get((kpi_id, zone, "", ""))
+        """The zone's newest value of ``kpi_id`` (zone scope, any quantity)."""
+        return self.zone_kpis.get((kpi_id, zone))
 
     def _zones(self) -> list[str]:
         zones = set(self.configured_zones)

@@ -118,6 +118,30 @@ def test_provisional_eaqi_and_uhi_from_readings() -> None:
     assert (eaqi["band"], eaqi["dominant"], eaqi["source"]) == ("moderate", "no2", "kpi")
 
 
+def test_tiles_take_the_zone_kpis_the_stream_publishes_with_a_quantity() -> None:
+    """The stream publishes uhi.intensity "of temperature", noise.laeq "of noise_laeq" and
+    traffic.vehicles "of vehicle_count" per zone; the tiles must find them (an audit saw
+    Noise and Traffic stay empty and UHI stay provisional)."""
+    state = LiveState(clock=Clock())
+
+    def zone_kpi(kpi_id: str, quantity: Quantity, value: float, unit: str) -> KpiValue:
+        return KpiValue(
+            kpi_id=kpi_id, kpi_version="1", zone="a", quantity=quantity,
+            window_start=T0, window_end=T0 + timedelta(minutes=1), value=value, unit=unit,
+            sample_count=10, completeness=1.0,
+        )  # fmt: skip
+
+    state.add_kpi(zone_kpi("uhi.intensity", Quantity.TEMPERATURE, -0.6, "Cel"))
+    state.add_kpi(zone_kpi("noise.laeq", Quantity.NOISE_LAEQ, 62.5, "dB(A)"))
+    state.add_kpi(zone_kpi("traffic.vehicles", Quantity.VEHICLE_COUNT, 120.0, "count"))
+    uhi = state.zone_uhi("a")
+    assert uhi is not None
+    assert (uhi["value"], uhi["source"]) == (-0.6, "kpi")
+    tiles = state._kpi_panel()["zones"]["a"]
+    assert tiles["noise"]["value"] == 62.5
+    assert tiles["traffic"]["value"] == 120.0
+
+
 async def test_hub_renders_each_dirty_panel_once_per_tick() -> None:
     clock = Clock()
     state = LiveState(clock=clock)
