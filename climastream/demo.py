@@ -243,9 +243,16 @@ class Demo:
             self.stop(name)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_demo(
     seconds: float, gateway_config: Path, stack_config: StackConfig, console_port: int = 0
 ) -> int:
+    # SIGTERM (systemd, kill, a CI runner) stops the demo like Ctrl-C does: every process
+    # it started is stopped, and the stack if it started it
+    signal.signal(signal.SIGTERM, _interrupt)
     stack = Stack(stack_config)
     started_stack = not all(stack.pid(s) for s in ("kafka", "mqtt", "tsdb"))
     print("demo: starting the local stack (Tansu, Mosquitto, VictoriaMetrics) ...", flush=True)
@@ -316,6 +323,7 @@ def run_demo(
         )
         status = 0 if sent > 0 and counts.readings == sent and counts.kpis > 0 else 1
     except KeyboardInterrupt:
+        print("demo: interrupted; stopping everything it started ...", flush=True)
         status = 130
     except StackError as exc:
         print(f"demo: {exc}", file=sys.stderr)
