@@ -134,10 +134,32 @@ class ConsoleApp:
         request[PRINCIPAL] = principal
         return await handler(request)
 
-    @staticmethod
-    def _check_csrf(request: web.Request, csrf: str) -> None:
+    def _same_origin(self, request: web.Request) -> bool:
+        """True when the browser's ``Origin`` (if it sent one) is this console.
+
+        Behind the TLS reverse proxy the README recommends, the browser's origin is
+        ``https://<public host>`` while this server sees plain HTTP and maybe the proxy's
+        upstream host: the proxy's ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` count
+        too, and ``https`` whenever cookies are Secure (a browser only sends those over
+        HTTPS). The session's CSRF token is checked in any case.
+        """
         origin = request.headers.get("Origin")
-        if origin and origin != f"{request.scheme}://{request.host}":
+        if not origin:
+            return True
+        schemes = {request.scheme, request.headers.get("X-Forwarded-Proto", "").split(",")[0]}
+        if self.secure_cookies:
+            schemes.add("https")
+        hosts = {request.host, request.headers.get("X-Forwarded-Host", "").split(",")[0]}
+        return any(
+            origin == f"{scheme.strip()}://{host.strip()}"
+            for scheme in schemes
+            if scheme
+            for host in hosts
+            if host
+        )
+
+    def _check_csrf(self, request: web.Request, csrf: str) -> None:
+        if not self._same_origin(request):
             raise web.HTTPForbidden(
                 text='{"error": "cross-origin request refused"}', content_type="application/json"
             )
@@ -158,8 +180,7 @@ class ConsoleApp:
 
     async def login(self, request: web.Request) -> web.Response:
         client = request.remote or "unknown"
-        origin = request.headers.get("Origin")
-        if origin and origin != f"{request.scheme}://{request.host}":
+        if not self._same_origin(request):
             raise web.HTTPForbidden(text="cross-origin login refused")
         if self.throttle.blocked(client):
             raise web.HTTPTooManyRequests(text="too many failed logins; wait a minute")
@@ -247,6 +268,10 @@ class ConsoleApp:
             await response.write(b"retry: 2000\n\n")
             while True:
                 pending = await subscription.next(self.keepalive_s)
+                if self._principal(request)[0] is None:
+                    # logged out, or the session expired: the stream ends with it
+                    await response.write(b"event: session-ended\ndata: {}\n\n")
+                    break
                 if not pending:
                     await response.write(b": keepalive\n\n")
                     continue

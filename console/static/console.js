@@ -364,6 +364,8 @@ function connect() {
   for (const panel of Object.keys(RENDERERS)) {
     source.addEventListener(panel, (event) => onPanel(panel, event.data));
   }
+  // logged out elsewhere or the session expired: back to the login page, not "reconnecting"
+  source.addEventListener("session-ended", () => { source.close(); window.location = "/login"; });
   cs.source = source;
 }
 

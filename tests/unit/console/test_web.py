@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -68,6 +69,17 @@ async def test_operator_action_goes_to_the_action_sink(
     foreign = {"X-CSRF-Token": csrf, "Origin": "http://evil.example"}
     assert (await client.post(url, json=body, headers=foreign)).status == 403
     assert sink.actions == []
+    # behind a TLS proxy: the browser's https origin, as the proxy forwards it
+    proxied = {
+        "X-CSRF-Token": csrf,
+        "Origin": "https://console.city.example",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "console.city.example",
+    }
+    assert (await client.post(url, json=body, headers=proxied)).status == 202
+    sink.actions.clear()
+    spoofed = {**proxied, "X-Forwarded-Host": "other.example"}
+    assert (await client.post(url, json=body, headers=spoofed)).status == 403
     response = await client.post(url, json=body, headers={"X-CSRF-Token": csrf})
     assert response.status == 202
     (action,) = sink.actions
@@ -107,3 +119,19 @@ async def test_wrong_token_fails_and_is_throttled(setup: tuple[TestClient, ListA
         statuses.append(response.status)
     assert statuses[:10] == [302] * 10  # back to /login?failed=1
     assert statuses[10:] == [429, 429]
+
+
+async def test_the_event_stream_ends_when_the_session_does() -> None:
+    """An open SSE stream must not outlive a logout (an audit saw 66 events after it)."""
+    credentials = Credentials()
+    credentials.add_token(OP_TOKEN, Principal("olga", Role.OPERATOR))
+    app = ConsoleApp(Hub(LiveState()), credentials, ListActionSink(), keepalive_s=0.05).build()
+    async with TestClient(TestServer(app)) as client:
+        csrf = await login(client, OP_TOKEN)
+        stream = await client.get("/api/events")
+        assert stream.status == 200
+        assert b"retry:" in await stream.content.readany()
+        logout = await client.post("/logout", headers={"X-CSRF-Token": csrf}, allow_redirects=False)
+        assert logout.status in (200, 204, 302)
+        rest = await asyncio.wait_for(stream.content.read(), timeout=10)  # ends: EOF
+        assert b"event: session-ended" in rest
