@@ -372,16 +372,17 @@ def _unique_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = Fal
     for key_node, _value in node.value:
         key = loader.construct_object(key_node, deep=deep)
         try:
-            first = seen.setdefault(key, key_node.start_mark.line)
+            first = seen.get(key)
         except TypeError:  # an unhashable key: construct_mapping says what is wrong
             break
-        if first != key_node.start_mark.line:
+        if first is not None:  # also on one line: "{path: a, path: b}"
             raise yaml.constructor.ConstructorError(
                 "while reading a mapping",
                 node.start_mark,
                 f"found key {key!r} a second time (first on line {first + 1})",
                 key_node.start_mark,
             )
+        seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep)
 
 

@@ -27,7 +27,14 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
 
-from climastream.contract import Alert, AlertState, GatewayStatus, KpiValue, Reading
+from climastream.contract import (
+    SAFE_ID_PATTERN,
+    Alert,
+    AlertState,
+    GatewayStatus,
+    KpiValue,
+    Reading,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -189,7 +196,8 @@ def kpi_line(kpi: KpiValue, precision: Precision = Precision.NS) -> str:
     )
 
 
-_SAFE_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}")
+#: labels are free text; one becomes a tag only if it is a safe id like the others
+_safe_id = re.compile(SAFE_ID_PATTERN).fullmatch
 
 
 def alert_line(alert: Alert, precision: Precision = Precision.NS) -> str:
@@ -211,7 +219,7 @@ def alert_line(alert: Alert, precision: Precision = Precision.NS) -> str:
             "device": alert.device_id,
             "gateway": alert.gateway_id,
             "kpi": alert.kpi_id,
-            "quantity": quantity if quantity and _SAFE_TAG.fullmatch(quantity) else None,
+            "quantity": quantity if quantity and _safe_id(quantity) else None,
         },
         {
             # acknowledged and silenced alerts are still ongoing incidents; only resolved ends one

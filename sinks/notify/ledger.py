@@ -207,15 +207,28 @@ class Ledger:
         *,
         now: datetime,
         due_at: datetime,
+        revive: bool = False,
     ) -> bool:
-        """Insert a delivery unless that exact one exists; True if it is new."""
+        """Insert a delivery unless that exact one exists; True if it is new.
+
+        ``revive``: a delivery that exists but was cancelled before it was sent (its alert
+        was silenced, then unsilenced while still firing) is planned again instead, and
+        counts as new.
+        """
         status = PENDING if due_at <= now else DEFERRED
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO deliveries (fingerprint, incident, kind, channel, recipient, "
             "status, due_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (fingerprint, incident, kind, channel, recipient, status, _iso(due_at), _iso(now)),
         )
-        return cursor.rowcount == 1
+        if cursor.rowcount == 1 or not revive:
+            return cursor.rowcount == 1
+        cursor = self._db.execute(
+            "UPDATE deliveries SET status = ?, due_at = ? WHERE fingerprint = ? AND "
+            "incident = ? AND kind = ? AND channel = ? AND recipient = ? AND status = ?",
+            (status, _iso(due_at), fingerprint, incident, kind, channel, recipient, CANCELLED),
+        )
+        return cursor.rowcount > 0
 
     def due(self, now: datetime, limit: int = 100) -> list[Delivery]:
         rows = self._db.execute(
@@ -245,35 +258,6 @@ class Ledger:
                 "due_at = ? WHERE id = ?",
                 (PENDING, error[:500], _iso(retry_at), delivery_id),
             )
-
-    def revive(
-        self,
-        fingerprint: str,
-        incident: str,
-        kind: str,
-        channel: str,
-        recipient: str,
-        *,
-        now: datetime,
-        due_at: datetime,
-    ) -> bool:
-        """Plan a delivery again that was cancelled before it was sent (its alert was
-        silenced, then unsilenced while still firing); True if one was revived."""
-        cursor = self._db.execute(
-            "UPDATE deliveries SET status = ?, due_at = ? WHERE fingerprint = ? AND "
-            "incident = ? AND kind = ? AND channel = ? AND recipient = ? AND status = ?",
-            (
-                PENDING if due_at <= now else DEFERRED,
-                _iso(due_at),
-                fingerprint,
-                incident,
-                kind,
-                channel,
-                recipient,
-                CANCELLED,
-            ),
-        )
-        return cursor.rowcount > 0
 
     def cancel(self, delivery_id: int) -> None:
         """Cancel a delivery that was not sent yet (its alert resolved or was silenced)."""

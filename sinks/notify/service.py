@@ -42,7 +42,7 @@ from sinks.notify.channels import (
     EmailChannel,
     WebhookChannel,
 )
-from sinks.notify.config import NotifyConfig, Route
+from sinks.notify.config import Escalation, NotifyConfig, Route
 from sinks.notify.ledger import DEFERRED, PENDING, SENT, Delivery, Ledger
 from sinks.notify.message import Kind, render
 
@@ -106,6 +106,11 @@ def quiet_until(config: NotifyConfig, now: datetime) -> datetime | None:
     end_day = local.date() + timedelta(days=1) if overnight and t >= quiet.start else local.date()
     end = datetime.combine(end_day, quiet.end, tzinfo=config.zone)
     return end.astimezone(UTC)
+
+
+def _escalation(routes: list[Route]) -> Escalation | None:
+    """The escalation of the first matched route that has one."""
+    return next((r.escalate for r in routes if r.escalate), None)
 
 
 def _format_delta(delta: timedelta) -> str:
@@ -186,19 +191,22 @@ class Notifier:
         """
         planned = 0
         first: datetime | None = None
-        for (channel, recipient), due in self._dues(alert, routes, now).items():
-            first = due if first is None else min(first, due)
-            args = (alert.fingerprint, incident, Kind.FIRING, channel, recipient)
-            if self.ledger.plan(*args, now=now, due_at=due) or self.ledger.revive(
-                *args, now=now, due_at=due
-            ):
-                planned += 1
+        targets = self._dues(alert, routes, now)
         if "alertmanager" in self.channels:
-            args = (alert.fingerprint, incident, Kind.FIRING, "alertmanager", "alertmanager")
-            if self.ledger.plan(*args, now=now, due_at=now) or self.ledger.revive(
-                *args, now=now, due_at=now
-            ):
-                planned += 1
+            targets["alertmanager", "alertmanager"] = now  # never held by quiet hours
+        for (channel, recipient), due in targets.items():
+            if channel != "alertmanager":
+                first = due if first is None else min(first, due)
+            planned += self.ledger.plan(
+                alert.fingerprint,
+                incident,
+                Kind.FIRING,
+                channel,
+                recipient,
+                now=now,
+                due_at=due,
+                revive=True,
+            )
         if planned:
             self.wake.set()
         return planned, first
@@ -220,7 +228,7 @@ class Notifier:
         acked = alert.state is AlertState.ACKNOWLEDGED
         silenced = alert.state is AlertState.SILENCED
         routes = self.config.routes_for(alert)
-        escalation = next((r.escalate for r in routes if r.escalate), None)
+        escalation = _escalation(routes)
         if incident is not None and is_open:
             self.ledger.update_incident(
                 alert.fingerprint,
@@ -243,7 +251,6 @@ class Notifier:
             self.metrics.unrouted.inc()
             return 0
         key = alert.started_at.isoformat()
-        first = min(self._dues(alert, routes, now).values(), default=now)
         self.ledger.open_incident(
             alert.fingerprint,
             key,
@@ -252,12 +259,17 @@ class Notifier:
             alert_json=raw,
             acked=acked,
             silenced=silenced,
-            # escalation counts from the first notification (after quiet hours, if held)
-            escalate_at=first + escalation.after if escalation and not silenced else None,
+            escalate_at=None,
         )
         if silenced:
             return 0
-        return self._plan_firing(alert, routes, key, now)[0]
+        planned, first = self._plan_firing(alert, routes, key, now)
+        if escalation:
+            # escalation counts from the first notification (after quiet hours, if held)
+            self.ledger.update_incident(
+                alert.fingerprint, escalate_at=(first or now) + escalation.after
+            )
+        return planned
 
     def _cancel_unsent(self, fingerprint: str, incident: str) -> None:
         for delivery in self.ledger.deliveries(fingerprint):
@@ -334,9 +346,7 @@ class Notifier:
         alert = decode(incident.alert_json, Alert)
         after = None
         if delivery.kind == Kind.ESCALATION:
-            escalation = next(
-                (r.escalate for r in self.config.routes_for(alert) if r.escalate), None
-            )
+            escalation = _escalation(self.config.routes_for(alert))
             if escalation is not None:
                 after = _format_delta(escalation.after)
         return render(

@@ -696,8 +696,7 @@ class AlertEngine:
                 # just back from an outage: its status can arrive before the readings it
                 # buffered meanwhile; give them one gateway timeout to drain
                 return True
-        if stale and record.device_id:
-            assert isinstance(rule, StaleRule)
+        if isinstance(rule, StaleRule) and record.device_id:
             gateway = self._signal(f"gw|{record.gateway_id}") or {}
             device = self._signal(f"dev|{record.device_id}") or {}
             heard, seen = gateway.get("last_heard"), device.get("last_seen")

@@ -121,6 +121,9 @@ def test_ambiguous_configs_are_refused_not_guessed(tmp_path: Path) -> None:
     path.write_text("gateway_id: gw1\nbuffer:\n  path: /a.db\n  path: /b.db\n" + source)
     with pytest.raises(ConfigError, match=r"found key 'path' a second time \(first on line 3\)"):
         load_config(path)
+    path.write_text("gateway_id: gw1\nbuffer: {path: /a.db, path: /b.db}\n" + source)
+    with pytest.raises(ConfigError, match=r"found key 'path' a second time \(first on line 2\)"):
+        load_config(path)
     (tmp_path / "pw").write_text("secret\n")
     path.write_text(
         "gateway_id: gw1\nkafka: {sasl_mechanism: PLAIN, sasl_username: u, sasl_password: x, "
