@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from climastream.yamlfile import KeyLines
 
 
 def error_lines(
@@ -19,17 +22,23 @@ def error_lines(
     limit: int | None = None,
     root: str = "<root>",
     drop: Collection[str] = (),
+    key_lines: KeyLines | None = None,
 ) -> list[str]:
     """``key.path: message`` for each error (the first ``limit``).
 
     ``root`` names an error of the whole document (empty path); ``drop`` removes path
-    segments that are not keys the user wrote, such as a tagged union's tag.
+    segments that are not keys the user wrote, such as a tagged union's tag. With the
+    ``key_lines`` of the YAML file, each line ends with `` (line N)``: the key's line, or
+    for a missing key the line of the section that lacks it.
     """
     lines = []
     errors = [e for e in exc.errors(include_url=False) if not _only_echoes_items(e)]
     for error in errors[:limit]:
-        where = ".".join(_segment(p) for p in error["loc"] if p not in drop)
-        lines.append(f"{where or root}: {error['msg']}")
+        path = [p for p in error["loc"] if p not in drop]
+        where = ".".join(_segment(p) for p in path)
+        line = key_lines.line(path) if key_lines is not None else None
+        suffix = f" (line {line})" if line is not None else ""
+        lines.append(f"{where or root}: {error['msg']}{suffix}")
     return lines
 
 

@@ -31,11 +31,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from climastream.contract import SafeId
 from climastream.validation import error_lines
+from climastream.yamlfile import YamlFileError, load_yaml
 
 
 class AuthConfigError(ValueError):
@@ -160,13 +160,14 @@ class Credentials:
             else None
         )
         if path is not None:
+            key_lines = None
             try:
-                raw = yaml.safe_load(path.read_text()) or {}
-                parsed = AuthFile.model_validate(raw)
-            except (OSError, yaml.YAMLError) as exc:
-                raise AuthConfigError(f"{path}: cannot read auth file: {exc}") from None
+                raw, key_lines = load_yaml(path)
+                parsed = AuthFile.model_validate(raw or {})
+            except YamlFileError as exc:
+                raise AuthConfigError(f"invalid auth file: {exc}") from None
             except ValidationError as exc:
-                where = "; ".join(error_lines(exc, root=""))
+                where = "; ".join(error_lines(exc, root="", key_lines=key_lines))
                 raise AuthConfigError(f"{path}: invalid auth file: {where}") from None
             credentials.users = {u.name: u for u in parsed.users}
             for entry in parsed.tokens:

@@ -23,7 +23,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,6 +35,7 @@ from pydantic import (
 
 from climastream.contract import Location, Quantity, SafeId
 from climastream.validation import error_lines
+from climastream.yamlfile import YamlFileError, load_yaml
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
@@ -165,6 +165,19 @@ SourceConfig = Annotated[
 # --------------------------------------------------------------------------- uplink, buffer
 
 
+#: a DNS name, an IPv4 address or a bracketed IPv6 address
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.\-_]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+def _split_host_port(entry: str) -> tuple[str, str | None]:
+    """``host:port`` -> (host, port); a bare host has no port (the client uses 9092)."""
+    if entry.startswith("[") and "]" in entry:  # [::1]:9092
+        host, _, rest = entry.partition("]")
+        return host + "]", rest[1:] if rest.startswith(":") else (rest or None)
+    host, sep, port = entry.rpartition(":")
+    return (host, port) if sep else (entry, None)
+
+
 class KafkaConfig(_Frozen):
     bootstrap_servers: str = "127.0.0.1:9092"
     linger_ms: Annotated[int, Field(ge=0, le=10000)] = 20
@@ -185,6 +198,26 @@ class KafkaConfig(_Frozen):
     ssl_password: SecretStr | None = None
     readings_topic: SafeId = "readings"
     status_topic: SafeId = "gateway-status"
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        """``host:port`` entries separated by commas, as Kafka clients take them."""
+        for entry in value.split(","):
+            entry = entry.strip()
+            if not entry:
+                raise ValueError(f"{value!r} has an empty entry; give host:port[,host:port]")
+            if "://" in entry:
+                raise ValueError(
+                    f"{entry!r} is a URL; give host:port (e.g. kafka.city.example:9093) and "
+                    "set security_protocol for TLS/SASL"
+                )
+            host, port = _split_host_port(entry)
+            if not _HOST.fullmatch(host):
+                raise ValueError(f"{entry!r}: expected host:port, e.g. kafka.city.example:9093")
+            if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"{entry!r}: the port must be a number from 1 to 65535")
+        return value
 
     @model_validator(mode="after")
     def _sasl(self) -> KafkaConfig:
@@ -322,17 +355,26 @@ class GatewayConfig(_Frozen):
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _resolve(node: Any, where: str, base: Path) -> Any:
+class _KeyError(ConfigError):
+    """A ConfigError about the key at ``at`` (its path from the top)."""
+
+    def __init__(self, at: tuple[Any, ...], problem: str) -> None:
+        super().__init__(f"{'.'.join(map(str, at))}: {problem}")
+        self.at = at
+
+
+def _resolve(node: Any, at: tuple[Any, ...], base: Path) -> Any:
     """Expand ``${VAR}`` and ``<secret>_file`` keys; raise ConfigError naming the key."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
-            path = f"{where}.{key}" if where else str(key)
+            path = (*at, key)
             if isinstance(key, str) and key.endswith("_file") and key[:-5] in SECRET_KEYS:
                 if key[:-5] in node:
-                    raise ConfigError(
-                        f"{path}: give either {key[:-5]} or {key}, not both (which one wins "
-                        "would be a guess)"
+                    raise _KeyError(
+                        path,
+                        f"give either {key[:-5]} or {key}, not both (which one wins "
+                        "would be a guess)",
                     )
                 secret_path = Path(str(_resolve(value, path, base)))
                 if not secret_path.is_absolute():
@@ -340,53 +382,26 @@ def _resolve(node: Any, where: str, base: Path) -> Any:
                 try:
                     out[key[:-5]] = secret_path.read_text(encoding="utf-8").removesuffix("\n")
                 except OSError as exc:
-                    raise ConfigError(f"{path}: cannot read secret file: {exc.strerror}") from None
+                    raise _KeyError(path, f"cannot read secret file: {exc.strerror}") from None
                 except UnicodeDecodeError as exc:
-                    raise ConfigError(
-                        f"{path}: secret file is not UTF-8 text (byte {exc.start})"
+                    raise _KeyError(
+                        path, f"secret file is not UTF-8 text (byte {exc.start})"
                     ) from None
                 continue
             out[key] = _resolve(value, path, base)
         return out
     if isinstance(node, list):
-        return [_resolve(v, f"{where}.{i}", base) for i, v in enumerate(node)]
+        return [_resolve(v, (*at, i), base) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
 
         def sub(match: re.Match[str]) -> str:
             value = os.environ.get(match.group(1), match.group(2))
             if value is None:
-                raise ConfigError(f"{where}: environment variable {match.group(1)} is not set")
+                raise _KeyError(at, f"environment variable {match.group(1)} is not set")
             return value
 
         return _ENV_REF.sub(sub, node)
     return node
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key written twice in one mapping (YAML would keep the
-    last silently, so half of an edited section would vanish)."""
-
-
-def _unique_keys(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: dict[Any, int] = {}
-    for key_node, _value in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            first = seen.get(key)
-        except TypeError:  # an unhashable key: construct_mapping says what is wrong
-            break
-        if first is not None:  # also on one line: "{path: a, path: b}"
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping",
-                node.start_mark,
-                f"found key {key!r} a second time (first on line {first + 1})",
-                key_node.start_mark,
-            )
-        seen[key] = key_node.start_mark.line
-    return loader.construct_mapping(node, deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
 
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayConfig:
@@ -396,15 +411,16 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayC
     the agent in its state directory); ``*_file`` secrets are relative to the config file.
     """
     try:
-        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # a SafeLoader subclass
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        raw, key_lines = load_yaml(path)  # a duplicate key is refused, naming both lines
+    except YamlFileError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        raw = _resolve(raw, "", path.parent)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raw = _resolve(raw, (), path.parent)
+    except _KeyError as exc:
+        line = key_lines.line(exc.at)
+        raise ConfigError(f"{path}: {exc}" + (f" (line {line})" if line else "")) from None
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -420,10 +436,13 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayC
                 )
             node = child
         node[leaf] = value
+        key_lines.overridden(dotted.split("."))
     try:
         return GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         # drop pydantic's union-tag segment ("serial") so the key path reads like YAML
-        problems = error_lines(exc, root="<top>", drop=("simulated", "serial", "mqtt"))
+        problems = error_lines(
+            exc, root="<top>", drop=("simulated", "serial", "mqtt"), key_lines=key_lines
+        )
         lines = [f"  {problem}" for problem in problems]
         raise ConfigError(f"{path}: invalid gateway config:\n" + "\n".join(lines)) from None

@@ -14,11 +14,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from climastream.contract import Topics
 from climastream.validation import error_lines
+from climastream.yamlfile import KeyLines, YamlFileError, load_yaml
 from sinks.errors import ConfigError
 from sinks.lineprotocol import Precision
 
@@ -163,12 +163,13 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> S
     Raises :class:`ConfigError` naming the key (``influx.batch_lines: ...``) and the file.
     """
     raw: dict[str, Any] = {}
+    key_lines: KeyLines | None = None
     where = str(path) if path else "<defaults>"
     if path is not None:
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
+            loaded, key_lines = load_yaml(path)
+        except YamlFileError as exc:
+            raise ConfigError(str(exc)) from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{where}: the top level must be a mapping")
         raw = loaded or {}
@@ -182,5 +183,5 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> S
     try:
         return SinkConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(error_lines(exc))
+        problems = "; ".join(error_lines(exc, key_lines=key_lines))
         raise ConfigError(f"{where}: {problems}") from None

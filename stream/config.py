@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,6 +23,7 @@ from pydantic import (
 from climastream.contract import Quantity
 from climastream.durations import Duration
 from climastream.validation import error_lines
+from climastream.yamlfile import YamlFileError, load_yaml
 from stream.formulas import DEFAULT_EAQI_TABLE, EAQI_TABLES
 
 _HOUR = timedelta(hours=1)
@@ -124,11 +124,11 @@ class StreamConfig(_Frozen):
         if path is None:
             return cls()
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise StreamConfigError(f"{path}: {exc}") from None
+            raw, key_lines = load_yaml(path)
+        except YamlFileError as exc:
+            raise StreamConfigError(str(exc)) from None
         try:
-            return cls.model_validate(raw)
+            return cls.model_validate(raw or {})
         except ValidationError as exc:
-            parts = error_lines(exc)
+            parts = error_lines(exc, key_lines=key_lines)
             raise StreamConfigError(f"{path}: " + "; ".join(parts)) from None

@@ -29,11 +29,10 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import yaml
+from typing import Literal
 
 from climastream.quantities import Quantity, UnitError, to_canonical
+from climastream.yamlfile import YamlFileError, load_yaml
 from firmware_bridge.model import (
     Decoded,
     DecodeError,
@@ -263,9 +262,9 @@ def load_layout(path: str | Path) -> BinaryLayout:
     """Read and validate a layout YAML file."""
     path = Path(path)
     try:
-        document: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise LayoutError(f"{path}: cannot read layout: {exc}") from None
+        document, _lines = load_yaml(path)
+    except YamlFileError as exc:
+        raise LayoutError(f"cannot read layout: {exc}") from None
     return layout_from_mapping(document, str(path))
 
 

@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from climastream.validation import error_lines
+from climastream.yamlfile import YamlFileError, load_yaml
 from firmware_bridge.simulators.lorawan import VirtualLoRaWANDevice
 from firmware_bridge.simulators.mqtt_json import MqttJsonDevice
 from firmware_bridge.simulators.serial_pty import (
@@ -121,13 +121,14 @@ class FleetConfig(_Frozen):
 
 def load_fleet(path: Path) -> FleetConfig:
     """Load a fleet file; errors name the key (``serial.0.kind: ...``)."""
+    key_lines = None
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-        return FleetConfig.model_validate(raw)
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read: {exc}") from None
+        raw, key_lines = load_yaml(path)
+        return FleetConfig.model_validate(raw or {})
+    except YamlFileError as exc:
+        raise ValueError(str(exc)) from None
     except ValidationError as exc:
-        lines = [f"  {problem}" for problem in error_lines(exc, root="")]
+        lines = [f"  {problem}" for problem in error_lines(exc, root="", key_lines=key_lines)]
         raise ValueError(f"{path}: invalid simulator fleet:\n" + "\n".join(lines)) from None
 
 

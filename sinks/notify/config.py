@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -45,6 +44,7 @@ from pydantic import (
 from climastream.contract import Alert, AlertSeverity
 from climastream.durations import Duration
 from climastream.validation import error_lines
+from climastream.yamlfile import KeyLines, YamlFileError, load_yaml
 
 __all__ = [
     "AlertmanagerConfig",
@@ -213,23 +213,23 @@ class NotifyConfig(_Frozen):
         return next(w for w in self.webhooks if w.name == name)
 
 
-def config_from_mapping(document: Any, *, where: str = "<alerting>") -> NotifyConfig:
+def config_from_mapping(
+    document: Any, *, where: str = "<alerting>", key_lines: KeyLines | None = None
+) -> NotifyConfig:
     try:
         return NotifyConfig.model_validate(document)
     except ValidationError as exc:
-        parts = error_lines(exc, limit=5, root="<file>")
+        parts = error_lines(exc, limit=5, root="<file>", key_lines=key_lines)
         raise ConfigError(f"{where}: " + "; ".join(parts)) from None
 
 
 def load_config(path: Path | str) -> NotifyConfig:
     target = Path(path)
     try:
-        document = yaml.safe_load(target.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{target}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{target}: not valid YAML: {exc}") from None
-    config = config_from_mapping(document, where=str(target))
+        document, key_lines = load_yaml(target)
+    except YamlFileError as exc:
+        raise ConfigError(str(exc)) from None
+    config = config_from_mapping(document, where=str(target), key_lines=key_lines)
     if not config.ledger.is_absolute():
         config = config.model_copy(update={"ledger": target.parent / config.ledger})
     return config

@@ -29,7 +29,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -41,6 +40,7 @@ from pydantic import (
 
 from climastream.contract import AlertSeverity, Quantity
 from climastream.durations import Duration, parse_duration
+from climastream.yamlfile import KeyLines, YamlFileError, load_yaml
 
 __all__ = [
     "AnomalyRule",
@@ -264,7 +264,9 @@ class RuleSet(_Frozen):
 _RULESET = TypeAdapter(RuleSet)
 
 
-def rules_from_mapping(document: Any, *, where: str = "<rules>") -> RuleSet:
+def rules_from_mapping(
+    document: Any, *, where: str = "<rules>", key_lines: KeyLines | None = None
+) -> RuleSet:
     """Validate a parsed rules document; ``defaults`` are merged into every rule."""
     if not isinstance(document, dict) or not isinstance(document.get("rules"), list):
         raise RulesError(f"{where}: expected a mapping with a 'rules' list")
@@ -282,15 +284,27 @@ def rules_from_mapping(document: Any, *, where: str = "<rules>") -> RuleSet:
     except ValidationError as exc:
         parts = []
         for error in exc.errors(include_url=False)[:5]:
-            loc = [str(p) for p in error["loc"]]
+            path = list(error["loc"])
             # rules.3.threshold.set -> rules.3.set (drop the discriminator tag)
-            if len(loc) > 2 and loc[0] == "rules":
-                loc = loc[:2] + loc[3:]
-                index = int(loc[1])
+            if len(path) > 2 and path[0] == "rules":
+                path = path[:2] + path[3:]
+            loc = [str(p) for p in path]
+            if len(path) > 1 and path[0] == "rules":
+                index = int(path[1])
                 rule = merged[index] if index < len(merged) else None
                 if isinstance(rule, dict) and "id" in rule:
                     loc[1] = f"{loc[1]}({rule['id']})"
-            parts.append(f"{'.'.join(loc)}: {error['msg']}")
+            line = None
+            if key_lines is not None:
+                written = (
+                    document["rules"][path[1]] if len(path) > 2 and path[0] == "rules" else None
+                )
+                from_defaults = (
+                    isinstance(written, dict) and path[2] not in written and path[2] in defaults
+                )
+                line = key_lines.line(["defaults", *path[2:]] if from_defaults else path)
+            suffix = f" (line {line})" if line is not None else ""
+            parts.append(f"{'.'.join(loc)}: {error['msg']}{suffix}")
         raise RulesError(f"{where}: " + "; ".join(parts)) from None
 
 
@@ -298,9 +312,7 @@ def load_rules(path: Path | str | None = None) -> RuleSet:
     """Load and validate a rules YAML file (default: the shipped European-city defaults)."""
     target = Path(path) if path else DEFAULT_RULES_PATH
     try:
-        document = yaml.safe_load(target.read_text())
-    except OSError as exc:
-        raise RulesError(f"{target}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise RulesError(f"{target}: not valid YAML: {exc}") from None
-    return rules_from_mapping(document, where=str(target))
+        document, key_lines = load_yaml(target)
+    except YamlFileError as exc:
+        raise RulesError(str(exc)) from None
+    return rules_from_mapping(document, where=str(target), key_lines=key_lines)

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from climastream.contract import QualityFlag, Quantity, Reading, ReadingBatch, decode
 from edge.agent import Agent
 from edge.buffer import Kind, MemoryBuffer
-from edge.config import ConfigError, GatewayConfig, ModelConfig, load_config
+from edge.config import ConfigError, GatewayConfig, KafkaConfig, ModelConfig, load_config
 from edge.inference import ModelRunner
 from edge.sources import Sample
 
@@ -428,3 +429,25 @@ def test_bad_model_outputs_flag_the_reading_and_good_ones_apply() -> None:
     assert got["d3"].quality == (anomaly, failed)
     assert all(r.model_id == runner.ref for r in got.values())
     assert runner.failures == {"bad_output": 1 + 2 + 3 + 2}  # per reading, per output
+
+
+@pytest.mark.parametrize(
+    ("servers", "problem"),
+    [
+        ("kafka://k.example:9092", "is a URL"),
+        ("k.example:0", "port must be a number from 1 to 65535"),
+        ("k.example:http", "port must be a number from 1 to 65535"),
+        ("k1:9092,", "has an empty entry"),
+        ("k 1:9092", "expected host:port"),
+    ],
+)
+def test_broker_addresses_that_no_client_could_use_are_refused(servers: str, problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        KafkaConfig(bootstrap_servers=servers)
+
+
+@pytest.mark.parametrize(
+    "servers", ["k.example:9093", "10.0.0.5:9092,10.0.0.6:9092", "[::1]:9092", "k"]
+)
+def test_broker_addresses_as_kafka_clients_take_them(servers: str) -> None:
+    assert KafkaConfig(bootstrap_servers=servers).bootstrap_servers == servers

@@ -1,0 +1,136 @@
+"""Reading the YAML files people edit: duplicate keys refused, and where each key is.
+
+Every config file of the system (gateway, stream, alert rules, notifier, sink, console
+auth, simulator fleet, LoRaWAN layouts) is read by :func:`load_yaml`:
+
+* A key written twice in one mapping is an error naming both lines. Plain YAML keeps the
+  last one silently, so half of an edited section would vanish.
+* The result comes with a :class:`KeyLines` index, so a validation error can say on which
+  line the offending key is (``sources.1.baudrate: ... (line 42)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["KeyLines", "StrictLoader", "YamlFileError", "load_yaml", "parse_yaml"]
+
+
+class YamlFileError(ValueError):
+    """The file cannot be read or is not valid YAML (the message names the file)."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping."""
+
+
+def _unique_keys(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _value in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping says what is wrong
+            break
+        if first is not None:  # also on one line: "{path: a, path: b}"
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"found key {key!r} a second time (first on line {first + 1})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_keys)
+
+
+class KeyLines:
+    """The 1-based line of each key (and list item) of a document, by its path.
+
+    A path is the tuple of keys and list indices from the top, as pydantic reports the
+    location of an error: ``("sources", 1, "baudrate")``.
+    """
+
+    def __init__(self, lines: Mapping[tuple[Any, ...], int | None] | None = None) -> None:
+        self._lines: dict[tuple[Any, ...], int | None] = dict(lines or {})
+
+    @classmethod
+    def of(cls, node: yaml.Node | None, loader: yaml.SafeLoader | None = None) -> KeyLines:
+        lines: dict[tuple[Any, ...], int | None] = {}
+        if node is not None:
+            _index(node, (), lines, loader or StrictLoader(""))
+        return cls(lines)
+
+    def line(self, path: Sequence[Any]) -> int | None:
+        """The line of ``path``, or of its nearest written ancestor (a missing key is
+        reported at the section that lacks it); None for the document itself."""
+        key = tuple(path)
+        while key:
+            if key in self._lines:
+                return self._lines[key]
+            key = key[:-1]
+        return None
+
+    def overridden(self, path: Sequence[Any]) -> None:
+        """``path`` was set from outside the file (a command-line option): its errors
+        have no line in the file, nor do those of anything below it."""
+        self._lines[tuple(path)] = None
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+
+def _index(
+    node: yaml.Node,
+    path: tuple[Any, ...],
+    out: dict[tuple[Any, ...], int | None],
+    loader: yaml.SafeLoader,
+) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue
+            # the key as the document has it (``1:`` is the int 1), as pydantic reports it
+            try:
+                key = loader.construct_object(key_node)
+            except yaml.YAMLError:
+                key = key_node.value
+            out.setdefault((*path, key), key_node.start_mark.line + 1)
+            _index(value_node, (*path, key), out, loader)
+    elif isinstance(node, yaml.SequenceNode):
+        for position, item in enumerate(node.value):
+            out.setdefault((*path, position), item.start_mark.line + 1)
+            _index(item, (*path, position), out, loader)
+
+
+def parse_yaml(text: str, where: str = "<yaml>") -> tuple[Any, KeyLines]:
+    """Parse ``text``; raise :class:`YamlFileError` naming ``where`` and the line."""
+    loader = StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        document = loader.construct_document(node) if node is not None else None
+        lines = KeyLines.of(node, loader)
+    except yaml.YAMLError as exc:
+        detail = str(exc).replace('"<unicode string>", ', "")  # the file is named in front
+        raise YamlFileError(f"{where}: not valid YAML: {detail}") from None
+    finally:
+        loader.dispose()
+    return document, lines
+
+
+def load_yaml(path: Path | str) -> tuple[Any, KeyLines]:
+    """Read and parse a YAML file; raise :class:`YamlFileError` naming the file."""
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise YamlFileError(f"{target}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise YamlFileError(f"{target}: not UTF-8 text (byte {exc.start})") from None
+    return parse_yaml(text, str(target))
