@@ -183,6 +183,7 @@ class ConsoleApp:
         if not self._same_origin(request):
             raise web.HTTPForbidden(text="cross-origin login refused")
         if self.throttle.blocked(client):
+            log.warning("login refused: too many failed logins client=%s", client)
             raise web.HTTPTooManyRequests(text="too many failed logins; wait a minute")
         form = await request.post()
         token = str(form.get("token", "")).strip()
@@ -195,6 +196,13 @@ class ConsoleApp:
             principal = self.credentials.check_password(name, password)
         if principal is None:
             self.throttle.failed(client)
+            # who tried what, never the secret; the name is quoted (it is the client's text)
+            log.warning(
+                "login failed client=%s with=%s name=%s",
+                client,
+                "token" if token else "password",
+                repr(name[:64]) if name else "-",
+            )
             raise web.HTTPFound("/login?failed=1")
         session_id, _session = self.sessions.create(principal)
         response = web.HTTPFound("/")

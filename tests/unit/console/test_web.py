@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -109,9 +110,12 @@ async def test_viewer_cannot_act(setup: tuple[TestClient, ListActionSink]) -> No
     assert sink.actions == []
 
 
-async def test_wrong_token_fails_and_is_throttled(setup: tuple[TestClient, ListActionSink]) -> None:
+async def test_wrong_token_fails_and_is_throttled(
+    setup: tuple[TestClient, ListActionSink], caplog: pytest.LogCaptureFixture
+) -> None:
     client, _ = setup
     statuses = []
+    caplog.set_level(logging.INFO, logger="console.web")
     for _ in range(12):
         response = await client.post(
             "/login", data={"token": "wrong-token-xxxxxxxx"}, allow_redirects=False
@@ -119,6 +123,27 @@ async def test_wrong_token_fails_and_is_throttled(setup: tuple[TestClient, ListA
         statuses.append(response.status)
     assert statuses[:10] == [302] * 10  # back to /login?failed=1
     assert statuses[10:] == [429, 429]
+    # an operator can see the attempts (a brute force shows in the journal), never the secret
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("login failed client=127.0.0.1 with=token" in m for m in messages) == 10
+    assert sum("login refused: too many failed logins" in m for m in messages) == 2
+    assert not any("wrong-token" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_failed_password_login_names_the_user_quoted(
+    setup: tuple[TestClient, ListActionSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = setup
+    caplog.set_level(logging.INFO, logger="console.web")
+    hostile = "olga\nlogin name=admin role=operator"
+    response = await client.post(
+        "/login", data={"username": hostile, "password": "guess-1234"}, allow_redirects=False
+    )
+    assert response.status == 302
+    (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert record.getMessage() == f"login failed client=127.0.0.1 with=password name={hostile!r}"
+    assert "\n" not in record.getMessage()
+    assert "guess-1234" not in record.getMessage()
 
 
 async def test_the_event_stream_ends_when_the_session_does() -> None:
