@@ -76,6 +76,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     check.set_defaults(func=_check)
 
+    reference = actions.add_parser(
+        "config-reference",
+        help="print the gateway config reference: every key, its type, default and meaning",
+        description="Print the gateway config reference as Markdown (edge/CONFIG.md is this "
+        "output): every key of the gateway YAML with its type and bounds, its default and "
+        "what it does, generated from the validating models, so it matches what "
+        "'edge check' accepts.",
+    )
+    reference.set_defaults(func=_config_reference)
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from edge.reference import render
+
+    sys.stdout.write(render())
+    return 0
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:

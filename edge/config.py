@@ -56,27 +56,40 @@ class ConfigError(ValueError):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # the string under each field is its description: ``climastream edge config-reference``
+    # and edge/CONFIG.md are generated from them
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 # --------------------------------------------------------------------------- sources
 
 
 class SimulatedDevice(_Frozen):
+    """One simulated device."""
+
     device_id: SafeId
+    """The simulated device's id."""
     zone: SafeId | None = None
+    """Its zone (default: the gateway's `zone`)."""
     location: Location | None = None
+    """Its position, `{lat, lon}` in degrees."""
     quantities: Annotated[tuple[Quantity, ...], Field(min_length=1)]
+    """What it measures, e.g. `[temperature, relative_humidity]`."""
 
 
 class SimulatedSourceConfig(_Frozen):
     """Devices that exist only in software: for demos, tests and `--test` runs."""
 
     kind: Literal["simulated"] = "simulated"
+    """Source type."""
     name: SafeId = "simulated"
+    """Name of this source in logs, metrics and the gateway status."""
     cadence_s: Seconds = 1.0
+    """Seconds between two samples of each device and quantity."""
     seed: int = 0
+    """Random seed: the same seed gives the same readings."""
     devices: Annotated[tuple[SimulatedDevice, ...], Field(min_length=1)]
+    """The simulated devices."""
 
 
 class SerialSourceConfig(_Frozen):
@@ -87,16 +100,28 @@ class SerialSourceConfig(_Frozen):
     """
 
     kind: Literal["serial"] = "serial"
+    """Source type."""
     name: SafeId
+    """Name of this source in logs, metrics and the gateway status (unique)."""
     port: str
+    """Serial device path; prefer `/dev/serial/by-id/...`, which survives replugging."""
     baudrate: Annotated[int, Field(gt=0)] = 9600
+    """Line speed (SDS011 and PMS5003: 9600)."""
     codec: Literal["sds011", "pms5003", "textline", "framed"]
+    """Wire format of the device, a firmware_bridge stream decoder."""
     device_id: SafeId | None = None
+    """Device id: required for `sds011` and `pms5003`, whose frames carry none; for
+    `textline` and `framed` it replaces the id in the frame."""
     zone: SafeId | None = None
+    """Zone of the readings (default: the gateway's `zone`)."""
     location: Location | None = None
+    """Position of the device, `{lat, lon}` in degrees."""
     read_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    """Longest wait of one read of the port; shutdown waits at most this long."""
     reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    """First delay before reopening a port that failed or was unplugged."""
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """The delay doubles on each failed reopen, up to this."""
 
     @model_validator(mode="after")
     def _identity(self) -> SerialSourceConfig:
@@ -107,19 +132,33 @@ class SerialSourceConfig(_Frozen):
 
 
 class MqttBrokerConfig(_Frozen):
+    """The MQTT broker a source subscribes to (the network server's, or the devices')."""
+
     host: str = "127.0.0.1"
+    """Broker host name or address."""
     port: Annotated[int, Field(gt=0, lt=65536)] = 1883
+    """Broker port (8883 is usual with `tls: true`)."""
     username: str | None = None
+    """User name, if the broker asks for one."""
     password: SecretStr | None = None
+    """Password (secret: `${VAR}` or `password_file`)."""
     tls: bool = False
+    """Connect with TLS."""
     ssl_cafile: Path | None = None
+    """CA certificate to verify the broker with (default: the system's CAs)."""
     client_id: str | None = None
+    """MQTT client id (default: `climastream-<gateway_id>-<source name>`)."""
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    """MQTT keepalive: a dead connection is noticed within about 1.5 times this."""
 
 
 class MqttDeviceMeta(_Frozen):
+    """Where a device publishing over MQTT is: readings carry its zone and location."""
+
     zone: SafeId | None = None
+    """Zone of this device's readings."""
     location: Location | None = None
+    """Position of the device, `{lat, lon}` in degrees."""
 
 
 class MqttSourceConfig(_Frozen):
@@ -132,18 +171,30 @@ class MqttSourceConfig(_Frozen):
     """
 
     kind: Literal["mqtt"] = "mqtt"
+    """Source type."""
     name: SafeId
+    """Name of this source in logs, metrics and the gateway status (unique)."""
     broker: MqttBrokerConfig = MqttBrokerConfig()
+    """The MQTT broker to subscribe to."""
     topics: Annotated[tuple[str, ...], Field(min_length=1)]
+    """Topic filters to subscribe to (QoS 1), e.g. `application/+/device/+/event/up`."""
     format: Literal["chirpstack", "tts", "json", "senml", "annexb"]
+    """Payload format: LoRaWAN network-server envelopes (`chirpstack`, `tts`) or device
+    JSON (`json`, `senml`, `annexb`)."""
     lorawan_codec: Literal["cayenne", "layout"] | None = None
-    #: a firmware_bridge layout YAML file, or the name of a built-in layout
+    """Decoder of the LoRaWAN application payload (required for `chirpstack` and `tts`)."""
     layout: str | None = None
-    #: generic ``json`` format: the firmware_bridge field mapping (topic template, fields)
+    """With `lorawan_codec: layout`: a firmware_bridge layout YAML file, or the name of a
+    built-in layout (`dragino-lht65`)."""
     mapping: dict[str, Any] | None = None
+    """With `format: json`: the firmware_bridge field mapping (topic template and
+    fields)."""
     devices: dict[SafeId, MqttDeviceMeta] = Field(default_factory=dict)
+    """Per device id (or DevEUI): its `zone` and `location`."""
     reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    """First delay before reconnecting to a lost broker."""
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    """The delay doubles on each failed reconnect, up to this."""
 
     @model_validator(mode="after")
     def _codec(self) -> MqttSourceConfig:
@@ -179,25 +230,44 @@ def _split_host_port(entry: str) -> tuple[str, str | None]:
 
 
 class KafkaConfig(_Frozen):
+    """The uplink: an aiokafka producer, batching, compression, TLS and SASL."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
+    """Kafka brokers, `host:port[,host:port...]` (not a URL)."""
     linger_ms: Annotated[int, Field(ge=0, le=10000)] = 20
+    """How long the producer waits to fill a batch."""
     max_batch_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+    """Largest `readings` record; a record holds as many readings as fit."""
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "gzip"
+    """Compression of record batches (`lz4`, `zstd`, `snappy` need their Python package)."""
     request_timeout_ms: Annotated[int, Field(ge=1000)] = 10000
-    #: ``auto`` turns the idempotent producer on when the broker supports it (InitProducerId)
+    """How long to wait for the broker to answer one request."""
     idempotent: Literal["auto", "on", "off"] = "auto"
-    #: record batches in flight at once; order per partition is kept by the producer
+    """`auto` turns the idempotent producer on when the broker supports it
+    (InitProducerId)."""
     max_in_flight: Annotated[int, Field(ge=1, le=16)] = 4
+    """Records sent before the first is acknowledged; order per partition is kept."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How to connect: plain, TLS, SASL, or SASL over TLS."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    """SASL mechanism (required with `SASL_*`)."""
     sasl_username: str | None = None
+    """SASL user name (required with `SASL_*`)."""
     sasl_password: SecretStr | None = None
+    """SASL password (secret: `${VAR}` or `sasl_password_file`)."""
     ssl_cafile: Path | None = None
+    """CA certificate to verify the brokers with (default: the system's CAs)."""
     ssl_certfile: Path | None = None
+    """Client certificate, for brokers that authenticate clients by TLS (with
+    `ssl_keyfile`)."""
     ssl_keyfile: Path | None = None
+    """Private key of `ssl_certfile`."""
     ssl_password: SecretStr | None = None
+    """Password of `ssl_keyfile`, if it is encrypted (secret)."""
     readings_topic: SafeId = "readings"
+    """Topic of the `ReadingBatch` records."""
     status_topic: SafeId = "gateway-status"
+    """Topic of the periodic `GatewayStatus`."""
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -237,10 +307,15 @@ class BufferConfig(_Frozen):
     """The durable store-and-forward queue between sources and Kafka."""
 
     backend: Literal["sqlite", "memory"] = "sqlite"
+    """`sqlite` (durable, for gateways) or `memory` (tests: lost on restart)."""
     path: Path = Path("/var/lib/climastream/buffer.db")
-    #: counts each record's payload + 8 bytes, and 64 bytes per chunk (one ingest batch)
+    """SQLite file of the buffer (WAL mode)."""
     max_bytes: Annotated[int, Field(ge=64 * 1024)] = 512 * 1024 * 1024
+    """Bound of the buffer: each reading counts its payload + 8 bytes, and each chunk
+    (ingest batch) 64 bytes."""
     max_age: timedelta = timedelta(days=7)
+    """Readings older than this are dropped, counted as `max_age` (ISO 8601 such as
+    `P7D`, or seconds)."""
 
     @field_validator("max_age")
     @classmethod
@@ -249,16 +324,17 @@ class BufferConfig(_Frozen):
             raise ValueError("must be a positive duration, e.g. P7D (ISO 8601) or seconds")
         return value
 
-    #: drop_oldest: evict gateway-status records first, then the oldest readings;
-    #: drop_newest: refuse new readings while full. Both count every drop by reason.
     overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
-    #: 0: every append is fsynced before it counts as accepted (nothing lost on power cut).
-    #: > 0: appends survive a process crash at once, and reach the disk within this window;
-    #: a power cut loses at most the window, and the agent counts that loss on restart.
+    """When full: `drop_oldest` evicts gateway-status records first, then the oldest
+    readings; `drop_newest` refuses new readings. Every drop is counted by reason."""
     fsync_window_s: Annotated[float, Field(ge=0, le=60)] = 0.0
-    #: gateway-assigned sequence numbers are leased this many ahead, durably, so a power cut
-    #: never makes the agent reuse a (device, seq) that Kafka may already hold
+    """0: each append is fsynced before it counts as accepted (nothing accepted is lost
+    on a power cut). > 0: appends survive a process crash at once and reach the disk
+    within this window; a power cut loses at most the window, counted as
+    `power_cut_unsynced` on restart."""
     seq_lease: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    """Gateway-assigned sequence numbers are leased this many ahead, durably, so a power
+    cut never makes the agent reuse a (device, seq) that Kafka may already hold."""
 
 
 # --------------------------------------------------------------------------- models
@@ -273,9 +349,14 @@ class FeatureSpec(_Frozen):
     """
 
     quantity: Quantity | None = None
+    """Quantity of this input (default: the model's `quantity`)."""
     device: SafeId | None = None
+    """Take it from this device instead of the reading's own (e.g. a neighbouring RH
+    sensor)."""
     window: Annotated[int, Field(ge=1, le=256)] = 1
+    """Feed the last N values of the series, oldest first, ending with the current one."""
     max_age_s: Annotated[float, Field(gt=0)] = 900.0
+    """A value older than this is missing: the model is not run on that reading."""
 
 
 class ModelOutputConfig(_Frozen):
@@ -287,10 +368,17 @@ class ModelOutputConfig(_Frozen):
     """
 
     kind: Literal["score", "correct", "derive"]
+    """`score`: the reading's `score` (flag `anomaly` at or above `threshold`);
+    `correct`: replaces the value (flag `corrected`); `derive`: a new reading of
+    `quantity` on device `<device_id><device_suffix>` (flag `derived`)."""
     column: Annotated[int, Field(ge=0)] = 0
+    """Which column of the model's output this is."""
     threshold: float | None = None
+    """With `kind: score`: flag `anomaly` at or above this."""
     quantity: Quantity | None = None
+    """With `kind: derive`: the quantity of the new reading (required)."""
     device_suffix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:\-]{1,32}$")] = ".corrected"
+    """With `kind: derive`: appended to the device id to name the derived device."""
 
     @model_validator(mode="after")
     def _derive_quantity(self) -> ModelOutputConfig:
@@ -303,16 +391,24 @@ class ModelConfig(_Frozen):
     """An ONNX model applied to the readings of a device group."""
 
     id: SafeId
+    """Model id, recorded with the model's hash on every reading it touched."""
     path: Path
+    """The ONNX file."""
     devices: Annotated[tuple[str, ...], Field(min_length=1)] = ("*",)
+    """Device id globs: the device group the model runs on."""
     quantity: Quantity
+    """The readings it runs on (their quantity)."""
     inputs: Annotated[tuple[FeatureSpec, ...], Field(min_length=1)]
+    """Input columns, in the order the model takes them."""
     outputs: Annotated[tuple[ModelOutputConfig, ...], Field(min_length=1)]
+    """What the output columns become."""
 
 
 class MetricsConfig(_Frozen):
-    #: ``host:port`` for the Prometheus endpoint; null disables it
+    """The Prometheus endpoint (`climastream_edge_*` metrics)."""
+
     listen: str | None = "127.0.0.1:9108"
+    """`host:port` of the Prometheus `/metrics` endpoint; null disables it."""
 
     @field_validator("listen")
     @classmethod
@@ -326,16 +422,29 @@ class MetricsConfig(_Frozen):
 
 
 class GatewayConfig(_Frozen):
+    """One gateway: its id, uplink, buffer, models and sources."""
+
     gateway_id: SafeId
+    """This gateway's id: the key of its records on Kafka, and its name in the status and
+    alerts."""
     zone: SafeId | None = None
+    """Default zone of readings whose source or device names none."""
     kafka: KafkaConfig = KafkaConfig()
+    """The uplink."""
     buffer: BufferConfig = BufferConfig()
+    """The durable store-and-forward queue between the sources and Kafka."""
     batch_max_readings: Annotated[int, Field(ge=1, le=5000)] = 500
+    """Most readings in one ingest batch (and buffer chunk)."""
     batch_max_wait_s: Seconds = 0.2
+    """When idle, the forwarder looks for new buffered readings at least this often."""
     status_interval_s: Seconds = 10.0
+    """Seconds between two `GatewayStatus` records."""
     metrics: MetricsConfig = MetricsConfig()
+    """The Prometheus endpoint."""
     models: tuple[ModelConfig, ...] = ()
+    """ONNX models run on the gateway (one thread, no spinning)."""
     sources: Annotated[tuple[SourceConfig, ...], Field(min_length=1)]
+    """Where readings come from: `serial`, `mqtt` or `simulated`."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
