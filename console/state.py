@@ -596,6 +596,7 @@ class LiveState:
                     "outage_capacity_hours": status.outage_capacity_hours,
                     "dropped": dict(status.dropped),
                     "dropped_total": sum(status.dropped.values()),
+                    "decode_errors": dict(status.decode_errors),
                     "decode_errors_total": sum(status.decode_errors.values()),
                     "sources": {k: v.value for k, v in status.sources.items()},
                     "readings_sent_total": status.readings_sent_total,

@@ -320,6 +320,8 @@ function renderGateways(snapshot) {
     const use = g.buffer_capacity_bytes ? (100 * g.buffer_bytes / g.buffer_capacity_bytes) : null;
     const drops = Object.entries(g.dropped).map(([k, v]) => `${k}: ${v}`).join(", ");
     const sources = Object.entries(g.sources).map(([k, v]) => `${k}: ${v}`).join(", ");
+    // frames and payloads the gateway could not decode, by reason (bad CRC, unknown device)
+    const errors = Object.entries(g.decode_errors || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
     return el("tr", { class: g.stale ? "stale" : "", "data-gateway": g.gateway_id },
       el("td", { text: g.gateway_id }),
       el("td", { text: `${ago(g.last_seen)}${g.stale ? " (stale)" : ""}` }),
@@ -327,11 +329,12 @@ function renderGateways(snapshot) {
       el("td", { class: "num", text: g.buffer_oldest_age_s === null || g.buffer_oldest_age_s === undefined ? "–" : `${fmt(g.buffer_oldest_age_s)} s` }),
       el("td", { class: "num", text: use === null ? "–" : `${fmt(use, 1)} %` }),
       el("td", { class: g.dropped_total ? "num hot" : "num", text: g.dropped_total ? `${g.dropped_total} (${drops})` : "0" }),
+      el("td", { class: g.decode_errors_total ? "num warm" : "num", text: g.decode_errors_total ? `${g.decode_errors_total} (${errors})` : "0" }),
       el("td", { class: "num", text: g.outage_capacity_hours === null || g.outage_capacity_hours === undefined ? "–" : `${fmt(g.outage_capacity_hours)} h` }),
       el("td", { text: sources || "–" }));
   });
   document.querySelector("#gateways tbody").replaceChildren(
-    ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 8, class: "dim", text: "no gateway has reported yet" }))]));
+    ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: 9, class: "dim", text: "no gateway has reported yet" }))]));
 }
 
 function renderStats(snapshot) {

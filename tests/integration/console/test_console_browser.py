@@ -115,10 +115,12 @@ async def test_page_loads_and_live_values_change(
     assert cells[1].endswith("ago")  # last seen
     assert cells[2].isdigit()  # buffer depth
     # serial sources wait for devices that this test does not plug in: "connecting"
-    assert "street-sensors: up" in cells[7]
-    assert "sds011-centre: connecting" in cells[7]
+    assert "street-sensors: up" in cells[8]
+    assert "sds011-centre: connecting" in cells[8]
+    # decode errors by reason: none from simulated sensors
+    assert cells[6] == "0"
     # outage hours: shown when the gateway reports them ("–" from a gateway that does not)
-    assert cells[6] == "–" or cells[6].endswith(" h")
+    assert cells[7] == "–" or cells[7].endswith(" h")
     await page.close()
 
 

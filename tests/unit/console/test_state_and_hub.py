@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from climastream.contract import KpiValue, Location, Quantity, Reading
+from climastream.contract import GatewayStatus, KpiValue, Location, Quantity, Reading
 from climastream.quantities import CANONICAL_UNITS
 from console.hub import Hub
 from console.state import (
@@ -173,3 +173,25 @@ def test_site_comes_from_every_source_kind_of_the_demo_gateway() -> None:
     assert site["70b3d57ed0000002"].zone == "park"  # LoRaWAN device via TTS
     assert site["station-north-1"].zone == "north"  # MQTT JSON station
     assert all(d.gateway_id == "gw-demo-1" for d in site.values())
+
+
+def test_gateway_panel_shows_decode_errors_by_reason() -> None:
+    """An operator sees *why* a gateway's frames fail (a bad cable gives crc errors, a
+    new device an unknown id), not only that drops happened."""
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    state = LiveState(clock=lambda: now)
+    state.add_gateway_status(
+        GatewayStatus(
+            gateway_id="gw-1",
+            time=now,
+            software_version="1",
+            uptime_s=1.0,
+            buffer_depth=0,
+            buffer_bytes=0,
+            buffer_capacity_bytes=1024,
+            decode_errors={"bad_crc": 3, "unknown_device": 1},
+        )
+    )
+    (row,) = state.snapshot("gateways")["gateways"]
+    assert row["decode_errors"] == {"bad_crc": 3, "unknown_device": 1}
+    assert row["decode_errors_total"] == 4
