@@ -165,7 +165,7 @@ class Credentials:
                 raw, key_lines = load_yaml(path)
                 parsed = AuthFile.model_validate(raw or {})
             except YamlFileError as exc:
-                raise AuthConfigError(f"invalid auth file: {exc}") from None
+                raise AuthConfigError(f"console auth file {exc}") from None
             except ValidationError as exc:
                 where = "; ".join(error_lines(exc, root="", key_lines=key_lines))
                 raise AuthConfigError(f"{path}: invalid auth file: {where}") from None

@@ -157,6 +157,17 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def _leaves(tree: dict[str, Any], at: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The key paths of the values in a nested override mapping."""
+    out: list[tuple[str, ...]] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _leaves(value, (*at, key))
+        else:
+            out.append((*at, key))
+    return out
+
+
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> SinkConfig:
     """Read ``path`` (or defaults), apply environment then ``overrides``; validate.
 
@@ -178,8 +189,11 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> S
                 f"{where}: influx.token must not be in the file; set {TOKEN_ENV} "
                 "or influx.token_file"
             )
-    raw = _merge(raw, _env_overrides())
-    raw = _merge(raw, overrides or {})
+    for over in (_env_overrides(), overrides or {}):
+        raw = _merge(raw, over)
+        if key_lines is not None:  # a value from the environment or the command line
+            for leaf in _leaves(over):  # has no line in the file
+                key_lines.overridden(leaf)
     try:
         return SinkConfig.model_validate(raw)
     except ValidationError as exc:

@@ -141,3 +141,15 @@ def test_other_config_files_carry_lines_and_refuse_duplicates(tmp_path: Path) ->
     path.write_text("serial:\n  - kind: sds011\n    kind: pms5003\n")
     with pytest.raises(ValueError, match="found key 'kind' a second time"):
         load_fleet(path)
+
+
+def test_a_sink_setting_from_the_command_line_has_no_line(tmp_path: Path) -> None:
+    from sinks.config import ConfigError as SinkConfigError
+    from sinks.config import load_config as load_sink
+
+    path = tmp_path / "sink.yaml"
+    path.write_text("influx:\n  url: http://127.0.0.1:8428\n  batch_lines: 5000\n")
+    with pytest.raises(SinkConfigError) as caught:
+        load_sink(path, {"influx": {"batch_lines": 0}})
+    assert "influx.batch_lines: Input should be greater than or equal to 1" in str(caught.value)
+    assert "(line" not in str(caught.value)  # not line 3: the bad value is not the file's
