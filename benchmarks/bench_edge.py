@@ -268,7 +268,6 @@ def agent_process_rss(bootstrap: str, topic: str) -> float:
     The demo config is copied with this run's own topics, so its readings do not land in
     the real ``readings`` topic that a demo or sink on the same stack consumes.
     """
-    import os
     import signal
     import subprocess
 

@@ -36,8 +36,7 @@ def error_lines(
     for error in errors[:limit]:
         path = [p for p in error["loc"] if p not in drop]
         where = ".".join(_segment(p) for p in path)
-        line = key_lines.line(path) if key_lines is not None else None
-        suffix = f" (line {line})" if line is not None else ""
+        suffix = key_lines.suffix(path) if key_lines is not None else ""
         lines.append(f"{where or root}: {error['msg']}{suffix}")
     return lines
 

@@ -61,10 +61,11 @@ class KeyLines:
         self._lines: dict[tuple[Any, ...], int | None] = dict(lines or {})
 
     @classmethod
-    def of(cls, node: yaml.Node | None, loader: yaml.SafeLoader | None = None) -> KeyLines:
+    def of(cls, node: yaml.Node | None, loader: yaml.SafeLoader) -> KeyLines:
+        """The lines of a composed document; ``loader`` constructs its keys."""
         lines: dict[tuple[Any, ...], int | None] = {}
         if node is not None:
-            _index(node, (), lines, loader or StrictLoader(""))
+            _index(node, (), lines, loader)
         return cls(lines)
 
     def line(self, path: Sequence[Any]) -> int | None:
@@ -76,6 +77,12 @@ class KeyLines:
                 return self._lines[key]
             key = key[:-1]
         return None
+
+    def suffix(self, path: Sequence[Any]) -> str:
+        """`` (line N)`` to end an error message about ``path`` with, or "" if it has no
+        line in the file."""
+        line = self.line(path)
+        return f" (line {line})" if line is not None else ""
 
     def overridden(self, path: Sequence[Any]) -> None:
         """``path`` was set from outside the file (a command-line option): its errors

@@ -229,6 +229,10 @@ def _split_host_port(entry: str) -> tuple[str, str | None]:
     return (host, port) if sep else (entry, None)
 
 
+def _is_port(text: str) -> bool:
+    return text.isdigit() and 0 < int(text) < 65536
+
+
 class KafkaConfig(_Frozen):
     """The uplink: an aiokafka producer, batching, compression, TLS and SASL."""
 
@@ -285,7 +289,7 @@ class KafkaConfig(_Frozen):
             host, port = _split_host_port(entry)
             if not _HOST.fullmatch(host):
                 raise ValueError(f"{entry!r}: expected host:port, e.g. kafka.city.example:9093")
-            if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+            if port is not None and not _is_port(port):
                 raise ValueError(f"{entry!r}: the port must be a number from 1 to 65535")
         return value
 
@@ -416,7 +420,7 @@ class MetricsConfig(_Frozen):
         if value is None:
             return None
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not _is_port(port):
             raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {value!r}")
         return value
 
@@ -528,8 +532,7 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayC
     try:
         raw = _resolve(raw, (), path.parent)
     except _KeyError as exc:
-        line = key_lines.line(exc.at)
-        raise ConfigError(f"{path}: {exc}" + (f" (line {line})" if line else "")) from None
+        raise ConfigError(f"{path}: {exc}{key_lines.suffix(exc.at)}") from None
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")

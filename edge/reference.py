@@ -120,11 +120,10 @@ def _nested(annotation: Any) -> Iterator[tuple[type[BaseModel], str]]:
 
 
 def _type(info: FieldInfo) -> str:
-    if info.annotation is str and _is_id(info.metadata):
-        return "id"
-    text = _type_of(info.annotation)
-    bounds = _bounds(info.metadata)
-    return f"{text} ({bounds})" if bounds else text
+    # pydantic moves a field's own Annotated constraints into ``metadata``: put them back
+    if not info.metadata:
+        return _type_of(info.annotation)
+    return _type_of(typing.Annotated[(info.annotation, *info.metadata)])
 
 
 def _is_id(metadata: Any) -> bool:

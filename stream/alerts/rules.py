@@ -294,7 +294,7 @@ def rules_from_mapping(
                 rule = merged[index] if index < len(merged) else None
                 if isinstance(rule, dict) and "id" in rule:
                     loc[1] = f"{loc[1]}({rule['id']})"
-            line = None
+            suffix = ""
             if key_lines is not None:
                 written = (
                     document["rules"][path[1]] if len(path) > 2 and path[0] == "rules" else None
@@ -302,8 +302,7 @@ def rules_from_mapping(
                 from_defaults = (
                     isinstance(written, dict) and path[2] not in written and path[2] in defaults
                 )
-                line = key_lines.line(["defaults", *path[2:]] if from_defaults else path)
-            suffix = f" (line {line})" if line is not None else ""
+                suffix = key_lines.suffix(["defaults", *path[2:]] if from_defaults else path)
             parts.append(f"{'.'.join(loc)}: {error['msg']}{suffix}")
         raise RulesError(f"{where}: " + "; ".join(parts)) from None
 
