@@ -89,6 +89,11 @@ class KeyLines:
         have no line in the file, nor do those of anything below it."""
         self._lines[tuple(path)] = None
 
+    def alias(self, path: Sequence[Any], written: Sequence[Any]) -> None:
+        """``path`` was built from the key at ``written`` (``password`` read from
+        ``password_file``): its errors point at that key's line."""
+        self._lines[tuple(path)] = self.line(written)
+
     def __len__(self) -> int:
         return len(self._lines)
 

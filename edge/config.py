@@ -35,7 +35,7 @@ from pydantic import (
 
 from climastream.contract import Location, Quantity, SafeId
 from climastream.validation import error_lines
-from climastream.yamlfile import YamlFileError, load_yaml
+from climastream.yamlfile import KeyLines, YamlFileError, load_yaml
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
@@ -476,8 +476,11 @@ class _KeyError(ConfigError):
         self.at = at
 
 
-def _resolve(node: Any, at: tuple[Any, ...], base: Path) -> Any:
-    """Expand ``${VAR}`` and ``<secret>_file`` keys; raise ConfigError naming the key."""
+def _resolve(node: Any, at: tuple[Any, ...], base: Path, key_lines: KeyLines) -> Any:
+    """Expand ``${VAR}`` and ``<secret>_file`` keys; raise ConfigError naming the key.
+
+    A secret read from ``<key>_file`` becomes ``<key>``, whose errors ``key_lines`` then
+    points at the ``<key>_file`` line."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
@@ -489,11 +492,12 @@ def _resolve(node: Any, at: tuple[Any, ...], base: Path) -> Any:
                         f"give either {key[:-5]} or {key}, not both (which one wins "
                         "would be a guess)",
                     )
-                secret_path = Path(str(_resolve(value, path, base)))
+                secret_path = Path(str(_resolve(value, path, base, key_lines)))
                 if not secret_path.is_absolute():
                     secret_path = base / secret_path
                 try:
                     out[key[:-5]] = secret_path.read_text(encoding="utf-8").removesuffix("\n")
+                    key_lines.alias((*at, key[:-5]), path)
                 except OSError as exc:
                     raise _KeyError(path, f"cannot read secret file: {exc.strerror}") from None
                 except UnicodeDecodeError as exc:
@@ -501,10 +505,10 @@ def _resolve(node: Any, at: tuple[Any, ...], base: Path) -> Any:
                         path, f"secret file is not UTF-8 text (byte {exc.start})"
                     ) from None
                 continue
-            out[key] = _resolve(value, path, base)
+            out[key] = _resolve(value, path, base, key_lines)
         return out
     if isinstance(node, list):
-        return [_resolve(v, (*at, i), base) for i, v in enumerate(node)]
+        return [_resolve(v, (*at, i), base, key_lines) for i, v in enumerate(node)]
     if isinstance(node, str) and "${" in node:
 
         def sub(match: re.Match[str]) -> str:
@@ -530,7 +534,7 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayC
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        raw = _resolve(raw, (), path.parent)
+        raw = _resolve(raw, (), path.parent, key_lines)
     except _KeyError as exc:
         raise ConfigError(f"{path}: {exc}{key_lines.suffix(exc.at)}") from None
     for dotted, value in (overrides or {}).items():

@@ -100,6 +100,28 @@ def test_gateway_config_errors_carry_lines(tmp_path: Path) -> None:
     assert "(line" not in broker
 
 
+def test_a_secret_read_from_a_file_is_reported_at_its_file_key(tmp_path: Path) -> None:
+    """``password_file`` becomes ``password`` when read: an error about it (here: a serial
+    source takes no password) points at the ``password_file`` line, not the section's."""
+    from edge.config import ConfigError, load_config
+
+    (tmp_path / "pw").write_text("hunter2-xyz\n")
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\n"
+        "sources:\n"
+        "  - kind: serial\n"
+        "    name: s\n"
+        "    port: /dev/ttyUSB0\n"
+        "    codec: framed\n"
+        "    password_file: pw\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "  sources.0.password: Extra inputs are not permitted (line 7)" in str(caught.value)
+    assert "hunter2" not in str(caught.value)  # the secret itself is never shown
+
+
 def test_other_config_files_carry_lines_and_refuse_duplicates(tmp_path: Path) -> None:
     from firmware_bridge.simulators.runner import load_fleet
     from sinks.config import ConfigError as SinkConfigError
