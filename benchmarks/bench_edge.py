@@ -30,6 +30,15 @@ Three interleaved rounds by default (``--rounds``): this VM's CPU time for the s
 varies by 10-20 % from run to run, so each round's figures are printed and the medians
 are the result. Prints both rates, their ratio and the process's peak RSS (both models
 loaded).
+With ``--ceiling`` each round also runs the agent twice more, as what-ifs that bound what
+a compiled hot path could reach (printed, never the result):
+
+* **pre-decoded**: the source hands over the very samples the serial decode produced
+  (decode and sample conversion cost nothing);
+* **ceiling**: that, and validation plus JSON encoding replaced by a lookup of the real
+  run's bytes for each (device, seq): only the models, the durable buffer, building the
+  records, the event loop and the producer are left.
+
 A benchmark, not a test: nothing is asserted.
 """
 
@@ -46,18 +55,20 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import edge.agent  # noqa: E402
 from climastream.contract import Quantity, SourceState  # noqa: E402
 from climastream.stack import Stack, StackConfig  # noqa: E402
 from edge.agent import Agent  # noqa: E402
 from edge.config import GatewayConfig, KafkaConfig  # noqa: E402
 from edge.sources import Sample  # noqa: E402
+from edge.sources.convert import to_samples  # noqa: E402
 from edge.uplink import KafkaUplink  # noqa: E402
 
 
@@ -95,8 +106,6 @@ class ReplaySource:
         self.started_cpu = time.process_time()
 
     async def read(self) -> list[Sample]:
-        from edge.sources.convert import to_samples
-
         if self._offset >= len(self._wire):
             self.done.set()
             await asyncio.sleep(3600)
@@ -108,6 +117,50 @@ class ReplaySource:
 
     async def stop(self) -> None:
         return None
+
+
+class PreDecodedSource(ReplaySource):
+    """``--ceiling`` what-if: the samples of each 4 KiB read, decoded before the clock starts."""
+
+    def __init__(self, wire: bytes) -> None:
+        super().__init__(b"")
+        self._chunks = [
+            to_samples(
+                self._decoder.feed(wire[i : i + self.read_size]),
+                errors=self._errors,
+                now=lambda: datetime.now(UTC),
+            )
+            for i in range(0, len(wire), self.read_size)
+        ]
+        self._chunks.reverse()
+
+    async def read(self) -> list[Sample]:
+        if not self._chunks:
+            self.done.set()
+            await asyncio.sleep(3600)
+        return self._chunks.pop()
+
+
+class LookupEncoder:
+    """``--ceiling`` what-if: stands in for :class:`ReadingEncoder` inside ``Agent.ingest``,
+    returning the bytes a real run encoded for the same (device, seq)."""
+
+    table: ClassVar[dict[tuple[str, int], bytes]] = {}
+
+    def __init__(self, now: datetime) -> None:
+        del now
+
+    def encode(self, reading: dict[str, Any]) -> bytes:
+        return self.table[(reading["device_id"], reading["seq"])]
+
+
+def encoded_readings(records: list[tuple[str, bytes, bytes]]) -> dict[tuple[str, int], bytes]:
+    """Each reading's bytes in a run's ReadingBatch records, by (device, seq)."""
+    table = {}
+    for _, _, value in records:
+        for reading in orjson.loads(value)["readings"]:
+            table[(reading["device_id"], reading["seq"])] = orjson.dumps(reading)
+    return table
 
 
 class RecordingUplink(KafkaUplink):
@@ -150,7 +203,6 @@ def make_wire(total: int, devices: int = 200) -> bytes:
 def make_samples(total: int, batch: int = 500) -> list[list[Sample]]:
     """The readings of :func:`make_wire` through the serial source's decode path, in
     ingest batches of ``batch`` (``benchmarks/bench_edge_buffer.py`` uses these)."""
-    from edge.sources.convert import to_samples
     from firmware_bridge.codecs import stream_decoder
 
     errors: dict[str, int] = {}
@@ -208,10 +260,12 @@ def config(bootstrap: str, buffer: Path, topic: str = "readings") -> GatewayConf
 
 
 async def bench_agent(
-    bootstrap: str, total: int, workdir: Path, topic: str
+    bootstrap: str, total: int, workdir: Path, topic: str, what_if: str | None = None
 ) -> tuple[float, int, RecordingUplink]:
+    """The agent's CPU-seconds, readings sent and uplink; ``what_if``: ``pre-decoded`` or
+    ``ceiling`` (see the module docstring), None for the real path."""
     cfg = config(bootstrap, workdir / "bench.db", topic)
-    source = ReplaySource(make_wire(total))
+    source = (ReplaySource if what_if is None else PreDecodedSource)(make_wire(total))
     uplink = RecordingUplink(cfg.kafka, client_id="gw-bench")
     await uplink.send_and_wait(f"{topic}-status", b"warmup", b"{}")  # connect outside timing
     # tune_gc as ``climastream edge run`` does (process-wide: the raw baseline after it
@@ -219,17 +273,24 @@ async def bench_agent(
     agent = Agent(cfg, sources=[source], uplink=uplink, drain_timeout_s=120, tune_gc=True)
     stop = asyncio.Event()
     cpu0 = time.process_time()
-    task = asyncio.create_task(agent.run(stop))
-    total = 3 * -(-total // 3)
-    while agent.counters.sent < total - agent.counters.dropped.get("invalid_reading", 0):  # noqa: ASYNC110
-        await asyncio.sleep(0.01)
-    assert not source.decode_errors, source.decode_errors
-    cpu_end = time.process_time()
-    stop.set()
-    await task
+    real_encoder = edge.agent.ReadingEncoder
+    if what_if == "ceiling":
+        edge.agent.ReadingEncoder = LookupEncoder  # type: ignore[misc, assignment]
+    try:
+        task = asyncio.create_task(agent.run(stop))
+        total = 3 * -(-total // 3)
+        while agent.counters.sent < total - agent.counters.dropped.get("invalid_reading", 0):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        assert not source.decode_errors, source.decode_errors
+        cpu_end = time.process_time()
+        stop.set()
+        await task
+    finally:
+        edge.agent.ReadingEncoder = real_encoder  # type: ignore[misc]
     assert source.started_cpu is not None
     startup = source.started_cpu - cpu0
-    print(f"  (agent start-up, not counted: {startup:.2f} CPU-s: buffer open, models load)")
+    if what_if is None:
+        print(f"  (agent start-up, not counted: {startup:.2f} CPU-s: buffer open, models load)")
     return cpu_end - source.started_cpu, agent.counters.sent, uplink
 
 
@@ -306,12 +367,12 @@ def agent_process_rss(bootstrap: str, topic: str) -> float:
     return kb / 1024
 
 
-async def main(total: int, rounds: int) -> None:
+async def main(total: int, rounds: int, ceiling: bool) -> None:
     stack = Stack(StackConfig())
     started = not all(stack.pid(s) for s in ("kafka", "mqtt", "tsdb"))
     stack.up()
     try:
-        await _main(stack, total, rounds)
+        await _main(stack, total, rounds, ceiling)
     finally:
         if started:
             stack.down()
@@ -333,20 +394,24 @@ async def bench_topics(bootstrap: str, topic: str, *, delete: bool = False) -> N
         await admin.close()
 
 
-async def _main(stack: Stack, total: int, rounds: int) -> None:
+async def _main(stack: Stack, total: int, rounds: int, ceiling: bool) -> None:
     bootstrap = stack.config.kafka_bootstrap
     topic = f"bench-edge-{uuid.uuid4().hex[:8]}"
     await bench_topics(bootstrap, topic)
     try:
-        await _measure(bootstrap, total, topic, rounds)
+        await _measure(bootstrap, total, topic, rounds, ceiling=ceiling)
     finally:
         with contextlib.suppress(Exception):
             await bench_topics(bootstrap, topic, delete=True)
 
 
-async def _measure(bootstrap: str, total: int, topic: str, rounds: int) -> None:
-    """``rounds`` interleaved rounds of agent, raw and one-record-per-reading producer;
-    medians are the figures (this VM's CPU time per run varies by 10-20 %)."""
+async def _measure(
+    bootstrap: str, total: int, topic: str, rounds: int, *, ceiling: bool = False
+) -> None:
+    """``rounds`` interleaved rounds of agent, raw and one-record-per-reading producer
+    (and with ``ceiling`` the two what-ifs); medians are the figures (this VM's CPU time
+    per run varies by 10-20 %)."""
+    what_ifs: dict[str, list[float]] = {"pre-decoded": [], "ceiling": []} if ceiling else {}
     agent_rates: list[float] = []
     raw_rates: list[float] = []
     single_rates: list[float] = []
@@ -365,6 +430,11 @@ async def _measure(bootstrap: str, total: int, topic: str, rounds: int) -> None:
             for reading in orjson.loads(value)["readings"]
         ]
         cpu_single = await bench_raw(bootstrap, single, window=2000)
+        LookupEncoder.table = encoded_readings(uplink.records)
+        for what_if, rates in what_ifs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                cpu, n, _ = await bench_agent(bootstrap, total, Path(tmp), topic, what_if)
+            rates.append(n / cpu)
         agent_rates.append(sent / cpu_agent)
         raw_rates.append(readings_in_records / cpu_raw)
         single_rates.append(len(single) / cpu_single)
@@ -372,11 +442,18 @@ async def _measure(bootstrap: str, total: int, topic: str, rounds: int) -> None:
             f"  round {round_ + 1}: agent {agent_rates[-1]:,.0f}, raw {raw_rates[-1]:,.0f}, "
             f"ratio {agent_rates[-1] / raw_rates[-1]:.2f}; one record per reading "
             f"{single_rates[-1]:,.0f} readings/CPU-s"
+            + "".join(f"; {name} {rates[-1]:,.0f}" for name, rates in what_ifs.items())
         )
     agent_rate = statistics.median(agent_rates)
     raw_rate = statistics.median(raw_rates)
     single_rate = statistics.median(single_rates)
     ratios = sorted(a / r for a, r in zip(agent_rates, raw_rates, strict=True))
+    for name, rates in what_ifs.items():
+        rate = statistics.median(rates)
+        print(
+            f"  what-if {name}: {rate:,.0f} readings/CPU-s, ratio {rate / raw_rate:.2f} "
+            f"(not the result: see --help)"
+        )
     rss_mb = agent_process_rss(bootstrap, topic)
     print(f"bench-edge: {sent} readings, {records} records, median of {rounds} rounds")
     print(
@@ -410,5 +487,11 @@ if __name__ == "__main__":
         default=int(os.environ.get("BENCH_ROUNDS", "3")),
         help="interleaved rounds (median); default $BENCH_ROUNDS or 3",
     )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also run the what-ifs: decode free (pre-decoded), then decode, validation and "
+        "encoding free (ceiling); bounds what a compiled hot path could reach",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.readings, args.rounds))
+    asyncio.run(main(args.readings, args.rounds, args.ceiling))
