@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -36,6 +37,21 @@ Gateways read sensors (serial, LoRaWAN, MQTT), run small ONNX models and stream 
 Kafka; Faust jobs window them into KPIs and alerts; sinks write everything to InfluxDB.
 Run 'climastream COMMAND --help' for the options of one command.
 """
+
+
+def add_metrics_host(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-host`` for a service's Prometheus endpoint.
+
+    Loopback by default, so a metrics port is never exposed by accident; in a container
+    (compose, Kubernetes) the scraper is another host and it must be ``0.0.0.0``.
+    """
+    parser.add_argument(
+        "--metrics-host",
+        metavar="ADDR",
+        default=os.environ.get("CLIMASTREAM_METRICS_HOST", "127.0.0.1"),
+        help="address the metrics endpoint listens on (env CLIMASTREAM_METRICS_HOST, "
+        "default 127.0.0.1; 0.0.0.0 in a container)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

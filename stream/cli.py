@@ -7,6 +7,8 @@ import asyncio
 import sys
 from dataclasses import replace
 
+from climastream.cli import add_metrics_host
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -38,9 +40,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve Prometheus metrics on 127.0.0.1:PORT (climastream_stream_*: readings, "
+        help="serve Prometheus metrics on PORT (climastream_stream_*: readings, "
         "late readings, duplicates, counter resets, dead letters, KPIs, open windows)",
     )
+    add_metrics_host(worker)
     worker.add_argument("--loglevel", default="info")
     worker.set_defaults(func=_worker)
 
@@ -77,6 +80,6 @@ def _worker(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from stream.app import serve_metrics
 
-        serve_metrics(app, args.metrics_port)
+        serve_metrics(app, args.metrics_port, args.metrics_host)
     create_worker(app, args.loglevel).execute_from_commandline()
     return 0

@@ -487,6 +487,7 @@ def run_notifier(
     ledger_path: Path | None,
     metrics_port: int | None,
     ready_file: Path | None,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
 
@@ -497,7 +498,7 @@ def run_notifier(
         ledger = Ledger(ledger_path or config.ledger)
         notifier = Notifier(config, ledger)
         if metrics_port:
-            require("prometheus_client", "sinks").start_http_server(metrics_port, addr="127.0.0.1")
+            require("prometheus_client", "sinks").start_http_server(metrics_port, addr=metrics_host)
         stop = stop_on_signals()
         delivering = asyncio.create_task(notifier.deliver_loop(stop))
         try:

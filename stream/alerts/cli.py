@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from climastream.cli import add_metrics_host
+
 ACTIVE_STATES = ("pending", "firing", "acknowledged", "silenced")
 
 
@@ -61,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     engine.add_argument("--ready-file", type=Path, help="written once the engine is evaluating")
     engine.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    add_metrics_host(engine)
     engine.add_argument("--loglevel", default="info")
     engine.set_defaults(func=_engine)
 
@@ -75,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     notify.add_argument("--ledger", type=Path, help="SQLite ledger (default from config)")
     notify.add_argument("--group", default="climastream-notify", help="Kafka consumer group")
     notify.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    add_metrics_host(notify)
     notify.add_argument("--ready-file", type=Path, help="written once the notifier consumes")
     notify.set_defaults(func=_notify)
 
@@ -155,7 +159,7 @@ def _engine(args: argparse.Namespace) -> int:
     if settings.metrics_port:
         import prometheus_client
 
-        prometheus_client.start_http_server(settings.metrics_port, addr="127.0.0.1")
+        prometheus_client.start_http_server(settings.metrics_port, addr=args.metrics_host)
     app = create_app(settings, rules)
     from stream.app import create_worker
 
@@ -179,6 +183,7 @@ def _notify(args: argparse.Namespace) -> int:
         group=args.group,
         ledger_path=args.ledger,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         ready_file=args.ready_file,
     )
 
