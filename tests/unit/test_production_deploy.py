@@ -1,0 +1,283 @@
+"""deploy/production: the compose file and the Kubernetes manifests hang together.
+
+No Docker engine or cluster runs here, so these are static checks, but each one is a
+mistake that would otherwise surface only at ``docker compose up`` or ``kubectl apply``:
+every climastream command parses with the real CLI, every config file it is given is
+mounted and loads with the real loader, every secret it reads is declared and documented,
+every ConfigMap/Secret key a pod uses is generated, selectors match their pods, and the
+image installs every package.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from climastream.cli import build_parser
+
+PROD = Path(__file__).resolve().parents[2] / "deploy" / "production"
+SECRETS_README = (PROD / "secrets" / "README.md").read_text()
+
+
+def _parses(args: list[str]) -> Any:
+    try:
+        return build_parser().parse_args(args)
+    except SystemExit:  # argparse reports the bad option on stderr
+        pytest.fail(f"climastream {' '.join(args)} does not parse")
+
+
+def _load(name: str, path: Path) -> None:
+    """Load a config file with the loader its command uses (raises on any error)."""
+    if name == "stream.yaml":
+        from stream.config import StreamConfig
+
+        StreamConfig.load(path)
+    elif name == "sink.yaml":
+        from sinks.config import load_config
+
+        load_config(path)
+    elif name.startswith("alerting"):
+        from sinks.notify.config import load_config as load_notify
+
+        load_notify(path)
+    else:
+        raise AssertionError(f"no loader for {name}")
+
+
+# ------------------------------------------------------------------------- compose
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((PROD / "compose.yaml").read_text())
+
+
+def _climastream_services() -> dict[str, dict[str, Any]]:
+    services = _compose()["services"]
+    return {n: s for n, s in services.items() if str(s.get("image", "")).startswith("climastream")}
+
+
+def test_compose_runs_every_cloud_service() -> None:
+    commands = {tuple(s["command"][:2]) for s in _climastream_services().values()}
+    assert {
+        ("stream", "worker"),
+        ("alerts", "engine"),
+        ("alerts", "notify"),
+        ("sink", "run"),
+        ("sink", "init"),
+        ("console", "--host"),
+    } <= commands
+
+
+@pytest.mark.parametrize("service", sorted(_climastream_services()))
+def test_compose_service_commands_parse_and_their_files_exist(service: str) -> None:
+    compose = _compose()
+    spec = compose["services"][service]
+    args = _parses([str(a) for a in spec["command"]])
+    mounts = {}
+    for volume in spec.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            assert (PROD / source).exists(), f"{service}: {source} is not in the repository"
+            mounts[target] = PROD / source
+    secrets = {f"/run/secrets/{name}" for name in spec.get("secrets", [])}
+    for name in spec.get("secrets", []):
+        declared = compose["secrets"][name]["file"]
+        assert declared.startswith("./secrets/"), declared
+        assert f"`{declared.removeprefix('./secrets/')}`" in SECRETS_README, declared
+    config = getattr(args, "config", None)
+    if config is not None:
+        config = str(config)
+        assert config in mounts or config in secrets, f"{service}: {config} is not mounted"
+        if config in mounts:
+            _load(Path(config).name, mounts[config])
+    env = {**spec.get("environment", {})}
+    for key, value in env.items():
+        if key.endswith("_FILE"):
+            assert value in secrets, f"{service}: {key}={value} is not one of its secrets"
+        if key == "CLIMASTREAM_STREAM_CONFIG":
+            assert value in mounts
+            _load("stream.yaml", mounts[value])
+    # a metrics port only helps if it listens beyond the container's loopback
+    if getattr(args, "metrics_port", None):
+        assert env.get("CLIMASTREAM_METRICS_HOST") == "0.0.0.0"
+
+
+def test_compose_sink_token_file_is_the_mounted_secret() -> None:
+    from sinks.config import load_config
+
+    sink = _climastream_services()["sink"]
+    token_file = load_config(PROD / "config" / "sink.yaml").influx.token_file
+    assert str(token_file) in {f"/run/secrets/{s}" for s in sink["secrets"]}
+
+
+def test_example_alerting_file_loads() -> None:
+    _load("alerting.example.yaml", PROD / "config" / "alerting.example.yaml")
+
+
+def test_grafana_gets_the_dashboards_at_the_provisioned_path() -> None:
+    grafana = _compose()["services"]["grafana"]
+    provider = yaml.safe_load(
+        (PROD.parent / "grafana/provisioning/dashboards/climastream.yaml").read_text()
+    )
+    path = provider["providers"][0]["options"]["path"]
+    targets = {v.split(":")[1]: v.split(":")[0] for v in grafana["volumes"]}
+    assert (PROD / targets[path]).resolve() == (PROD.parent / "grafana/dashboards").resolve()
+    assert any((PROD.parent / "grafana/dashboards").glob("*.json"))
+    assert (
+        "$__file{/run/secrets/influx-token}"
+        in (PROD / "config/grafana-datasource.yaml").read_text()
+    )
+
+
+# ------------------------------------------------------------------------- kubernetes
+
+
+def _kustomization() -> dict[str, Any]:
+    return yaml.safe_load((PROD / "kustomization.yaml").read_text())
+
+
+def _resources() -> list[dict[str, Any]]:
+    docs = []
+    for name in _kustomization()["resources"]:
+        docs += [d for d in yaml.safe_load_all((PROD / name).read_text()) if d]
+    return docs
+
+
+def _generated(kind: str) -> dict[str, set[str]]:
+    """Generator name -> the keys it holds; every file it reads must exist."""
+    out: dict[str, set[str]] = {}
+    for gen in _kustomization()[kind]:
+        keys = set()
+        for entry in gen.get("literals", []):
+            keys.add(entry.split("=", 1)[0])
+        for entry in gen.get("files", []):
+            key, _, path = entry.rpartition("=")
+            key = key or Path(path).name
+            if kind == "secretGenerator":
+                assert path.startswith("secrets/")
+                assert f"`{Path(path).name}`" in SECRETS_README, path
+            else:
+                assert (PROD / path).is_file(), path
+            keys.add(key)
+        out[gen["name"]] = keys
+    return out
+
+
+def _workloads() -> list[dict[str, Any]]:
+    return [d for d in _resources() if d["kind"] in ("Deployment", "StatefulSet")]
+
+
+def test_kubernetes_resources_are_all_listed_and_parse() -> None:
+    listed = {(PROD / r).resolve() for r in _kustomization()["resources"]}
+    assert listed == {p.resolve() for p in (PROD / "k8s").glob("*.yaml")}
+    components = {
+        w["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+        for w in _workloads()
+    }
+    assert components == {"stream-worker", "alert-engine", "notifier", "sink", "console"}
+
+
+@pytest.mark.parametrize(
+    "workload", _workloads(), ids=lambda w: f"{w['kind']}/{w['metadata']['name']}"
+)
+def test_kubernetes_workload_is_consistent(workload: dict[str, Any]) -> None:
+    config_maps = _generated("configMapGenerator")
+    secrets = _generated("secretGenerator")
+    spec = workload["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    pod = spec["template"]["spec"]
+    claims = {c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])}
+    volumes: dict[str, set[str] | None] = {name: None for name in claims}  # files it provides
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            source, keys = volume["configMap"]["name"], config_maps
+        else:
+            source, keys = volume["secret"]["secretName"], secrets
+        assert source in keys, f"{source} is not generated"
+        items = volume.get("configMap", volume.get("secret", {})).get("items")
+        for item in items or []:
+            assert item["key"] in keys[source], f"{source} has no key {item['key']}"
+        volumes[volume["name"]] = {i["path"] for i in items} if items else keys[source]
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        args = _parses([str(a) for a in container["args"]])
+        for env_from in container.get("envFrom", []):
+            assert env_from["configMapRef"]["name"] in config_maps
+        files: dict[str, str | None] = {}  # path in the container -> file name in its source
+        for mount in container.get("volumeMounts", []):
+            assert mount["name"] in volumes, f"no volume {mount['name']}"
+            for name in volumes[mount["name"]] or ():
+                files[f"{mount['mountPath']}/{name}"] = name
+        paths = [str(args.config)] if getattr(args, "config", None) else []
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        paths += [v for k, v in env.items() if k.endswith("_FILE") or k.endswith("_CONFIG")]
+        for path in paths:
+            assert path in files, f"{container['name']}: {path} is not mounted"
+            if path.endswith(".yaml") and config_maps.get("climastream-config", set()) >= {
+                files[path]
+            }:
+                _load(str(files[path]), PROD / "config" / str(files[path]))
+        if getattr(args, "metrics_port", None):
+            assert "CLIMASTREAM_METRICS_HOST=0.0.0.0" in [
+                f"CLIMASTREAM_METRICS_HOST={v}"
+                for g in _kustomization()["configMapGenerator"]
+                for v in [
+                    x.split("=", 1)[1]
+                    for x in g.get("literals", [])
+                    if x.startswith("CLIMASTREAM_METRICS_HOST=")
+                ]
+            ]
+            annotations = spec["template"]["metadata"].get("annotations", {})
+            assert annotations.get("prometheus.io/port") == str(args.metrics_port)
+
+
+def test_kubernetes_sink_metrics_and_token_match_its_config() -> None:
+    from sinks.config import load_config
+
+    config = load_config(PROD / "config" / "sink.yaml")
+    (sink,) = [w for w in _workloads() if w["metadata"]["name"] == "sink"]
+    template = sink["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(config.metrics.port)
+    assert config.metrics.host == "0.0.0.0"
+    mounts = {m["mountPath"] for m in template["spec"]["containers"][0]["volumeMounts"]}
+    assert str(Path(str(config.influx.token_file)).parent) in mounts
+
+
+def test_kubernetes_services_select_a_workload_and_name_its_port() -> None:
+    services = [d for d in _resources() if d["kind"] == "Service"]
+    assert services
+    for service in services:
+        (match,) = [
+            w
+            for w in _workloads()
+            if service["spec"]["selector"].items()
+            <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        ports = {
+            p["name"]
+            for c in match["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])
+        }
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports
+
+
+# ------------------------------------------------------------------------- image
+
+
+def test_the_image_copies_every_package_and_installs_the_cloud_extras() -> None:
+    dockerfile = (PROD / "Dockerfile").read_text()
+    pyproject = tomllib.loads((PROD.parents[1] / "pyproject.toml").read_text())
+    copied = set(re.findall(r"^COPY (\w+) ", dockerfile, re.M))
+    packages = {
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    assert packages <= copied
+    (extras,) = re.findall(r'pip install "\.\[([\w,]+)\]"', dockerfile)
+    assert set(extras.split(",")) == {"stream", "sinks", "console"}
+    assert set(extras.split(",")) <= set(pyproject["project"]["optional-dependencies"])
