@@ -105,15 +105,19 @@ class ReplaySource:
         # the agent starts sources last, after opening the buffer and loading both models
         self.started_cpu = time.process_time()
 
+    def _decode(self, chunk: bytes) -> list[Sample]:
+        """One read's bytes through the serial source's decode path."""
+        return to_samples(
+            self._decoder.feed(chunk), errors=self._errors, now=lambda: datetime.now(UTC)
+        )
+
     async def read(self) -> list[Sample]:
         if self._offset >= len(self._wire):
             self.done.set()
             await asyncio.sleep(3600)
         chunk = self._wire[self._offset : self._offset + self.read_size]
         self._offset += self.read_size
-        return to_samples(
-            self._decoder.feed(chunk), errors=self._errors, now=lambda: datetime.now(UTC)
-        )
+        return self._decode(chunk)
 
     async def stop(self) -> None:
         return None
@@ -125,12 +129,7 @@ class PreDecodedSource(ReplaySource):
     def __init__(self, wire: bytes) -> None:
         super().__init__(b"")
         self._chunks = [
-            to_samples(
-                self._decoder.feed(wire[i : i + self.read_size]),
-                errors=self._errors,
-                now=lambda: datetime.now(UTC),
-            )
-            for i in range(0, len(wire), self.read_size)
+            self._decode(wire[i : i + self.read_size]) for i in range(0, len(wire), self.read_size)
         ]
         self._chunks.reverse()
 
@@ -430,7 +429,8 @@ async def _measure(
             for reading in orjson.loads(value)["readings"]
         ]
         cpu_single = await bench_raw(bootstrap, single, window=2000)
-        LookupEncoder.table = encoded_readings(uplink.records)
+        if what_ifs:
+            LookupEncoder.table = encoded_readings(uplink.records)
         for what_if, rates in what_ifs.items():
             with tempfile.TemporaryDirectory() as tmp:
                 cpu, n, _ = await bench_agent(bootstrap, total, Path(tmp), topic, what_if)
