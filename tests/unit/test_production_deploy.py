@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections import ChainMap
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def test_compose_service_commands_parse_and_their_files_exist(service: str) -> N
         assert config in mounts or config in secrets, f"{service}: {config} is not mounted"
         if config in mounts:
             _load(Path(config).name, mounts[config])
-    env = {**spec.get("environment", {})}
+    env = spec.get("environment", {})
     for key, value in env.items():
         if key.endswith("_FILE"):
             assert value in secrets, f"{service}: {key}={value} is not one of its secrets"
@@ -168,6 +169,12 @@ def _generated(kind: str) -> dict[str, set[str]]:
     return out
 
 
+def _literals(name: str) -> dict[str, str]:
+    """The literal entries of the ConfigMap generator ``name``."""
+    (gen,) = [g for g in _kustomization()["configMapGenerator"] if g["name"] == name]
+    return dict(entry.split("=", 1) for entry in gen.get("literals", []))
+
+
 def _workloads() -> list[dict[str, Any]]:
     return [d for d in _resources() if d["kind"] in ("Deployment", "StatefulSet")]
 
@@ -208,7 +215,7 @@ def test_kubernetes_workload_is_consistent(workload: dict[str, Any]) -> None:
         args = _parses([str(a) for a in container["args"]])
         for env_from in container.get("envFrom", []):
             assert env_from["configMapRef"]["name"] in config_maps
-        files: dict[str, str | None] = {}  # path in the container -> file name in its source
+        files: dict[str, str] = {}  # path in the container -> file name in its source
         for mount in container.get("volumeMounts", []):
             assert mount["name"] in volumes, f"no volume {mount['name']}"
             for name in volumes[mount["name"]] or ():
@@ -218,20 +225,13 @@ def test_kubernetes_workload_is_consistent(workload: dict[str, Any]) -> None:
         paths += [v for k, v in env.items() if k.endswith("_FILE") or k.endswith("_CONFIG")]
         for path in paths:
             assert path in files, f"{container['name']}: {path} is not mounted"
-            if path.endswith(".yaml") and config_maps.get("climastream-config", set()) >= {
-                files[path]
-            }:
-                _load(str(files[path]), PROD / "config" / str(files[path]))
+            if path.endswith(".yaml") and files[path] in config_maps["climastream-config"]:
+                _load(files[path], PROD / "config" / files[path])
         if getattr(args, "metrics_port", None):
-            assert "CLIMASTREAM_METRICS_HOST=0.0.0.0" in [
-                f"CLIMASTREAM_METRICS_HOST={v}"
-                for g in _kustomization()["configMapGenerator"]
-                for v in [
-                    x.split("=", 1)[1]
-                    for x in g.get("literals", [])
-                    if x.startswith("CLIMASTREAM_METRICS_HOST=")
-                ]
-            ]
+            from_maps = [_literals(e["configMapRef"]["name"]) for e in container["envFrom"]]
+            # a container's env wins over envFrom, a later envFrom over an earlier one
+            seen = ChainMap(env, *reversed(from_maps))
+            assert seen.get("CLIMASTREAM_METRICS_HOST") == "0.0.0.0"
             annotations = spec["template"]["metadata"].get("annotations", {})
             assert annotations.get("prometheus.io/port") == str(args.metrics_port)
 
