@@ -486,8 +486,8 @@ def run_notifier(
     group: str,
     ledger_path: Path | None,
     metrics_port: int | None,
+    metrics_host: str,
     ready_file: Path | None,
-    metrics_host: str = "127.0.0.1",
 ) -> int:
     """Run until SIGTERM/SIGINT; returns the exit status."""
 
