@@ -7,17 +7,30 @@ auth, simulator fleet, LoRaWAN layouts) is read by :func:`load_yaml`:
   last one silently, so half of an edited section would vanish.
 * The result comes with a :class:`KeyLines` index, so a validation error can say on which
   line the offending key is (``sources.1.baudrate: ... (line 42)``).
+* Files that hold secrets (gateway, notifier) pass the document through
+  :func:`expand_secrets`: ``${VAR}`` from the environment and ``<secret>_file`` keys, so a
+  password need not be written in the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import re
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["KeyLines", "StrictLoader", "YamlFileError", "load_yaml", "parse_yaml"]
+__all__ = [
+    "ExpansionError",
+    "KeyLines",
+    "StrictLoader",
+    "YamlFileError",
+    "expand_secrets",
+    "load_yaml",
+    "parse_yaml",
+]
 
 
 class YamlFileError(ValueError):
@@ -146,3 +159,86 @@ def load_yaml(path: Path | str) -> tuple[Any, KeyLines]:
     except UnicodeDecodeError as exc:
         raise YamlFileError(f"{target}: not UTF-8 text (byte {exc.start})") from None
     return parse_yaml(text, str(target))
+
+
+# --------------------------------------------------------------------------- secrets
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ExpansionError(ValueError):
+    """A ``${VAR}`` or ``<secret>_file`` that cannot be resolved; ``at`` is the key's path.
+
+    ``str()`` is ``<dotted path>: <problem>``; the caller adds the file and the line."""
+
+    def __init__(self, at: tuple[Any, ...], problem: str) -> None:
+        super().__init__(f"{'.'.join(map(str, at))}: {problem}")
+        self.at = at
+
+
+def expand_secrets(
+    node: Any,
+    *,
+    secret_keys: Collection[str],
+    base: Path,
+    key_lines: KeyLines,
+    at: tuple[Any, ...] = (),
+) -> Any:
+    """``node`` with ``${VAR}`` expanded and ``<secret>_file`` keys read; a new document.
+
+    * ``${VAR}`` anywhere in a string is the environment variable ``VAR``; an unset one is
+      an error naming the key (never an empty password). ``${VAR:-default}`` falls back
+      to ``default``.
+    * For each key in ``secret_keys``, ``<key>_file: /path`` reads the secret from that
+      file (systemd credentials, Docker and Kubernetes secrets), relative to ``base``,
+      dropping one trailing newline. It becomes ``<key>``, whose later validation errors
+      ``key_lines`` points at the ``<key>_file`` line. Giving both is an error.
+
+    Raises :class:`ExpansionError` naming the key; the message never holds a secret.
+    """
+    if isinstance(node, dict):
+        out: dict[Any, Any] = {}
+        for key, value in node.items():
+            path = (*at, key)
+            if isinstance(key, str) and key.endswith("_file") and key[:-5] in secret_keys:
+                name = key[:-5]
+                if name in node:
+                    raise ExpansionError(
+                        path,
+                        f"give either {name} or {key}, not both (which one wins would be a guess)",
+                    )
+                where = expand_secrets(
+                    value, secret_keys=secret_keys, base=base, key_lines=key_lines, at=path
+                )
+                secret_path = Path(str(where))
+                if not secret_path.is_absolute():
+                    secret_path = base / secret_path
+                try:
+                    out[name] = secret_path.read_text(encoding="utf-8").removesuffix("\n")
+                except OSError as exc:
+                    raise ExpansionError(path, f"cannot read secret file: {exc.strerror}") from None
+                except UnicodeDecodeError as exc:
+                    raise ExpansionError(
+                        path, f"secret file is not UTF-8 text (byte {exc.start})"
+                    ) from None
+                key_lines.alias((*at, name), path)
+                continue
+            out[key] = expand_secrets(
+                value, secret_keys=secret_keys, base=base, key_lines=key_lines, at=path
+            )
+        return out
+    if isinstance(node, list):
+        return [
+            expand_secrets(v, secret_keys=secret_keys, base=base, key_lines=key_lines, at=(*at, i))
+            for i, v in enumerate(node)
+        ]
+    if isinstance(node, str) and "${" in node:
+
+        def sub(match: re.Match[str]) -> str:
+            value = os.environ.get(match.group(1), match.group(2))
+            if value is None:
+                raise ExpansionError(at, f"environment variable {match.group(1)} is not set")
+            return value
+
+        return _ENV_REF.sub(sub, node)
+    return node

@@ -17,7 +17,6 @@ reprs and ``climastream edge check`` output.
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +34,7 @@ from pydantic import (
 
 from climastream.contract import Location, Quantity, SafeId
 from climastream.validation import error_lines
-from climastream.yamlfile import KeyLines, YamlFileError, load_yaml
+from climastream.yamlfile import ExpansionError, YamlFileError, expand_secrets, load_yaml
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
@@ -465,61 +464,6 @@ class GatewayConfig(_Frozen):
 
 # --------------------------------------------------------------------------- loading
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class _KeyError(ConfigError):
-    """A ConfigError about the key at ``at`` (its path from the top)."""
-
-    def __init__(self, at: tuple[Any, ...], problem: str) -> None:
-        super().__init__(f"{'.'.join(map(str, at))}: {problem}")
-        self.at = at
-
-
-def _resolve(node: Any, at: tuple[Any, ...], base: Path, key_lines: KeyLines) -> Any:
-    """Expand ``${VAR}`` and ``<secret>_file`` keys; raise ConfigError naming the key.
-
-    A secret read from ``<key>_file`` becomes ``<key>``, whose errors ``key_lines`` then
-    points at the ``<key>_file`` line."""
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            path = (*at, key)
-            if isinstance(key, str) and key.endswith("_file") and key[:-5] in SECRET_KEYS:
-                if key[:-5] in node:
-                    raise _KeyError(
-                        path,
-                        f"give either {key[:-5]} or {key}, not both (which one wins "
-                        "would be a guess)",
-                    )
-                secret_path = Path(str(_resolve(value, path, base, key_lines)))
-                if not secret_path.is_absolute():
-                    secret_path = base / secret_path
-                try:
-                    out[key[:-5]] = secret_path.read_text(encoding="utf-8").removesuffix("\n")
-                    key_lines.alias((*at, key[:-5]), path)
-                except OSError as exc:
-                    raise _KeyError(path, f"cannot read secret file: {exc.strerror}") from None
-                except UnicodeDecodeError as exc:
-                    raise _KeyError(
-                        path, f"secret file is not UTF-8 text (byte {exc.start})"
-                    ) from None
-                continue
-            out[key] = _resolve(value, path, base, key_lines)
-        return out
-    if isinstance(node, list):
-        return [_resolve(v, (*at, i), base, key_lines) for i, v in enumerate(node)]
-    if isinstance(node, str) and "${" in node:
-
-        def sub(match: re.Match[str]) -> str:
-            value = os.environ.get(match.group(1), match.group(2))
-            if value is None:
-                raise _KeyError(at, f"environment variable {match.group(1)} is not set")
-            return value
-
-        return _ENV_REF.sub(sub, node)
-    return node
-
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayConfig:
     """Load and validate a gateway config file; raise :class:`ConfigError` naming bad keys.
@@ -534,8 +478,8 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayC
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        raw = _resolve(raw, (), path.parent, key_lines)
-    except _KeyError as exc:
+        raw = expand_secrets(raw, secret_keys=SECRET_KEYS, base=path.parent, key_lines=key_lines)
+    except ExpansionError as exc:
         raise ConfigError(f"{path}: {exc}{key_lines.suffix(exc.at)}") from None
     for dotted, value in (overrides or {}).items():
         node = raw

@@ -6,9 +6,11 @@ Example (every key is documented in stream/alerts/README.md)::
     timezone: Europe/Brussels
     quiet_hours: {start: "22:00", end: "07:00"}     # non-critical alerts wait until 07:00
     smtp: {host: smtp.example.city, port: 587, starttls: true,
-           username: climastream, password: "...", sender: alerts@example.city}
+           username: climastream, password_file: /run/secrets/smtp-password,
+           from: alerts@example.city}
     webhooks:
-      - {name: climate-chat, url: https://chat.example.city/hooks/abc, secret: "..."}
+      - {name: climate-chat, url: https://chat.example.city/hooks/abc,
+         secret: "${CLIMATE_CHAT_SECRET}"}
     alertmanager: {url: http://alertmanager:9093}      # optional
     contacts:
       climate-duty: {email: climate-duty@example.city, webhook: climate-chat}
@@ -22,6 +24,11 @@ Example (every key is documented in stream/alerts/README.md)::
 
 Routes are tried in order; the first match wins unless it says ``continue: true``. Loaded
 and validated at start; :class:`ConfigError` names the offending key.
+
+Secrets (the SMTP ``password``, each webhook's ``secret``) need not be written in the file:
+``${VAR}`` anywhere in a string is the environment variable ``VAR``, and ``password_file``
+/ ``secret_file`` read the value from a file (a mounted Docker or Kubernetes secret, a
+systemd credential), as in the gateway config (:func:`climastream.yamlfile.expand_secrets`).
 """
 
 from __future__ import annotations
@@ -44,7 +51,13 @@ from pydantic import (
 from climastream.contract import Alert, AlertSeverity
 from climastream.durations import Duration
 from climastream.validation import error_lines
-from climastream.yamlfile import KeyLines, YamlFileError, load_yaml
+from climastream.yamlfile import (
+    ExpansionError,
+    KeyLines,
+    YamlFileError,
+    expand_secrets,
+    load_yaml,
+)
 
 __all__ = [
     "AlertmanagerConfig",
@@ -61,6 +74,9 @@ __all__ = [
     "load_config",
 ]
 
+
+#: keys that hold secrets; each also accepts ``<key>_file``
+SECRET_KEYS = frozenset({"password", "secret"})
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")]
 
@@ -229,6 +245,12 @@ def load_config(path: Path | str) -> NotifyConfig:
         document, key_lines = load_yaml(target)
     except YamlFileError as exc:
         raise ConfigError(str(exc)) from None
+    try:
+        document = expand_secrets(
+            document, secret_keys=SECRET_KEYS, base=target.parent, key_lines=key_lines
+        )
+    except ExpansionError as exc:
+        raise ConfigError(f"{target}: {exc}{key_lines.suffix(exc.at)}") from None
     config = config_from_mapping(document, where=str(target), key_lines=key_lines)
     if not config.ledger.is_absolute():
         config = config.model_copy(update={"ledger": target.parent / config.ledger})

@@ -405,6 +405,85 @@ def test_config_errors_name_the_key() -> None:
         config_from_mapping(plain_auth)
 
 
+_SECRET_CONFIG = """\
+smtp:
+  host: smtp.example.city
+  username: climastream
+  password_file: smtp-password
+webhooks:
+  - name: chat
+    url: https://chat.example.city/hook
+    secret: "${CHAT_SECRET}"
+contacts:
+  duty: {email: duty@example.city, webhook: chat}
+routes:
+  - notify: [duty]
+"""
+
+
+def test_secrets_come_from_a_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sinks.notify.config import load_config
+
+    (tmp_path / "smtp-password").write_text("pa55 word\n")
+    (tmp_path / "alerting.yaml").write_text(_SECRET_CONFIG)
+    monkeypatch.setenv("CHAT_SECRET", "hmac-key")
+    config = load_config(tmp_path / "alerting.yaml")
+    assert config.smtp is not None and config.smtp.password is not None
+    assert config.smtp.password.get_secret_value() == "pa55 word"  # one newline dropped
+    assert config.webhooks[0].secret.get_secret_value() == "hmac-key"
+    assert "pa55" not in repr(config) and "hmac-key" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # an unset variable is an error at its key, never an empty HMAC key
+        (
+            lambda text: text,
+            r"webhooks\.0\.secret: environment variable CHAT_SECRET is not "
+            r"set \(line 8\)",
+        ),
+        (
+            lambda text: text.replace("smtp-password", "missing"),
+            r"smtp\.password_file: cannot read secret file: No such file or directory \(line 4\)",
+        ),
+        (
+            lambda text: text.replace("  username: climastream\n", "  password: x\n"),
+            r"smtp\.password_file: give either password or password_file",
+        ),
+    ],
+)
+def test_a_secret_that_cannot_be_read_is_named_at_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Callable[[str], str], message: str
+) -> None:
+    from sinks.notify.config import load_config
+
+    monkeypatch.delenv("CHAT_SECRET", raising=False)
+    if "CHAT_SECRET" not in message:
+        monkeypatch.setenv("CHAT_SECRET", "hmac-key")
+    (tmp_path / "smtp-password").write_text("pa55 word\n")
+    (tmp_path / "alerting.yaml").write_text(edit(_SECRET_CONFIG))
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(tmp_path / "alerting.yaml")
+    assert str(tmp_path / "alerting.yaml") in str(caught.value)
+    assert "pa55" not in str(caught.value) and "hmac-key" not in str(caught.value)
+
+
+def test_an_error_beside_secrets_from_files_never_shows_them(tmp_path: Path) -> None:
+    from sinks.notify.config import load_config
+
+    (tmp_path / "smtp-password").write_text("pa55 word\n")
+    text = _SECRET_CONFIG.replace('secret: "${CHAT_SECRET}"', "secret_file: smtp-password")
+    # the smtp block without TLS refuses to send the password it read
+    text = text.replace("  username: climastream\n", "  username: climastream\n  starttls: false\n")
+    (tmp_path / "alerting.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"refusing to send a password") as caught:
+        load_config(tmp_path / "alerting.yaml")
+    assert "pa55" not in str(caught.value)
+
+
 def test_message_carries_evidence_and_links() -> None:
     from zoneinfo import ZoneInfo
 
