@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "SECRET_NOT_READ",
     "ExpansionError",
     "KeyLines",
     "StrictLoader",
@@ -166,6 +167,10 @@ def load_yaml(path: Path | str) -> tuple[Any, KeyLines]:
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+#: what a secret holds when read with ``read_secrets=False``
+SECRET_NOT_READ = "<not read>"
+
+
 class ExpansionError(ValueError):
     """A ``${VAR}`` or ``<secret>_file`` that cannot be resolved; ``at`` is the key's path.
 
@@ -182,6 +187,7 @@ def expand_secrets(
     secret_keys: Collection[str],
     base: Path,
     key_lines: KeyLines,
+    read_secrets: bool = True,
     at: tuple[Any, ...] = (),
 ) -> Any:
     """``node`` with ``${VAR}`` expanded and ``<secret>_file`` keys read; a new document.
@@ -193,6 +199,10 @@ def expand_secrets(
       file (systemd credentials, Docker and Kubernetes secrets), relative to ``base``,
       dropping one trailing newline. It becomes ``<key>``, whose later validation errors
       ``key_lines`` points at the ``<key>_file`` line. Giving both is an error.
+
+    With ``read_secrets=False`` (a program that reads the file for something else, such as
+    the console for device positions) a secret key or ``<key>_file`` becomes ``<key>`` =
+    :data:`SECRET_NOT_READ`: its variable need not be set nor its file readable there.
 
     Raises :class:`ExpansionError` naming the key; the message never holds a secret.
     """
@@ -207,8 +217,17 @@ def expand_secrets(
                         path,
                         f"give either {name} or {key}, not both (which one wins would be a guess)",
                     )
+                if not read_secrets:
+                    out[name] = SECRET_NOT_READ
+                    key_lines.alias((*at, name), path)
+                    continue
                 where = expand_secrets(
-                    value, secret_keys=secret_keys, base=base, key_lines=key_lines, at=path
+                    value,
+                    secret_keys=secret_keys,
+                    base=base,
+                    key_lines=key_lines,
+                    read_secrets=read_secrets,
+                    at=path,
                 )
                 secret_path = Path(str(where))
                 if not secret_path.is_absolute():
@@ -223,13 +242,28 @@ def expand_secrets(
                     ) from None
                 key_lines.alias((*at, name), path)
                 continue
+            if not read_secrets and key in secret_keys:
+                out[key] = SECRET_NOT_READ
+                continue
             out[key] = expand_secrets(
-                value, secret_keys=secret_keys, base=base, key_lines=key_lines, at=path
+                value,
+                secret_keys=secret_keys,
+                base=base,
+                key_lines=key_lines,
+                read_secrets=read_secrets,
+                at=path,
             )
         return out
     if isinstance(node, list):
         return [
-            expand_secrets(v, secret_keys=secret_keys, base=base, key_lines=key_lines, at=(*at, i))
+            expand_secrets(
+                v,
+                secret_keys=secret_keys,
+                base=base,
+                key_lines=key_lines,
+                read_secrets=read_secrets,
+                at=(*at, i),
+            )
             for i, v in enumerate(node)
         ]
     if isinstance(node, str) and "${" in node:

@@ -182,7 +182,8 @@ def load_site(gateway_configs: list[Path]) -> list[DeviceInfo]:
     Simulated sources list their devices; MQTT sources map device ids (DevEUIs, station ids)
     to their zone and location; a serial source with a fixed ``device_id`` is one device. A
     gateway-level ``zone`` applies to devices without one. Devices that name themselves on
-    the wire (framed nodes) appear once their first reading arrives.
+    the wire (framed nodes) appear once their first reading arrives. The gateways' secrets
+    (``${KAFKA_PASSWORD}``, ``password_file``) are not read: the console host has neither.
     """
     from edge.config import (
         MqttSourceConfig,
@@ -206,7 +207,7 @@ def load_site(gateway_configs: list[Path]) -> list[DeviceInfo]:
         )
 
     for path in gateway_configs:
-        config = load_config(path)
+        config = load_config(path, read_secrets=False)  # never the gateway's secrets
         for source in config.sources:
             if isinstance(source, MqttSourceConfig):  # device id -> metadata
                 for device_id, meta in source.devices.items():

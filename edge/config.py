@@ -465,11 +465,16 @@ class GatewayConfig(_Frozen):
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayConfig:
+def load_config(
+    path: Path, overrides: dict[str, Any] | None = None, *, read_secrets: bool = True
+) -> GatewayConfig:
     """Load and validate a gateway config file; raise :class:`ConfigError` naming bad keys.
 
     Relative model and layout paths stay relative to the working directory (systemd runs
     the agent in its state directory); ``*_file`` secrets are relative to the config file.
+    ``read_secrets=False`` is for programs that read the file for something else (the
+    console, for device positions): secrets become a placeholder, so the gateway's
+    environment variables and secret files need not exist where they run.
     """
     try:
         raw, key_lines = load_yaml(path)  # a duplicate key is refused, naming both lines
@@ -478,7 +483,13 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> GatewayC
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     try:
-        raw = expand_secrets(raw, secret_keys=SECRET_KEYS, base=path.parent, key_lines=key_lines)
+        raw = expand_secrets(
+            raw,
+            secret_keys=SECRET_KEYS,
+            base=path.parent,
+            key_lines=key_lines,
+            read_secrets=read_secrets,
+        )
     except ExpansionError as exc:
         raise ConfigError(f"{path}: {exc}{key_lines.suffix(exc.at)}") from None
     for dotted, value in (overrides or {}).items():

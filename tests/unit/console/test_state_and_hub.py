@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
 
 from climastream.contract import GatewayStatus, KpiValue, Location, Quantity, Reading
 from climastream.quantities import CANONICAL_UNITS
@@ -173,6 +176,30 @@ def test_site_comes_from_every_source_kind_of_the_demo_gateway() -> None:
     assert site["70b3d57ed0000002"].zone == "park"  # LoRaWAN device via TTS
     assert site["station-north-1"].zone == "north"  # MQTT JSON station
     assert all(d.gateway_id == "gw-demo-1" for d in site.values())
+
+
+def test_site_is_read_without_the_gateways_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped Pi config takes its Kafka password from ${KAFKA_PASSWORD}; the console
+    host has neither that variable nor the gateway's secret files, and needs neither."""
+    from console.feed import load_site
+    from edge.config import ConfigError, load_config
+
+    example = Path(__file__).resolve().parents[3] / "deploy/pi/gateway.example.yaml"
+    monkeypatch.delenv("KAFKA_PASSWORD", raising=False)
+    with_file = tmp_path / "gateway.yaml"
+    with_file.write_text(
+        example.read_text().replace(
+            "sasl_password: ${KAFKA_PASSWORD}", "sasl_password_file: /no/such/file"
+        )
+    )
+    for path, problem in ((example, "KAFKA_PASSWORD is not set"), (with_file, "cannot read")):
+        with pytest.raises(ConfigError, match=problem):
+            load_config(path)  # the agent itself still needs its secret
+        site = load_site([path])
+        assert site, path
+        assert {d.gateway_id for d in site} == {"gw-brussels-centre-01"}
 
 
 def test_gateway_panel_shows_decode_errors_by_reason() -> None:
