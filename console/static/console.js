@@ -56,6 +56,25 @@ function ago(iso) {
   return `${(s / 3600).toFixed(1)} h ago`;
 }
 
+// A relative time that stays true: a panel is re-rendered only when its snapshot changes,
+// so "since 30 s ago" on a quiet alert would otherwise stay frozen for as long as it fires.
+// Every node made here carries its time and is rewritten by refreshAgo() every few seconds.
+const AGO_REFRESH_MS = 5000;
+
+function agoText(node) {
+  return (node.getAttribute("data-prefix") || "") + ago(node.getAttribute("data-since")) + (node.getAttribute("data-suffix") || "");
+}
+
+function agoNode(iso, prefix, suffix) {
+  const node = el("span", { class: "ago", "data-since": iso || "", "data-prefix": prefix || "", "data-suffix": suffix || "" });
+  node.textContent = agoText(node);
+  return node;
+}
+
+function refreshAgo() {
+  for (const node of document.querySelectorAll("[data-since]")) node.textContent = agoText(node);
+}
+
 function bandColour(band) { return BAND_COLOURS[band] || BAND_COLOURS.neutral; }
 
 function countMessage(panel) {
@@ -164,9 +183,9 @@ function renderMap(snapshot) {
       cx: x, cy: y, r: 7, class: d.stale ? "device stale" : "device", "data-device": d.id,
     });
     circle.setAttribute("fill", d.stale ? "#ffffff" : zoneColour(snapshot.zones[d.zone], mode));
-    const title = svg("title", {});
     const values = Object.entries(d.values).map(([q, v]) => `${q}=${v}`).join(", ");
-    title.textContent = `${d.id} (${d.zone || "no zone"}, ${d.gateway || "?"}) ${values} · ${ago(d.last_seen)}`;
+    const title = svg("title", { "data-since": d.last_seen || "", "data-prefix": `${d.id} (${d.zone || "no zone"}, ${d.gateway || "?"}) ${values} · ` });
+    title.textContent = agoText(title);
     circle.append(title);
     dots.append(circle);
   }
@@ -294,7 +313,7 @@ function alertCard(a, actionable) {
       el("span", { class: `state ${a.state}`, text: a.state }),
       el("span", { class: `severity ${a.severity}`, text: a.severity }),
       el("strong", { text: a.summary })),
-    el("div", { class: "alert-meta dim", text: `${where} · ${a.rule_id} · since ${ago(a.started_at)}` }),
+    el("div", { class: "alert-meta dim" }, agoNode(a.started_at, `${where} · ${a.rule_id} · since `)),
     value ? el("div", { class: "alert-value", text: value + (a.completeness !== null && a.completeness !== undefined ? ` · completeness ${fmt(a.completeness * 100, 0)} %` : "") }) : null,
     a.description ? el("div", { class: "alert-desc", text: a.description }) : null,
     evidence,
@@ -306,7 +325,7 @@ function renderAlerts(snapshot) {
   document.getElementById("alerts").replaceChildren(
     ...(snapshot.active.length ? snapshot.active.map((a) => alertCard(a, actionable)) : [el("p", { class: "dim", text: "No active alerts." })]));
   document.getElementById("resolved").replaceChildren(
-    ...snapshot.resolved.slice(0, 5).map((a) => el("div", { class: "resolved dim", text: `${a.summary} · resolved ${ago(a.updated_at)}` })));
+    ...snapshot.resolved.slice(0, 5).map((a) => el("div", { class: "resolved dim" }, agoNode(a.updated_at, `${a.summary} · resolved `))));
   const open = snapshot.active.filter((a) => a.state === "firing" || a.state === "pending").length;
   const badge = document.getElementById("alert-count");
   badge.textContent = String(open);
@@ -324,7 +343,7 @@ function renderGateways(snapshot) {
     const errors = Object.entries(g.decode_errors || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
     return el("tr", { class: g.stale ? "stale" : "", "data-gateway": g.gateway_id },
       el("td", { text: g.gateway_id }),
-      el("td", { text: `${ago(g.last_seen)}${g.stale ? " (stale)" : ""}` }),
+      el("td", {}, agoNode(g.last_seen, "", g.stale ? " (stale)" : "")),
       el("td", { class: "num", text: String(g.buffer_depth) }),
       el("td", { class: "num", text: g.buffer_oldest_age_s === null || g.buffer_oldest_age_s === undefined ? "–" : `${fmt(g.buffer_oldest_age_s)} s` }),
       el("td", { class: "num", text: use === null ? "–" : `${fmt(use, 1)} %` }),
@@ -386,6 +405,7 @@ async function start() {
   document.getElementById("map-mode").addEventListener("change", () => { if (cs.last.map) renderMap(cs.last.map); });
   document.getElementById("stream-zone").addEventListener("change", () => { if (cs.last.streams) renderStreams(cs.last.streams); });
   connect();
+  setInterval(refreshAgo, AGO_REFRESH_MS);
 }
 
 start();

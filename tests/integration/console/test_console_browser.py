@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,11 @@ async def login_with_token(browser: Any, url: str, token: str) -> Any:
     return page
 
 
-async def login_with_password(browser: Any, url: str) -> Any:
+async def login_with_password(browser: Any, url: str, *, fake_clock: bool = False) -> Any:
+    """``fake_clock``: the page's clock is Playwright's (time flows, and a test can jump)."""
     page = await browser.new_page(viewport={"width": 1400, "height": 1500})
+    if fake_clock:
+        await page.clock.install()
     await page.goto(f"{url}/")  # unauthenticated: redirected to the login form
     assert page.url.endswith("/login")
     await page.fill("#username", OPERATOR_NAME)
@@ -155,6 +159,27 @@ async def test_operator_acknowledges_firing_alert(
     assert action.actor == OPERATOR_NAME
     await page.wait_for_selector("#toast:not([hidden])")
     assert "acknowledge sent" in (await page.text_content("#toast") or "")
+    await page.close()
+
+
+async def test_relative_times_keep_up_on_a_quiet_page(
+    browser: Any, console_url: str, stack: Stack
+) -> None:
+    """An alert that keeps firing sends no new snapshot, so its card is not re-rendered:
+    "since 20 s ago" must still become "since 10 min ago" ten minutes later."""
+    kafka = stack.config.kafka_bootstrap
+    alert = firing_alert(started_at=datetime.now(UTC) - timedelta(seconds=20))
+    page = await login_with_password(browser, console_url, fake_clock=True)
+    await produce(kafka, Topics.ALERTS.name, [(alert.key, encode(alert))])
+    meta = f'article[data-fingerprint="{alert.fingerprint}"] .alert-meta'
+    await page.wait_for_selector(meta, timeout=30_000)
+    assert (await page.text_content(meta) or "").endswith(" s ago")
+    await page.clock.fast_forward("10:00")  # timers due in that span fire, nothing else
+    await page.wait_for_function(
+        "(sel) => document.querySelector(sel).textContent.endsWith('since 10 min ago')",
+        arg=meta,
+        timeout=10_000,
+    )
     await page.close()
 
 
