@@ -430,10 +430,12 @@ def test_secrets_come_from_a_file_and_the_environment(
     (tmp_path / "alerting.yaml").write_text(_SECRET_CONFIG)
     monkeypatch.setenv("CHAT_SECRET", "hmac-key")
     config = load_config(tmp_path / "alerting.yaml")
-    assert config.smtp is not None and config.smtp.password is not None
+    assert config.smtp is not None
+    assert config.smtp.password is not None
     assert config.smtp.password.get_secret_value() == "pa55 word"  # one newline dropped
     assert config.webhooks[0].secret.get_secret_value() == "hmac-key"
-    assert "pa55" not in repr(config) and "hmac-key" not in repr(config)
+    assert "pa55" not in repr(config)
+    assert "hmac-key" not in repr(config)
 
 
 @pytest.mark.parametrize(
@@ -468,7 +470,8 @@ def test_a_secret_that_cannot_be_read_is_named_at_its_line(
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(tmp_path / "alerting.yaml")
     assert str(tmp_path / "alerting.yaml") in str(caught.value)
-    assert "pa55" not in str(caught.value) and "hmac-key" not in str(caught.value)
+    assert "pa55" not in str(caught.value)
+    assert "hmac-key" not in str(caught.value)
 
 
 def test_an_error_beside_secrets_from_files_never_shows_them(tmp_path: Path) -> None:
