@@ -92,6 +92,9 @@ class AlertingSystem:
         self.rules_path = workdir / "rules.yaml"
         self.rules_path.write_text(yaml.safe_dump(rules))
         self.config_path = workdir / "alerting.yaml"
+        # the credentials as a deployment keeps them: the SMTP password in a secret file,
+        # the webhook's HMAC key in the notifier's environment (see _spawn)
+        (workdir / "smtp-password").write_text(self.smtp.password + "\n")
         self.config_path.write_text(
             yaml.safe_dump(
                 {
@@ -102,7 +105,7 @@ class AlertingSystem:
                         "port": self.smtp.port,
                         "starttls": True,
                         "username": self.smtp.username,
-                        "password": self.smtp.password,
+                        "password_file": "smtp-password",
                         "from": "alerts@city.test",
                         "ca_file": str(self.smtp.cert),
                     },
@@ -110,7 +113,7 @@ class AlertingSystem:
                         {
                             "name": "chat",
                             "url": f"{self.webhook.url}/hook",
-                            "secret": WEBHOOK_SECRET,
+                            "secret": "${CLIMASTREAM_TEST_WEBHOOK_SECRET}",
                         }
                     ],
                     "contacts": contacts,
@@ -125,7 +128,12 @@ class AlertingSystem:
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("ab")
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            "CLIMASTREAM_TEST_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "climastream.cli", "--log-level", "INFO", *args],
             stdout=log,
