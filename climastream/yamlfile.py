@@ -188,7 +188,6 @@ def expand_secrets(
     base: Path,
     key_lines: KeyLines,
     read_secrets: bool = True,
-    at: tuple[Any, ...] = (),
 ) -> Any:
     """``node`` with ``${VAR}`` expanded and ``<secret>_file`` keys read; a new document.
 
@@ -206,73 +205,51 @@ def expand_secrets(
 
     Raises :class:`ExpansionError` naming the key; the message never holds a secret.
     """
-    if isinstance(node, dict):
-        out: dict[Any, Any] = {}
-        for key, value in node.items():
-            path = (*at, key)
-            if isinstance(key, str) and key.endswith("_file") and key[:-5] in secret_keys:
-                name = key[:-5]
-                if name in node:
-                    raise ExpansionError(
-                        path,
-                        f"give either {name} or {key}, not both (which one wins would be a guess)",
-                    )
-                if not read_secrets:
-                    out[name] = SECRET_NOT_READ
+
+    def read(path: tuple[Any, ...], where: Any) -> str:
+        secret_path = Path(str(where))
+        if not secret_path.is_absolute():
+            secret_path = base / secret_path
+        try:
+            return secret_path.read_text(encoding="utf-8").removesuffix("\n")
+        except OSError as exc:
+            raise ExpansionError(path, f"cannot read secret file: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ExpansionError(
+                path, f"secret file is not UTF-8 text (byte {exc.start})"
+            ) from None
+
+    def walk(node: Any, at: tuple[Any, ...]) -> Any:
+        if isinstance(node, dict):
+            out: dict[Any, Any] = {}
+            for key, value in node.items():
+                path = (*at, key)
+                if isinstance(key, str) and key.endswith("_file") and key[:-5] in secret_keys:
+                    name = key[:-5]
+                    if name in node:
+                        raise ExpansionError(
+                            path,
+                            f"give either {name} or {key}, not both (which one wins would be "
+                            "a guess)",
+                        )
+                    out[name] = read(path, walk(value, path)) if read_secrets else SECRET_NOT_READ
                     key_lines.alias((*at, name), path)
-                    continue
-                where = expand_secrets(
-                    value,
-                    secret_keys=secret_keys,
-                    base=base,
-                    key_lines=key_lines,
-                    read_secrets=read_secrets,
-                    at=path,
-                )
-                secret_path = Path(str(where))
-                if not secret_path.is_absolute():
-                    secret_path = base / secret_path
-                try:
-                    out[name] = secret_path.read_text(encoding="utf-8").removesuffix("\n")
-                except OSError as exc:
-                    raise ExpansionError(path, f"cannot read secret file: {exc.strerror}") from None
-                except UnicodeDecodeError as exc:
-                    raise ExpansionError(
-                        path, f"secret file is not UTF-8 text (byte {exc.start})"
-                    ) from None
-                key_lines.alias((*at, name), path)
-                continue
-            if not read_secrets and key in secret_keys:
-                out[key] = SECRET_NOT_READ
-                continue
-            out[key] = expand_secrets(
-                value,
-                secret_keys=secret_keys,
-                base=base,
-                key_lines=key_lines,
-                read_secrets=read_secrets,
-                at=path,
-            )
-        return out
-    if isinstance(node, list):
-        return [
-            expand_secrets(
-                v,
-                secret_keys=secret_keys,
-                base=base,
-                key_lines=key_lines,
-                read_secrets=read_secrets,
-                at=(*at, i),
-            )
-            for i, v in enumerate(node)
-        ]
-    if isinstance(node, str) and "${" in node:
+                elif not read_secrets and key in secret_keys:
+                    out[key] = SECRET_NOT_READ
+                else:
+                    out[key] = walk(value, path)
+            return out
+        if isinstance(node, list):
+            return [walk(item, (*at, index)) for index, item in enumerate(node)]
+        if isinstance(node, str) and "${" in node:
 
-        def sub(match: re.Match[str]) -> str:
-            value = os.environ.get(match.group(1), match.group(2))
-            if value is None:
-                raise ExpansionError(at, f"environment variable {match.group(1)} is not set")
-            return value
+            def sub(match: re.Match[str]) -> str:
+                value = os.environ.get(match.group(1), match.group(2))
+                if value is None:
+                    raise ExpansionError(at, f"environment variable {match.group(1)} is not set")
+                return value
 
-        return _ENV_REF.sub(sub, node)
-    return node
+            return _ENV_REF.sub(sub, node)
+        return node
+
+    return walk(node, ())
