@@ -75,6 +75,8 @@ SCHEMA_VERSION: Final = 1
 EARLIEST_EVENT_TIME: Final = datetime(2015, 1, 1, tzinfo=UTC)
 #: How far ahead of the validating host's clock a timestamp may be (gateway clock drift).
 MAX_CLOCK_SKEW: Final = timedelta(hours=1)
+#: the longest silence an AlertAction may ask for (its ``until`` at most this after ``at``)
+MAX_SILENCE: Final = timedelta(days=7)
 MAX_BATCH_READINGS: Final = 5000
 
 #: C0 and C1 control characters, DEL and the Unicode line/paragraph separators: anything
@@ -370,8 +372,27 @@ class AlertAction(_Model):
     action: AlertActionKind
     actor: SafeId
     at: UtcTime
-    until: UtcTime | None = None  # for silence: when it ends (None: until resolved)
+    # for silence: when it ends (None: until the alert resolves). A future time by design,
+    # so not bounded by "now + clock skew" like the other times, but by ``at``.
+    until: _RawTime | None = None
     comment: SafeText = ""
+
+    @model_validator(mode="after")
+    def _silence_ends_after_it_starts(self) -> AlertAction:
+        until = self.until
+        if until is None:
+            return self
+        if self.action is not AlertActionKind.SILENCE:
+            raise ValueError(f"until applies only to action 'silence', not {self.action.value!r}")
+        if until.tzinfo is not UTC:
+            until = until.astimezone(UTC)
+            object.__setattr__(self, "until", until)
+        if not self.at < until <= self.at + MAX_SILENCE:
+            raise ValueError(
+                f"until {until.isoformat()} must be after at ({self.at.isoformat()}) and at "
+                f"most {MAX_SILENCE.days} days after it"
+            )
+        return self
 
     @property
     def key(self) -> bytes:

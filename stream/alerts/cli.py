@@ -281,7 +281,7 @@ async def send_action(bootstrap: str, action: Any) -> None:
 
 
 def _action(args: argparse.Namespace) -> int:
-    from climastream.contract import AlertAction, AlertActionKind, ContractError
+    from climastream.contract import MAX_SILENCE, AlertAction, AlertActionKind, ContractError
 
     kind = {
         "ack": AlertActionKind.ACKNOWLEDGE,
@@ -290,7 +290,15 @@ def _action(args: argparse.Namespace) -> int:
     }[args.kind]
     now = datetime.now(UTC)
     try:
-        until = now + parse_for(args.duration) if getattr(args, "duration", None) else None
+        until = None
+        if getattr(args, "duration", None):
+            lasts = parse_for(args.duration)
+            if not timedelta(0) < lasts <= MAX_SILENCE:
+                raise ValueError(
+                    f"--for {args.duration!r}: a silence lasts more than 0 s and at most "
+                    f"{MAX_SILENCE.days} days"
+                )
+            until = now + lasts
         action = AlertAction(
             fingerprint=args.fingerprint,
             action=kind,

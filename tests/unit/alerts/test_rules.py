@@ -80,6 +80,9 @@ def test_parse_for_and_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: 
         parse_for("a while")
     assert main(["alerts", "silence", "not-a-fingerprint", "--kafka", "127.0.0.1:1"]) == 2
     assert "fingerprint" in capsys.readouterr().err
+    silence = ["alerts", "silence", "0123456789abcdef", "--kafka", "127.0.0.1:1", "--for"]
+    assert main([*silence, "8d"]) == 2
+    assert "--for '8d': a silence lasts more than 0 s and at most 7 days" in capsys.readouterr().err
     bad = tmp_path / "rules.yaml"
     bad.write_text("rules:\n  - {id: x, kind: threshold, kpi_id: k, set: 1, clear: 5}\n")
     assert main(["alerts", "rules", "--check", str(bad)]) == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from climastream.contract import (
     EARLIEST_EVENT_TIME,
+    MAX_SILENCE,
     TOPICS,
     Alert,
     AlertAction,
@@ -147,24 +148,59 @@ def statuses(draw: st.DrawFn) -> GatewayStatus:
     )
 
 
-actions = st.builds(
-    AlertAction,
-    fingerprint=st.from_regex(r"\A[0-9a-f]{16}\Z"),
-    action=st.sampled_from(list(AlertActionKind)),
-    actor=safe_ids,
-    at=times,
-    until=st.none() | times,
-    comment=st.text(max_size=40).filter(str.isprintable),
-)
+@st.composite
+def actions(draw: st.DrawFn) -> AlertAction:
+    kind = draw(st.sampled_from(list(AlertActionKind)))
+    at = draw(times)
+    until = None
+    if kind is AlertActionKind.SILENCE:
+        # a silence may end up to 7 days after it was asked for, however far ahead of now
+        lasts = st.timedeltas(timedelta(microseconds=1), MAX_SILENCE)
+        until = draw(st.none() | lasts.map(lambda d: at + d))
+    return AlertAction(
+        fingerprint=draw(st.from_regex(r"\A[0-9a-f]{16}\Z")),
+        action=kind,
+        actor=draw(safe_ids),
+        at=at,
+        until=until,
+        comment=draw(st.text(max_size=40).filter(str.isprintable)),
+    )
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.one_of(readings(), batches(), kpis(), alerts(), statuses(), actions))
+@given(st.one_of(readings(), batches(), kpis(), alerts(), statuses(), actions()))
 def test_every_model_round_trips_exactly(model: Reading) -> None:
     raw = encode(model)
     assert decode(raw, type(model), now=NOW) == model
     # and the encoding is stable: encoding the decoded copy gives the same bytes
     assert encode(decode(raw, type(model), now=NOW)) == raw
+
+
+def test_a_silence_may_last_days_but_must_end_after_it_starts() -> None:
+    """``until`` is a future time by design: a 7-day silence is valid (it was refused as
+    "more than 1:00:00 ahead of now", so no silence could last longer than an hour), and
+    it survives the trip through Kafka, decoded days before it ends."""
+    week = AlertAction(
+        fingerprint="0123456789abcdef",
+        action=AlertActionKind.SILENCE,
+        actor="ana",
+        at=NOW,
+        until=NOW + MAX_SILENCE,
+    )
+    assert decode(encode(week), AlertAction, now=NOW) == week
+    # an offset is normalised to UTC, like every other time
+    local = datetime(2026, 11, 23, 16, 0, tzinfo=timezone(timedelta(hours=2)))
+    silenced = AlertAction.model_validate({**week.model_dump(), "until": local})
+    assert silenced.until == NOW + timedelta(hours=2)
+    assert silenced.until.tzinfo is UTC
+    for until, problem in [
+        (NOW, "must be after at"),
+        (NOW + MAX_SILENCE + timedelta(seconds=1), "at most 7 days after it"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            AlertAction.model_validate({**week.model_dump(), "until": until})
+    with pytest.raises(ValueError, match="until applies only to action 'silence'"):
+        AlertAction.model_validate({**week.model_dump(), "action": "acknowledge"})
 
 
 def _reading_json(**overrides: object) -> dict[str, object]:
