@@ -11,6 +11,8 @@ Routes
 ``POST /api/alerts/{fingerprint}/actions``  ``{"action": "acknowledge"|"silence"|
                                  "unsilence", "comment": str, "minutes": int}``; operators only
 ``GET /healthz``                 liveness, no auth
+``GET /api/openapi.json``        the OpenAPI 3.1 description of all this (console/openapi.yaml),
+                                 no auth
 
 Authentication is a session cookie (``HttpOnly; SameSite=Strict``, ``Secure`` when
 configured) or ``Authorization: Bearer <token>``. A cookie-authenticated POST must carry the
@@ -28,10 +30,11 @@ from importlib import resources
 from typing import Any
 
 import orjson
+import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
-from climastream.contract import AlertAction, AlertActionKind
+from climastream.contract import MAX_SILENCE, AlertAction, AlertActionKind
 from climastream.validation import error_lines
 from console.auth import Credentials, LoginThrottle, Principal, SessionStore
 from console.feed import ActionSink
@@ -42,7 +45,13 @@ log = logging.getLogger(__name__)
 
 COOKIE = "climastream_session"
 PRINCIPAL: web.RequestKey[Principal] = web.RequestKey("principal", Principal)
-_PUBLIC = {"/login", "/healthz", "/static/console.css", "/static/login.js"}
+_PUBLIC = {
+    "/login",
+    "/healthz",
+    "/api/openapi.json",
+    "/static/console.css",
+    "/static/login.js",
+}
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -53,7 +62,22 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-MAX_SILENCE = timedelta(days=7)
+#: the keys an alert action's JSON body may have (anything else is refused, so a typo such
+#: as "minute" is an error, not a silence that quietly lasts until the alert resolves)
+ACTION_KEYS = frozenset({"action", "comment", "minutes"})
+
+
+def _json_error(error: type[web.HTTPError], message: str) -> web.HTTPError:
+    """An HTTP error whose body is ``{"error": message}``, as every /api/ error is."""
+    return error(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
+
+
+def openapi_document() -> dict[str, Any]:
+    """The console's OpenAPI description (``console/openapi.yaml``), parsed."""
+    document: dict[str, Any] = yaml.safe_load(
+        resources.files("console").joinpath("openapi.yaml").read_text(encoding="utf-8")
+    )
+    return document
 
 
 def _static(name: str) -> bytes:
@@ -82,10 +106,12 @@ class ConsoleApp:
         self.secure_cookies = secure_cookies
         self.keepalive_s = keepalive_s
         self.actions_sent = 0
+        self._openapi = orjson.dumps(openapi_document())
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._security, self._auth], client_max_size=64 * 1024)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/api/openapi.json", self.openapi)
         app.router.add_get("/login", self.login_page)
         app.router.add_post("/login", self.login)
         app.router.add_post("/logout", self.logout)
@@ -125,9 +151,7 @@ class ConsoleApp:
         principal, csrf = self._principal(request)
         if principal is None:
             if request.path.startswith("/api/") or request.method != "GET":
-                raise web.HTTPUnauthorized(
-                    text='{"error": "login required"}', content_type="application/json"
-                )
+                raise _json_error(web.HTTPUnauthorized, "login required")
             raise web.HTTPFound("/login")
         if request.method == "POST" and csrf is not None:
             self._check_csrf(request, csrf)
@@ -160,20 +184,18 @@ class ConsoleApp:
 
     def _check_csrf(self, request: web.Request, csrf: str) -> None:
         if not self._same_origin(request):
-            raise web.HTTPForbidden(
-                text='{"error": "cross-origin request refused"}', content_type="application/json"
-            )
+            raise _json_error(web.HTTPForbidden, "cross-origin request refused")
         sent = request.headers.get("X-CSRF-Token", "")
         if not hmac.compare_digest(sent.encode(), csrf.encode()):
-            raise web.HTTPForbidden(
-                text='{"error": "missing or wrong X-CSRF-Token"}',
-                content_type="application/json",
-            )
+            raise _json_error(web.HTTPForbidden, "missing or wrong X-CSRF-Token")
 
     # ------------------------------------------------------------------ pages
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "subscribers": self.hub.subscribers})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
 
     async def login_page(self, request: web.Request) -> web.Response:
         return web.Response(body=_static("login.html"), content_type="text/html")
@@ -185,7 +207,10 @@ class ConsoleApp:
         if self.throttle.blocked(client):
             log.warning("login refused: too many failed logins client=%s", client)
             raise web.HTTPTooManyRequests(text="too many failed logins; wait a minute")
-        form = await request.post()
+        try:
+            form = await request.post()
+        except ValueError as exc:  # e.g. multipart/form-data without a boundary
+            raise web.HTTPBadRequest(text=f"login form could not be read: {exc}") from None
         token = str(form.get("token", "")).strip()
         name = str(form.get("username", "")).strip()
         password = str(form.get("password", ""))
@@ -259,7 +284,9 @@ class ConsoleApp:
     async def snapshot(self, request: web.Request) -> web.Response:
         panel = request.match_info["panel"]
         if panel not in PANELS:
-            raise web.HTTPNotFound(text=f"unknown panel {panel!r}; known: {', '.join(PANELS)}")
+            raise _json_error(
+                web.HTTPNotFound, f"unknown panel {panel!r}; known: {', '.join(PANELS)}"
+            )
         return web.Response(body=self.hub.render(panel), content_type="application/json")
 
     async def events(self, request: web.Request) -> web.StreamResponse:
@@ -297,26 +324,36 @@ class ConsoleApp:
     async def alert_action(self, request: web.Request) -> web.Response:
         principal = request[PRINCIPAL]
         if not principal.can_act:
-            raise web.HTTPForbidden(
-                text=orjson.dumps(
-                    {"error": f"{principal.name} is a viewer; only operators can act on alerts"}
-                ).decode(),
-                content_type="application/json",
+            raise _json_error(
+                web.HTTPForbidden,
+                f"{principal.name} is a viewer; only operators can act on alerts",
             )
         try:
             body = await request.json(loads=orjson.loads)
         except ValueError:
-            raise web.HTTPBadRequest(text='{"error": "body must be JSON"}') from None
+            raise _json_error(web.HTTPBadRequest, "body must be JSON") from None
         if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text='{"error": "body must be a JSON object"}')
+            raise _json_error(web.HTTPBadRequest, "body must be a JSON object")
+        unknown = sorted(set(body) - ACTION_KEYS)
+        if unknown:
+            raise _json_error(
+                web.HTTPBadRequest,
+                f"unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(ACTION_KEYS))}",
+            )
         now = self.hub.state.clock()
         until = None
-        minutes = body.get("minutes")
-        if body.get("action") == AlertActionKind.SILENCE.value and minutes is not None:
-            if not isinstance(minutes, int) or not 1 <= minutes <= MAX_SILENCE.total_seconds() / 60:
-                raise web.HTTPBadRequest(
-                    text='{"error": "minutes must be an integer from 1 to 10080"}',
-                    content_type="application/json",
+        if "minutes" in body:
+            minutes = body["minutes"]
+            if body.get("action") != AlertActionKind.SILENCE.value:
+                raise _json_error(web.HTTPBadRequest, "minutes applies only to action 'silence'")
+            limit = int(MAX_SILENCE.total_seconds() // 60)
+            # JSON Schema's integer: 30 or 30.0, but true is not one minute
+            if type(minutes) is float and minutes.is_integer():
+                minutes = int(minutes)
+            if type(minutes) is not int or not 1 <= minutes <= limit:
+                raise _json_error(
+                    web.HTTPBadRequest, f"minutes must be an integer from 1 to {limit}"
                 )
             until = now + timedelta(minutes=minutes)
         try:
@@ -326,21 +363,17 @@ class ConsoleApp:
                 actor=principal.name,
                 at=now,
                 until=until,
-                comment=body.get("comment", "") or "",
+                comment=body.get("comment", ""),
             )
         except ValidationError as exc:
             fields = "; ".join(error_lines(exc, root=""))
-            raise web.HTTPBadRequest(
-                text=orjson.dumps({"error": f"invalid action: {fields}"}).decode(),
-                content_type="application/json",
-            ) from None
+            raise _json_error(web.HTTPBadRequest, f"invalid action: {fields}") from None
         try:
             await self.actions.send(action)
         except Exception as exc:  # Kafka down or timed out: say so, never pretend
             log.warning("alert action not delivered fingerprint=%s: %s", action.fingerprint, exc)
-            raise web.HTTPServiceUnavailable(
-                text=orjson.dumps({"error": f"alert engine unreachable: {exc}"}).decode(),
-                content_type="application/json",
+            raise _json_error(
+                web.HTTPServiceUnavailable, f"alert engine unreachable: {exc}"
             ) from None
         self.actions_sent += 1
         log.info(
