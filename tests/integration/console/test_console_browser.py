@@ -111,8 +111,13 @@ async def test_page_loads_and_live_values_change(
     await page.wait_for_selector(
         '.tile[data-kpi="completeness"][data-zone="centre"]:not(.empty)', timeout=60_000
     )
-    # the gateway's health report arrives on gateway-status
-    await page.wait_for_selector('tr[data-gateway="gw-demo-1"]', timeout=30_000)
+    # the gateway's health report arrives on gateway-status: this agent's, not the last
+    # one an earlier test's agent sent as it stopped (every source "disabled")
+    await page.wait_for_function(
+        """() => [...document.querySelectorAll('tr[data-gateway="gw-demo-1"] td')]
+                 .some(td => td.textContent.includes('street-sensors: up'))""",
+        timeout=60_000,
+    )
     cells = await page.eval_on_selector_all(
         'tr[data-gateway="gw-demo-1"] td', "tds => tds.map(td => td.textContent)"
     )
