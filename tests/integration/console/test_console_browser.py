@@ -30,6 +30,7 @@ from tests.integration.console.conftest import (
     COALESCE_S,
     OPERATOR_NAME,
     OPERATOR_PASSWORD,
+    OPERATOR_TOKEN,
     ROOT,
     VIEWER_TOKEN,
 )
@@ -284,6 +285,28 @@ async def test_acknowledgement_changes_state_in_alert_engine(
     assert acknowledged.rule_id == "console-test-hot"
     await page.wait_for_selector(f'{card}[data-state="acknowledged"]', timeout=30_000)
     await page.close()
+    # a two-day silence, through the API as a script sends it: the engine applies it (any
+    # silence over an hour was refused by the contract, as a clock "ahead of now")
+    request = urllib.request.Request(
+        f"{console_url}/api/alerts/{firing.fingerprint}/actions",
+        data=orjson.dumps({"action": "silence", "minutes": 2 * 24 * 60, "comment": "works"}),
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+    assert response.status == 202
+    response.close()
+    silenced = await wait_for_record(
+        kafka,
+        Topics.ALERTS.name,
+        Alert,
+        since,
+        lambda a: a.fingerprint == firing.fingerprint and a.state is AlertState.SILENCED,
+        timeout_s=60,
+    )
+    until = datetime.fromisoformat(silenced.labels["silenced_until"])
+    assert timedelta(days=2) - timedelta(minutes=5) < until - silenced.updated_at
+    assert until - silenced.updated_at <= timedelta(days=2)
 
 
 async def test_viewer_cannot_acknowledge(browser: Any, console_url: str, stack: Stack) -> None:
