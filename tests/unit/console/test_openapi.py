@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import jsonschema
@@ -28,19 +28,17 @@ from climastream.contract import (
     EvidencePoint,
     GatewayStatus,
     KpiValue,
-    Location,
     Quantity,
-    Reading,
     SourceState,
 )
-from climastream.quantities import CANONICAL_UNITS
 from console.auth import Credentials, Principal, Role
 from console.feed import ListActionSink
 from console.hub import Hub
 from console.state import PANELS, DeviceInfo, LiveState
 from console.web import ACTION_KEYS, MAX_SILENCE, ConsoleApp, openapi_document
+from tests.unit.console.builders import T0, reading
 
-T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+TOKEN = "operator-token-0123456789"
 DOC = openapi_document()
 SCHEMAS = DOC["components"]["schemas"]
 PANEL_SCHEMAS = {
@@ -52,6 +50,12 @@ PANEL_SCHEMAS = {
     "stats": "StatsSnapshot",
 }
 METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+def _operator() -> Credentials:
+    credentials = Credentials()
+    credentials.add_token(TOKEN, Principal("olga", Role.OPERATOR))
+    return credentials
 
 
 def validator(ref: str) -> jsonschema.Draft202012Validator:
@@ -130,21 +134,6 @@ def test_comment_pattern_is_the_contracts_single_line_rule() -> None:
         assert (pattern.fullmatch(f"ok {char}") is not None) == accepted, hex(code)
 
 
-def _reading(device: str, zone: str, seq: int, quantity: Quantity, value: float) -> Reading:
-    return Reading(
-        device_id=device,
-        gateway_id="gw-1",
-        seq=seq,
-        quantity=quantity,
-        value=value,
-        unit=CANONICAL_UNITS[quantity],
-        event_time=T0,
-        ingest_time=T0,
-        zone=zone,
-        location=Location(lat=50.8, lon=4.3),
-    )
-
-
 def _kpi(kpi_id: str, zone: str, value: float, unit: str, **extra: Any) -> KpiValue:
     return KpiValue(
         kpi_id=kpi_id,
@@ -178,10 +167,10 @@ def populated_state() -> LiveState:
     state = LiveState([DeviceInfo("quiet-1", zone="park", lat=50.9, lon=4.4)], clock=lambda: T0)
     state.add_readings(
         [
-            _reading("pm-1", "centre", 1, Quantity.PM2_5, 60.0),
-            _reading("t-1", "centre", 1, Quantity.TEMPERATURE, 25.0),
-            _reading("t-2", "park", 1, Quantity.TEMPERATURE, 21.5),
-            _reading("rh-3", "harbour", 1, Quantity.RELATIVE_HUMIDITY, 70.0),
+            reading("pm-1", "centre", 1, Quantity.PM2_5, 60.0),
+            reading("t-1", "centre", 1, Quantity.TEMPERATURE, 25.0),
+            reading("t-2", "park", 1, Quantity.TEMPERATURE, 21.5),
+            reading("rh-3", "harbour", 1, Quantity.RELATIVE_HUMIDITY, 70.0),
         ]
     )
     state.add_kpi(_kpi("eaqi", "centre", 4.0, "1", band="poor"))
@@ -299,30 +288,19 @@ def test_panel_schemas_refuse_what_the_console_never_sends(panel: str, break_it:
 
 
 async def test_the_document_is_served_without_login() -> None:
-    app = ConsoleApp(Hub(LiveState()), Credentials(), ListActionSink()).build()
+    app = ConsoleApp(Hub(LiveState()), _operator(), ListActionSink()).build()
     async with TestClient(TestServer(app)) as client:
         response = await client.get("/api/openapi.json")
         assert response.status == 200
         assert response.content_type == "application/json"
         assert await response.json() == DOC
         # and a typo'd panel is a JSON error like every other /api/ error
-        credentials_app = ConsoleApp(Hub(LiveState()), _operator(), ListActionSink()).build()
-    async with TestClient(TestServer(credentials_app)) as client:
         response = await client.get(
             "/api/snapshot/mapp", headers={"Authorization": f"Bearer {TOKEN}"}
         )
         assert response.status == 404
         assert response.content_type == "application/json"
         assert "unknown panel 'mapp'" in (await response.json())["error"]
-
-
-TOKEN = "operator-token-0123456789"
-
-
-def _operator() -> Credentials:
-    credentials = Credentials()
-    credentials.add_token(TOKEN, Principal("olga", Role.OPERATOR))
-    return credentials
 
 
 @pytest.mark.parametrize(

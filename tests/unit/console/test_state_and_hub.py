@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from climastream.contract import GatewayStatus, KpiValue, Location, Quantity, Reading
-from climastream.quantities import CANONICAL_UNITS
+from climastream.contract import GatewayStatus, KpiValue, Quantity
 from console.hub import Hub
 from console.state import (
     DeviceInfo,
@@ -17,8 +16,7 @@ from console.state import (
     StateLimits,
     eaqi_band_index,
 )
-
-T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+from tests.unit.console.builders import T0, reading
 
 
 class Clock:
@@ -27,23 +25,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-def reading(
-    device: str, zone: str, seq: int, quantity: Quantity, value: float, at: datetime
-) -> Reading:
-    return Reading(
-        device_id=device,
-        gateway_id="gw",
-        seq=seq,
-        quantity=quantity,
-        value=value,
-        unit=CANONICAL_UNITS[quantity],
-        event_time=at,
-        ingest_time=at,
-        zone=zone,
-        location=Location(lat=50.8, lon=4.3),
-    )
 
 
 def test_eaqi_bands_follow_the_eea_2024_breakpoints() -> None:

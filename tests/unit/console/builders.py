@@ -1,0 +1,28 @@
+"""Contract records for the console's unit tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from climastream.contract import Location, Quantity, Reading
+from climastream.quantities import CANONICAL_UNITS
+
+T0 = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+def reading(
+    device: str, zone: str, seq: int, quantity: Quantity, value: float, at: datetime = T0
+) -> Reading:
+    """A reading of ``device`` in ``zone`` from gateway ``gw``, located, stamped ``at``."""
+    return Reading(
+        device_id=device,
+        gateway_id="gw",
+        seq=seq,
+        quantity=quantity,
+        value=value,
+        unit=CANONICAL_UNITS[quantity],
+        event_time=at,
+        ingest_time=at,
+        zone=zone,
+        location=Location(lat=50.8, lon=4.3),
+    )
