@@ -117,10 +117,16 @@ def _now(info: ValidationInfo) -> datetime:
     return now if isinstance(now, datetime) else datetime.now(UTC)
 
 
+def _to_utc(value: datetime) -> datetime:
+    """An aware time as the same instant in UTC (``tzinfo is UTC``)."""
+    if value.tzinfo is UTC:
+        return value
+    return value.astimezone(UTC) if value.utcoffset() else value.replace(tzinfo=UTC)
+
+
 def _check_time(field: str, value: datetime, now: datetime) -> datetime:
     """Normalise to UTC and reject timestamps outside [EARLIEST_EVENT_TIME, now + skew]."""
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC) if value.utcoffset() else value.replace(tzinfo=UTC)
+    value = _to_utc(value)
     if value < EARLIEST_EVENT_TIME:
         raise ValueError(
             f"{field} {value.isoformat()} is before {EARLIEST_EVENT_TIME.date()}; "
@@ -379,13 +385,12 @@ class AlertAction(_Model):
 
     @model_validator(mode="after")
     def _silence_ends_after_it_starts(self) -> AlertAction:
-        until = self.until
-        if until is None:
+        if self.until is None:
             return self
         if self.action is not AlertActionKind.SILENCE:
             raise ValueError(f"until applies only to action 'silence', not {self.action.value!r}")
-        if until.tzinfo is not UTC:
-            until = until.astimezone(UTC)
+        until = _to_utc(self.until)
+        if until is not self.until:
             object.__setattr__(self, "until", until)
         if not self.at < until <= self.at + MAX_SILENCE:
             raise ValueError(

@@ -274,14 +274,19 @@ async def test_acknowledgement_changes_state_in_alert_engine(
     card = f'article[data-fingerprint="{firing.fingerprint}"]'
     await page.wait_for_selector(card, timeout=30_000)
     await page.click(f"{card} button.ack")
-    acknowledged = await wait_for_record(
-        kafka,
-        Topics.ALERTS.name,
-        Alert,
-        since,
-        lambda a: a.fingerprint == firing.fingerprint and a.state is AlertState.ACKNOWLEDGED,
-        timeout_s=60,
-    )
+
+    async def engine_says(state: AlertState) -> Alert:
+        """The engine's next state change of this alert to ``state``."""
+        return await wait_for_record(
+            kafka,
+            Topics.ALERTS.name,
+            Alert,
+            since,
+            lambda a: a.fingerprint == firing.fingerprint and a.state is state,
+            timeout_s=60,
+        )
+
+    acknowledged = await engine_says(AlertState.ACKNOWLEDGED)
     assert acknowledged.rule_id == "console-test-hot"
     await page.wait_for_selector(f'{card}[data-state="acknowledged"]', timeout=30_000)
     await page.close()
@@ -296,14 +301,7 @@ async def test_acknowledgement_changes_state_in_alert_engine(
     response = await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
     assert response.status == 202
     response.close()
-    silenced = await wait_for_record(
-        kafka,
-        Topics.ALERTS.name,
-        Alert,
-        since,
-        lambda a: a.fingerprint == firing.fingerprint and a.state is AlertState.SILENCED,
-        timeout_s=60,
-    )
+    silenced = await engine_says(AlertState.SILENCED)
     until = datetime.fromisoformat(silenced.labels["silenced_until"])
     assert timedelta(days=2) - timedelta(minutes=5) < until - silenced.updated_at
     assert until - silenced.updated_at <= timedelta(days=2)
