@@ -65,3 +65,64 @@ def test_paused_broker_keeps_its_topics(stack: Stack) -> None:
         time.sleep(0.2)
     assert stack.kafka_ready()
     stack.create_topics()  # nothing to create: the topics survived
+
+
+def _publish(port: int, payload: bytes) -> None:
+    """Publish ``payload`` (QoS 1) to the topic of :func:`_session`."""
+    import paho.mqtt.client as mqtt
+
+    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stack-test-sender")
+    sender.connect("127.0.0.1", port)
+    sender.loop_start()
+    try:
+        sender.publish("stack-test/t", payload, qos=1).wait_for_publish(timeout=10)
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+
+
+def _session(port: int) -> tuple[bool, list[bytes]]:
+    """Connect as one persistent client (QoS 1 subscription); (session present, received)."""
+    import paho.mqtt.client as mqtt
+
+    present: list[bool] = []
+    got: list[bytes] = []
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id="stack-test-session", clean_session=False
+    )
+    client.on_connect = lambda c, u, flags, rc, p: present.append(flags.session_present)
+    client.on_message = lambda c, u, msg: got.append(msg.payload)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + 10
+        while not present and time.monotonic() < deadline:
+            time.sleep(0.05)
+        client.subscribe("stack-test/t", qos=1)
+        time.sleep(1.0)  # queued messages arrive now (their absence is an outcome too)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return present[0], got
+
+
+def test_mqtt_sessions_survive_a_broker_restart_but_not_a_new_stack(tmp_path: Path) -> None:
+    own = Stack(
+        StackConfig(state_dir=tmp_path / "s", kafka_port=39092, mqtt_port=31883, tsdb_port=38428)
+    )
+    port = own.config.mqtt_port
+    own.up(install=False)
+    try:
+        assert _session(port) == (False, [])  # the broker now keeps a session for it
+        _publish(port, b"queued before the restart")
+        own.stop_service("mqtt")
+        own.start_service("mqtt")
+        # an outage of the broker alone: the session and the message queued on it survive
+        assert _session(port) == (True, [b"queued before the restart"])
+        _publish(port, b"queued before down")
+        own.down()
+        own.up(install=False)
+        # a new stack starts afresh, like Tansu's topics: nothing from the earlier one
+        assert _session(port) == (False, [])
+    finally:
+        own.down()
