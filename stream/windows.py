@@ -24,6 +24,7 @@ zone stage (:mod:`stream.zones`) turns into KPIs; see ``stream/README.md`` for w
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,10 +68,26 @@ class Seen(enum.Enum):
 
 class SeenSeqs:
     """Per-device memory of sequence numbers: a floor (every seq at or below it counts as
-    seen) plus the set of seen seqs above it. In-order delivery keeps the set empty, so the
-    memory and the checkpoint stay tiny. When gaps pile up beyond ``cap`` per device the
-    floor is raised past the oldest half; a reading that old is then counted as a
-    duplicate ("stale"), which only happens far beyond any window's grace.
+    seen) plus the seqs seen above it, each with its event time.
+
+    Gateway-assigned numbers arrive in order, so the floor just moves up and nothing is
+    remembered individually. Numbers from a device's own counter have gaps by design (the
+    edge numbers them ``counter * 256 + position in the frame``, and a lost LoRaWAN uplink
+    skips an fCnt), so the floor cannot move past them by itself. Two bounds keep that
+    memory, and so the checkpoint, small:
+
+    * **Horizon** (``horizon_us``, event time behind the device's newest reading; the
+      windows pass one window plus grace): an older seq is folded into the floor, gaps
+      below it included. A reading that old lands in a closed window whatever it is, so
+      folding never lets a duplicate into a KPI. Without it, a city's LoRaWAN devices
+      each kept thousands of numbers: 100 devices on one partition made a 1.5 MB
+      checkpoint after four days, more than Kafka takes in one record.
+    * **Cap** (``cap`` per device, for fast devices within the horizon): the floor is
+      raised past the oldest half.
+
+    A reading at or below a folded or raised floor counts as a duplicate ("stale"). It
+    could only be new if the device's numbers ran against its clock by more than the
+    horizon, and then it would be late anyway.
 
     **Counter resets.** A device whose counter starts again (a LoRaWAN rejoin sets fCnt to
     0; a node that rebooted without keeping its frame counter) repeats numbers it used
@@ -83,35 +100,53 @@ class SeenSeqs:
     duplicate.
     """
 
-    def __init__(self, cap: int = 4096) -> None:
+    def __init__(self, cap: int = 4096, horizon_us: int | None = None) -> None:
         self._cap = cap
-        # device -> [floor, set above it, newest event time (us) or None if unknown,
-        #            the numbering before the last reset as (floor, seen above, newest) or None]
+        self._horizon = horizon_us
+        # device -> [floor, seqs above it, newest event time (us) or None if unknown,
+        #            the numbering before the last reset as (floor, seen above, newest) or
+        #            None, (event time, seq) of the seqs above in arrival order]
+        # The last may still list seqs since folded or raised past (skipped when met).
         self._state: dict[str, list[Any]] = {}
 
     def add(self, device_id: str, seq: int, event_us: int) -> Seen:
         """Record ``seq``: new, a duplicate (or stale), or the first of a restarted counter."""
         state = self._state.get(device_id)
         if state is None:
-            self._state[device_id] = [seq, set(), event_us, None]
+            self._state[device_id] = [seq, set(), event_us, None, deque()]
             return Seen.NEW
-        floor, above, newest, before = state
+        floor, above, newest, before, order = state
         if seq <= floor or seq in above:
             if newest is not None and event_us > newest:
-                self._state[device_id] = [seq, set(), event_us, (floor, frozenset(above), newest)]
+                self._state[device_id] = [
+                    seq,
+                    set(),
+                    event_us,
+                    (floor, frozenset(s for s in above if s > floor), newest),
+                    deque(),
+                ]
                 return Seen.RESET
             return Seen.DUPLICATE
         if before is not None and event_us <= before[2] and (seq <= before[0] or seq in before[1]):
             return Seen.DUPLICATE  # a redelivery from before the counter restarted
         if newest is None or event_us > newest:
-            state[2] = event_us
+            state[2] = newest = event_us
         if seq == floor + 1 and not above:
             state[0] = seq
             return Seen.NEW
         above.add(seq)
+        order.append((event_us, seq))
         while floor + 1 in above:
             floor += 1
             above.discard(floor)
+        if self._horizon is not None and order[0][0] < newest - self._horizon:
+            limit = newest - self._horizon
+            while order and order[0][0] < limit:
+                old = order.popleft()[1]
+                if old in above:
+                    above.discard(old)
+                    if old > floor:
+                        floor = old
         state[0] = floor
         if len(above) > self._cap:
             ordered = sorted(above)
@@ -120,22 +155,38 @@ class SeenSeqs:
             state[1] = {s for s in above if s > cut}
         return Seen.NEW
 
+    def remembered(self) -> int:
+        """How many seqs are held one by one, over all devices (not the floors)."""
+        return sum(len(state[1]) for state in self._state.values())
+
     def snapshot(self) -> dict[str, list[Any]]:
-        return {
-            d: [f, sorted(s), n, None if b is None else [b[0], sorted(b[1]), b[2]]]
-            for d, (f, s, n, b) in self._state.items()
-        }
+        out: dict[str, list[Any]] = {}
+        for device, (floor, above, newest, before, order) in self._state.items():
+            kept = sorted((s, t) for t, s in order if s > floor and s in above)
+            out[device] = [
+                floor,
+                [s for s, _ in kept],
+                newest,
+                None if before is None else [before[0], sorted(before[1]), before[2]],
+                [t for _, t in kept],
+            ]
+        return out
 
     def restore(self, snap: dict[str, list[Any]]) -> None:
-        # a checkpoint from before resets were detected has no newest time: until the
-        # device's next new reading, a seen number then counts as a duplicate (safe side)
+        # Older layouts: without newest times (from before resets were detected), a seen
+        # number counts as a duplicate until the device's next new reading (safe side);
+        # without the seqs' own times, each gets the device's newest, so it is folded one
+        # horizon after that (or at the next new reading when that is unknown too).
         self._state = {}
         for device, v in snap.items():
             newest = v[2] if len(v) > 2 else None
             before = v[3] if len(v) > 3 else None
             if before is not None:
                 before = (int(before[0]), frozenset(before[1]), before[2])
-            self._state[device] = [int(v[0]), set(v[1]), newest, before]
+            seqs = [int(s) for s in v[1]]
+            times = v[4] if len(v) > 4 else [0 if newest is None else newest] * len(seqs)
+            order = deque(sorted(zip(times, seqs, strict=True)))
+            self._state[device] = [int(v[0]), set(seqs), newest, before, order]
 
 
 class DeviceWindows:
@@ -147,7 +198,9 @@ class DeviceWindows:
         self.size_us = size // timedelta(microseconds=1)
         self.grace_us = grace // timedelta(microseconds=1)
         self._partials: dict[tuple[str, int], DevicePartial] = {}
-        self._seen = SeenSeqs()
+        # seqs are remembered one by one for as long as a reading could still land in an
+        # open window (see SeenSeqs)
+        self._seen = SeenSeqs(horizon_us=self.size_us + self.grace_us)
         self._max_event: dict[str, int] = {}  # gateway -> newest event time
         self._closed: dict[str, int] = {}  # gateway -> windows ending at/before are closed
         self._wall_horizon: int | None = None

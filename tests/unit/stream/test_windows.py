@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from climastream.contract import Quantity, Reading
-from stream.windows import DeviceWindows, to_us
+from stream.windows import DeviceWindows, SeenSeqs, to_us
 
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -98,3 +101,112 @@ def test_a_checkpoint_without_newest_times_keeps_treating_repeats_as_duplicates(
     assert again.stats.duplicates == 1
     again.add([reading(3, T0 + 10 * S), reading(1, T0 + 11 * S)])  # newest known again
     assert again.stats.counter_resets == 1
+
+
+# ---------------------------------------------------------------- devices with own counters
+
+L0 = datetime(2026, 1, 1, tzinfo=UTC)  # days of readings before it are still in the past
+
+
+def uplink(counter: int, at: datetime, device: str = "lora-1", size: int = 4) -> list[Reading]:
+    """One uplink as the edge numbers it: ``seq = counter * 256 + position in the frame``."""
+    return [
+        Reading(
+            device_id=device,
+            gateway_id="gw-1",
+            seq=counter * 256 + i,
+            quantity=Quantity.TEMPERATURE,
+            value=20.0 + (counter % 50) + i / 10,
+            unit="Cel",
+            event_time=at,
+            ingest_time=at,
+            zone="centre",
+        )
+        for i in range(size)
+    ]
+
+
+def test_counter_numbered_devices_keep_a_bounded_memory_and_checkpoint() -> None:
+    """Four days of a LoRaWAN device (every 10 min, 4 readings, gaps between uplinks)."""
+    windows = DeviceWindows(size=60 * S, grace=10 * S)
+    for counter in range(600):
+        windows.add(uplink(counter, L0 + counter * 600 * S))
+        windows.close()
+    assert windows.stats.added == 2400
+    # only the newest uplink is inside one window plus grace of the newest reading
+    assert windows._seen.remembered() <= 4
+    seen = windows.snapshot()["seen"]["lora-1"]
+    assert len(seen[1]) <= 4
+    assert len(seen[4]) == len(seen[1])
+
+
+def test_a_redelivery_older_than_the_horizon_is_still_a_duplicate() -> None:
+    windows = DeviceWindows(size=60 * S, grace=10 * S)
+    for counter in range(10):
+        windows.add(uplink(counter, L0 + counter * 600 * S))
+    again = DeviceWindows(size=60 * S, grace=10 * S)
+    again.restore(windows.snapshot())
+    for engine in (windows, again):
+        # a gateway resend of uplink 2 (folded into the floor long ago) and of uplink 9
+        assert engine.add(uplink(2, L0 + 1200 * S) + uplink(9, L0 + 5400 * S)) == []
+        assert engine.stats.duplicates == 8
+        assert engine.stats.added == 40
+
+
+def test_a_checkpoint_without_seq_times_folds_them_one_horizon_later() -> None:
+    windows = DeviceWindows(size=60 * S, grace=10 * S)
+    windows.add(uplink(0, L0) + uplink(1, L0 + 30 * S))
+    snap = windows.snapshot()
+    snap["seen"] = {d: v[:4] for d, v in snap["seen"].items()}  # the layout before times
+    again = DeviceWindows(size=60 * S, grace=10 * S)
+    again.restore(snap)
+    assert again._seen.remembered() == 4  # 256..259, above the floor 3
+    again.add(uplink(2, L0 + 200 * S))  # the restored ones are now past the horizon
+    assert again._seen.remembered() <= 4
+    again.add(uplink(1, L0 + 30 * S))
+    assert again.stats.duplicates == 4
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> list[tuple[int, int, int]]:
+    """(device, counter, event second) uplinks in counter order, some lost on the air,
+    with at-least-once redeliveries of earlier ones mixed in (recent or hours old)."""
+    out: list[tuple[int, int, int]] = []
+    for device in range(draw(st.integers(1, 3))):
+        t = 0
+        for counter in range(draw(st.integers(1, 40))):
+            t += draw(st.sampled_from([5, 20, 60, 600]))
+            if draw(st.integers(0, 9)) == 0:
+                continue  # lost: a gap in the numbers for good
+            out.append((device, counter, t))
+    for _ in range(draw(st.integers(0, 30))):
+        if out:
+            out.append(draw(st.sampled_from(out)))  # a redelivery
+    return draw(st.permutations(out)) if draw(st.booleans()) else sorted(out, key=lambda u: u[2])
+
+
+@given(deliveries())
+@settings(max_examples=300, deadline=None)
+def test_folding_old_numbers_never_changes_what_reaches_a_window(
+    uplinks: list[tuple[int, int, int]],
+) -> None:
+    """Against a memory that keeps every seq forever: the same values in the same windows.
+
+    Only the reason a skipped reading is counted may differ (a folded redelivery is a
+    duplicate here, late there); every reading is either in a window or counted.
+    """
+    bounded = DeviceWindows(size=60 * S, grace=10 * S)
+    unbounded = DeviceWindows(size=60 * S, grace=10 * S)
+    unbounded._seen = SeenSeqs(cap=10**9, horizon_us=None)
+    for engine in (bounded, unbounded):
+        for device, counter, t in uplinks:
+            engine.add(uplink(counter, T0 + t * S, device=f"lora-{device}", size=3))
+            engine.close()
+
+    def windows_of(engine: DeviceWindows) -> list[tuple[str, int, list[float]]]:
+        return sorted((p["d"], p["ws"], sorted(p["q"]["temperature"])) for p in engine.flush())
+
+    stats = bounded.stats
+    assert windows_of(bounded) == windows_of(unbounded)
+    assert stats.added + stats.duplicates + stats.late == 3 * len(uplinks)
+    assert stats.added == unbounded.stats.added
