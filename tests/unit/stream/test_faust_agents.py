@@ -3,6 +3,7 @@ partials re-keyed by zone, stage 2 turns partials plus watermarks into KpiValues
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -176,3 +177,54 @@ async def test_a_catch_up_that_closes_many_windows_is_split_into_bounded_records
     assert sum(marks) <= 4  # one watermark per target partition, after its items
     assert reference
     assert kpis == reference
+
+
+async def test_checkpoint_size_is_a_metric_and_a_big_one_is_logged_once(
+    tmp_path: Any, sent: Sent, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole partition's state is one Kafka record: operators see it approach 1 MB."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    import stream.app
+    from stream.app import EngineCollector
+
+    monkeypatch.setattr(stream.app, "CHECKPOINT_WARN_BYTES", 1000)
+    config = StreamConfig.model_validate({"window": "10s", "grace": "1s"})
+    app = create_app(
+        StreamSettings(
+            config=config, store="memory", data_dir=str(tmp_path), app_id="t",
+            checkpoint_interval_s=0,
+        ),
+        produce=sent,
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(app))
+
+    def batch(devices: int, seq: int) -> bytes:
+        readings = [
+            Reading(device_id=f"d{i}", gateway_id="gw", seq=seq, quantity=Quantity.TEMPERATURE,
+                    value=20.0, unit="Cel", event_time=T0 + timedelta(seconds=seq),
+                    ingest_time=T0, zone="centre")
+            for i in range(devices)
+        ]  # fmt: skip
+        return encode(ReadingBatch(gateway_id="gw", readings=tuple(readings)))
+
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=batch(1, 0))
+        small = generate_latest(registry).decode()
+        with caplog.at_level(logging.WARNING, logger="stream.app"):
+            await ctx.put(key=b"gw", value=batch(20, 1))
+            await ctx.put(key=b"gw", value=batch(20, 2))
+    big = generate_latest(registry).decode()
+
+    def size(text: str) -> float:
+        line = next(
+            line for line in text.splitlines()
+            if line.startswith('climastream_stream_checkpoint_bytes{partition="0",stage="devices"}')
+        )  # fmt: skip
+        return float(line.rsplit(" ", 1)[1])
+
+    assert 0 < size(small) < 1000 < size(big)
+    warnings = [r.getMessage() for r in caplog.records if "near the 1 MB" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "stage=s1 partition=0" in warnings[0]
