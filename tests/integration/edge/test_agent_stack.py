@@ -358,35 +358,29 @@ async def _until(condition: object, timeout_s: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_lorawan_over_mqtt_survives_an_agent_restart(
-    stack: Stack, tmp_path: Path, gateway_id: str
-) -> None:
-    """QoS 1 on a persistent session: uplinks published while the agent is down arrive."""
-    from firmware_bridge.simulators.lorawan import VirtualLoRaWANDevice, publish_uplinks
-
-    app = f"app-{gateway_id}"
-    source = {
+def chirpstack_source(stack: Stack, app: str, **extra: Any) -> dict[str, Any]:
+    """An MQTT source reading ChirpStack uplinks of ``app`` (Cayenne LPP) from the stack."""
+    return {
         "kind": "mqtt",
         "name": "chirpstack",
         "broker": {"host": stack.config.host, "port": stack.config.mqtt_port},
         "topics": [f"application/{app}/device/+/event/up"],
         "format": "chirpstack",
         "lorawan_codec": "cayenne",
+        **extra,
     }
-    path = gateway_yaml(
-        tmp_path / "gw.yaml",
-        stack,
-        gateway_id=gateway_id,
-        devices=0,
-        cadence_s=1,
-        sources=[source],
-    )
+
+
+def lorawan_uplinks(app: str, eui_prefix: str) -> Callable[[int], list[tuple[str, Any]]]:
+    """``uplinks(count)``: the next ``count`` rounds of uplinks of three virtual devices."""
+    from firmware_bridge.simulators.lorawan import VirtualLoRaWANDevice
+
     devices = [
-        VirtualLoRaWANDevice(dev_eui=f"a84041000181c2{i:02x}", application_id=app, seed=i)
+        VirtualLoRaWANDevice(dev_eui=f"{eui_prefix}{i:02x}", application_id=app, seed=i)
         for i in range(3)
     ]
 
-    def uplinks(count: int) -> list[tuple[str, dict[str, Any]]]:
+    def uplinks(count: int) -> list[tuple[str, Any]]:
         out = []
         for _ in range(count):
             for device in devices:
@@ -394,6 +388,26 @@ async def test_lorawan_over_mqtt_survives_an_agent_restart(
                 if made is not None:
                     out.append((made[0], made[1]))
         return out
+
+    return uplinks
+
+
+async def test_lorawan_over_mqtt_survives_an_agent_restart(
+    stack: Stack, tmp_path: Path, gateway_id: str
+) -> None:
+    """QoS 1 on a persistent session: uplinks published while the agent is down arrive."""
+    from firmware_bridge.simulators.lorawan import publish_uplinks
+
+    app = f"app-{gateway_id}"
+    path = gateway_yaml(
+        tmp_path / "gw.yaml",
+        stack,
+        gateway_id=gateway_id,
+        devices=0,
+        cadence_s=1,
+        sources=[chirpstack_source(stack, app)],
+    )
+    uplinks = lorawan_uplinks(app, "a84041000181c2")
 
     async def run_while(
         publish: list[tuple[str, dict[str, Any]]] | None, expect_sent: int = 0
@@ -436,43 +450,18 @@ async def test_mqtt_broker_restart_reconnects_and_loses_nothing(
     but before the agent had reconnected (the broker queues them on the agent's persistent
     session), all reach Kafka; the reconnect is counted.
     """
-    from firmware_bridge.simulators.lorawan import VirtualLoRaWANDevice, publish_uplinks
+    from firmware_bridge.simulators.lorawan import publish_uplinks
 
     app = f"app-{gateway_id}"
     backoff_s = 8.0  # the agent's first retry comes well after the broker is back
-    source = {
-        "kind": "mqtt",
-        "name": "chirpstack",
-        "broker": {"host": stack.config.host, "port": stack.config.mqtt_port},
-        "topics": [f"application/{app}/device/+/event/up"],
-        "format": "chirpstack",
-        "lorawan_codec": "cayenne",
-        "reconnect_min_s": backoff_s,
-        "reconnect_max_s": backoff_s,
-    }
+    source = chirpstack_source(stack, app, reconnect_min_s=backoff_s, reconnect_max_s=backoff_s)
     path = gateway_yaml(
-        tmp_path / "gw.yaml",
-        stack,
-        gateway_id=gateway_id,
-        devices=0,
-        cadence_s=1,
+        tmp_path / "gw.yaml", stack, gateway_id=gateway_id, devices=0, cadence_s=1,
         sources=[source],
-    )
-    devices = [
-        VirtualLoRaWANDevice(dev_eui=f"a84041000182c3{i:02x}", application_id=app, seed=i)
-        for i in range(3)
-    ]
+    )  # fmt: skip
+    uplinks = lorawan_uplinks(app, "a84041000182c3")
 
-    def uplinks(count: int) -> list[tuple[str, dict[str, Any]]]:
-        out = []
-        for _ in range(count):
-            for device in devices:
-                made = device.uplink()
-                if made is not None:
-                    out.append((made[0], made[1]))
-        return out
-
-    def publish(batch: list[tuple[str, dict[str, Any]]]) -> int:
+    def publish(batch: list[tuple[str, Any]]) -> int:
         return publish_uplinks(stack.config.host, stack.config.mqtt_port, batch)
 
     agent = Agent(load_config(path))
