@@ -165,6 +165,7 @@ class _Partition:
     pending: list[Any] = field(default_factory=list)  # events to ack after a checkpoint
     last_event: Any = None
     last_checkpoint: float = 0.0
+    checkpoint_bytes: int = 0  # size of the last checkpoint written (one Kafka record)
     warned_size: bool = False  # a checkpoint near the record size limit was logged
 
 
@@ -175,8 +176,6 @@ class EngineMetrics:
     dead_letter: int = 0
     kpis: int = 0
     checkpoints: int = 0
-    #: size of the last checkpoint written, per "<stage>:<partition>"
-    checkpoint_bytes: dict[str, int] = field(default_factory=dict)
 
 
 #: ``produce(topic, key, value, partition, headers)``: hand one record to the producer
@@ -265,8 +264,8 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         if part.last_event is None:
             return  # nothing consumed since the restart: the stored checkpoint still holds
         value = orjson.dumps({"offset": part.offset, "state": part.engine.snapshot()})
-        metrics.checkpoint_bytes[f"{prefix}:{p}"] = len(value)
-        if len(value) > CHECKPOINT_WARN_BYTES and not part.warned_size:
+        part.checkpoint_bytes = len(value)
+        if part.checkpoint_bytes > CHECKPOINT_WARN_BYTES and not part.warned_size:
             part.warned_size = True
             log.warning(
                 "checkpoint of stage=%s partition=%s is %d bytes, near the 1 MB a Kafka "
@@ -274,7 +273,7 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
                 "the changelog topic's max.message.bytes)",
                 prefix,
                 p,
-                len(value),
+                part.checkpoint_bytes,
             )
         # Faust writes a table key to the changelog partition of the *current event*; the
         # timer has none, so it borrows the partition's last event (same partition).
@@ -370,10 +369,8 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         for tp in revoked:
             if tp.topic == settings.readings_topic:
                 stage1.pop(tp.partition, None)
-                metrics.checkpoint_bytes.pop(f"s1:{tp.partition}", None)
             elif tp.topic == settings.partials_topic:
                 stage2.pop(tp.partition, None)
-                metrics.checkpoint_bytes.pop(f"s2:{tp.partition}", None)
 
     @app.timer(settings.close_interval_s)
     async def close_windows() -> None:
@@ -383,10 +380,8 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
                     if tp.topic == settings.readings_topic}  # fmt: skip
         for p in [p for p in stage1 if p not in assigned]:
             del stage1[p]  # revoked: the new owner restores it from the changelog
-            metrics.checkpoint_bytes.pop(f"s1:{p}", None)
         for p in [p for p in stage2 if p not in _assigned(app, settings.partials_topic)]:
             del stage2[p]
-            metrics.checkpoint_bytes.pop(f"s2:{p}", None)
         now = datetime.now(UTC)
         for p, tp in sorted(assigned.items()):
             part = load(stage1, "s1", p)
@@ -467,9 +462,10 @@ class EngineCollector:
             "size of the last state checkpoint written (one Kafka record)",
             labels=["stage", "partition"],
         )
-        for key, size in sorted(metrics.checkpoint_bytes.items()):
-            stage, _, partition = key.partition(":")
-            sizes.add_metric(["devices" if stage == "s1" else "zones", partition], size)
+        for stage, parts in (("devices", stage1), ("zones", stage2)):
+            for p, part in sorted(parts.items()):
+                if part.checkpoint_bytes:
+                    sizes.add_metric([stage, str(p)], part.checkpoint_bytes)
         yield sizes
         partitions = GaugeMetricFamily(
             "climastream_stream_partitions", "partitions held by this worker", labels=["stage"]

@@ -139,7 +139,7 @@ class SeenSeqs:
         while floor + 1 in above:
             floor += 1
             above.discard(floor)
-        if self._horizon is not None and order[0][0] < newest - self._horizon:
+        if self._horizon is not None:
             limit = newest - self._horizon
             while order and order[0][0] < limit:
                 old = order.popleft()[1]
