@@ -67,18 +67,12 @@ def test_paused_broker_keeps_its_topics(stack: Stack) -> None:
     stack.create_topics()  # nothing to create: the topics survived
 
 
-def _publish(port: int, payload: bytes) -> None:
-    """Publish ``payload`` (QoS 1) to the topic of :func:`_session`."""
-    import paho.mqtt.client as mqtt
+def _publish(port: int, text: str) -> bytes:
+    """Publish ``text`` (QoS 1, acknowledged) to the topic of :func:`_session`; its bytes."""
+    from firmware_bridge.simulators.lorawan import publish_uplinks
 
-    sender = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="stack-test-sender")
-    sender.connect("127.0.0.1", port)
-    sender.loop_start()
-    try:
-        sender.publish("stack-test/t", payload, qos=1).wait_for_publish(timeout=10)
-    finally:
-        sender.disconnect()
-        sender.loop_stop()
+    publish_uplinks("127.0.0.1", port, [("stack-test/t", {"m": text})])
+    return json.dumps({"m": text}).encode()
 
 
 def _session(port: int) -> tuple[bool, list[bytes]]:
@@ -91,7 +85,7 @@ def _session(port: int) -> tuple[bool, list[bytes]]:
         mqtt.CallbackAPIVersion.VERSION2, client_id="stack-test-session", clean_session=False
     )
     client.on_connect = lambda c, u, flags, rc, p: present.append(flags.session_present)
-    client.on_message = lambda c, u, msg: got.append(msg.payload)
+    client.on_message = lambda c, u, msg: got.append(bytes(msg.payload))
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
@@ -114,12 +108,12 @@ def test_mqtt_sessions_survive_a_broker_restart_but_not_a_new_stack(tmp_path: Pa
     own.up(install=False)
     try:
         assert _session(port) == (False, [])  # the broker now keeps a session for it
-        _publish(port, b"queued before the restart")
+        queued = _publish(port, "queued before the restart")
         own.stop_service("mqtt")
         own.start_service("mqtt")
         # an outage of the broker alone: the session and the message queued on it survive
-        assert _session(port) == (True, [b"queued before the restart"])
-        _publish(port, b"queued before down")
+        assert _session(port) == (True, [queued])
+        _publish(port, "queued before down")
         own.down()
         own.up(install=False)
         # a new stack starts afresh, like Tansu's topics: nothing from the earlier one

@@ -18,6 +18,20 @@ from stream.windows import to_us
 T0 = datetime(2024, 7, 1, 10, 0, tzinfo=UTC)
 
 
+def temperature(
+    device: str, seq: int, seconds: float, *, value: float = 20.0, zone: str = "centre"
+) -> Reading:
+    """A temperature reading of gateway "gw", made ``seconds`` after T0."""
+    return Reading(device_id=device, gateway_id="gw", seq=seq, quantity=Quantity.TEMPERATURE,
+                   value=value, unit="Cel", event_time=T0 + timedelta(seconds=seconds),
+                   ingest_time=T0, zone=zone)  # fmt: skip
+
+
+def batch_of(readings: list[Reading]) -> bytes:
+    """The encoded ReadingBatch record of gateway "gw"."""
+    return encode(ReadingBatch(gateway_id="gw", readings=tuple(readings)))
+
+
 def _agent(app: Any, name: str) -> Any:
     return next(a for key, a in app.agents.items() if key.endswith(name))
 
@@ -57,16 +71,11 @@ def app(tmp_path: Any, sent: Sent) -> Any:
 
 
 async def test_devices_agent_closes_windows_by_event_time(app: Any, sent: Sent) -> None:
-    readings = [
-        Reading(device_id="d1", gateway_id="gw", seq=i, quantity=Quantity.TEMPERATURE,
-                value=20.0 + i, unit="Cel", event_time=T0 + timedelta(seconds=4 * i),
-                ingest_time=T0, zone="centre")
-        for i in range(4)  # 0, 4, 8 s in window 0; 12 s closes it (12 >= 10 + 1 grace)
-    ]  # fmt: skip
-    batch = ReadingBatch(gateway_id="gw", readings=tuple(readings))
+    # 0, 4, 8 s in window 0; 12 s closes it (12 >= 10 + 1 grace)
+    readings = [temperature("d1", i, 4 * i, value=20.0 + i) for i in range(4)]
     agent = _agent(app, "devices")
     async with agent.test_context() as ctx:
-        await ctx.put(key=b"gw", value=encode(batch))
+        await ctx.put(key=b"gw", value=batch_of(readings))
     items = [item for raw in sent.values("t-kpi-partials") for item in orjson.loads(raw)["items"]]
     assert len(items) == 1
     key, reference, partial = items[0]
@@ -99,13 +108,7 @@ async def test_metrics_count_duplicates_resets_and_readings(app: Any, sent: Sent
     from stream.app import EngineCollector
 
     def batch(seqs_and_seconds: list[tuple[int, int]]) -> bytes:
-        readings = [
-            Reading(device_id="d1", gateway_id="gw", seq=seq, quantity=Quantity.TEMPERATURE,
-                    value=20.0, unit="Cel", event_time=T0 + timedelta(seconds=at),
-                    ingest_time=T0, zone="centre")
-            for seq, at in seqs_and_seconds
-        ]  # fmt: skip
-        return encode(ReadingBatch(gateway_id="gw", readings=tuple(readings)))
+        return batch_of([temperature("d1", seq, at) for seq, at in seqs_and_seconds])
 
     registry = CollectorRegistry()
     registry.register(EngineCollector(app))
@@ -134,25 +137,12 @@ async def test_a_catch_up_that_closes_many_windows_is_split_into_bounded_records
             partials_record_bytes=limit,
         )  # fmt: skip
         app = create_app(settings, produce=sent)
+        # windows [0,10) of 40 devices close when t=12 s arrives
         readings = [
-            Reading(
-                device_id=f"d{d}",
-                gateway_id="gw",
-                seq=s,
-                quantity=Quantity.TEMPERATURE,
-                value=20.0,
-                unit="Cel",
-                event_time=T0 + timedelta(seconds=3 * s),
-                ingest_time=T0,
-                zone=f"z{d % 3}",
-            )
-            for s in range(5)
-            for d in range(40)
-        ]  # fmt: skip  (windows [0,10) of 40 devices close when t=12 s arrives)
+            temperature(f"d{d}", s, 3 * s, zone=f"z{d % 3}") for s in range(5) for d in range(40)
+        ]
         async with _agent(app, "devices").test_context() as ctx:
-            await ctx.put(
-                key=b"gw", value=encode(ReadingBatch(gateway_id="gw", readings=tuple(readings)))
-            )
+            await ctx.put(key=b"gw", value=batch_of(readings))
         partials = sent.values("t-kpi-partials")
         async with _agent(app, "zones").test_context() as ctx:
             for raw in partials:
@@ -201,13 +191,7 @@ async def test_checkpoint_size_is_a_metric_and_a_big_one_is_logged_once(
     registry.register(EngineCollector(app))
 
     def batch(devices: int, seq: int) -> bytes:
-        readings = [
-            Reading(device_id=f"d{i}", gateway_id="gw", seq=seq, quantity=Quantity.TEMPERATURE,
-                    value=20.0, unit="Cel", event_time=T0 + timedelta(seconds=seq),
-                    ingest_time=T0, zone="centre")
-            for i in range(devices)
-        ]  # fmt: skip
-        return encode(ReadingBatch(gateway_id="gw", readings=tuple(readings)))
+        return batch_of([temperature(f"d{i}", seq, seq) for i in range(devices)])
 
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch(1, 0))

@@ -14,13 +14,19 @@ T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
 
 
-def reading(seq: int, at: datetime, gateway: str = "gw-1") -> Reading:
+def reading(
+    seq: int,
+    at: datetime,
+    gateway: str = "gw-1",
+    device: str | None = None,
+    value: float | None = None,
+) -> Reading:
     return Reading(
-        device_id=f"th-{gateway}",
+        device_id=device or f"th-{gateway}",
         gateway_id=gateway,
         seq=seq,
         quantity=Quantity.TEMPERATURE,
-        value=20.0 + seq,
+        value=20.0 + seq if value is None else value,
         unit="Cel",
         event_time=at,
         ingest_time=at,
@@ -111,17 +117,7 @@ L0 = datetime(2026, 1, 1, tzinfo=UTC)  # days of readings before it are still in
 def uplink(counter: int, at: datetime, device: str = "lora-1", size: int = 4) -> list[Reading]:
     """One uplink as the edge numbers it: ``seq = counter * 256 + position in the frame``."""
     return [
-        Reading(
-            device_id=device,
-            gateway_id="gw-1",
-            seq=counter * 256 + i,
-            quantity=Quantity.TEMPERATURE,
-            value=20.0 + (counter % 50) + i / 10,
-            unit="Cel",
-            event_time=at,
-            ingest_time=at,
-            zone="centre",
-        )
+        reading(counter * 256 + i, at, device=device, value=20.0 + (counter % 50) + i / 10)
         for i in range(size)
     ]
 
