@@ -80,6 +80,35 @@ class StreamSettings:
         )
 
 
+def confirm_recovery_highwaters() -> None:
+    """Make Faust's table recovery read each changelog partition to its true end.
+
+    Faust takes a changelog partition's end from ``ListOffsets``, which Tansu (the local
+    stack's broker) undercounts when the last batch holds several records; see
+    :mod:`climastream.offsets`. Recovery then stopped short, or refused to start with a
+    ``ConsistencyError``. This wraps the Faust consumer's ``_highwaters`` (faust-streaming
+    0.11-0.15, pinned in pyproject) to confirm each end with a fetch. On Kafka nothing
+    changes but one fetch per changelog partition when a worker recovers. Idempotent.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from climastream.offsets import client_settings, confirmed_end_offsets
+
+    listed = AIOKafkaConsumerThread._highwaters
+    if getattr(listed, "confirmed_by_fetch", False):
+        return
+
+    async def _highwaters(self: Any, partitions: list[Any]) -> Any:
+        ends = await listed(self, partitions)
+        if self.consumer.in_transaction:
+            return ends  # last stable offsets, not ListOffsets answers
+        client = self._ensure_consumer()._client
+        return await confirmed_end_offsets(ends, **client_settings(client))
+
+    _highwaters.confirmed_by_fetch = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
+
+
 def store_url(choice: str) -> str:
     if choice == "memory":
         return "memory://"
@@ -195,6 +224,8 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
     """
     faust = require("faust", "stream")
     from faust.streams import _current_event
+
+    confirm_recovery_highwaters()
 
     config = settings.config
     n = Topics.READINGS.partitions
