@@ -38,6 +38,8 @@ import orjson
 
 from climastream.contract import ContractError, ReadingBatch, Topics, decode, encode
 from climastream.extras import require
+from stream import checkpoints
+from stream.checkpoints import DEFAULT_PART_BYTES
 from stream.config import StreamConfig
 from stream.windows import DevicePartial, DeviceWindows
 from stream.zones import ZoneWindows, partition_for, routing_keys
@@ -61,6 +63,9 @@ class StreamSettings:
     #: outage closes thousands of device windows at once, far more than one Kafka record
     #: may carry (1 MiB by default), so they go out in several records
     partials_record_bytes: int = 256 * 1024
+    #: a partition's checkpoint bigger than this is stored in parts of at most this many
+    #: bytes under a manifest (:mod:`stream.checkpoints`); smaller, it is one table value
+    checkpoint_part_bytes: int = DEFAULT_PART_BYTES
 
     @property
     def partials_topic(self) -> str:
@@ -135,10 +140,9 @@ def rocksdb_options() -> dict[str, int]:
     }
 
 
-#: Faust's producer refuses records over 1,000,000 bytes (``producer_max_request_size``),
-#: and Kafka's default ``max.message.bytes`` is about the same: a checkpoint past this
-#: share of it is logged as a warning, before it no longer fits
-CHECKPOINT_WARN_BYTES = 500_000
+#: a checkpoint bigger than this is logged as a warning (once per partition): the whole
+#: state is serialised and written to the changelog every ``checkpoint_interval_s``
+CHECKPOINT_WARN_BYTES = 4_000_000
 
 
 class KafkaUnreachable(RuntimeError):
@@ -194,8 +198,9 @@ class _Partition:
     pending: list[Any] = field(default_factory=list)  # events to ack after a checkpoint
     last_event: Any = None
     last_checkpoint: float = 0.0
-    checkpoint_bytes: int = 0  # size of the last checkpoint written (one Kafka record)
-    warned_size: bool = False  # a checkpoint near the record size limit was logged
+    checkpoint_bytes: int = 0  # size of the last checkpoint written (all its parts)
+    warned_size: bool = False  # a big checkpoint was logged
+    written: checkpoints.Written = field(default_factory=checkpoints.Written)
 
 
 @dataclass
@@ -281,11 +286,11 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         else:
             engine = ZoneWindows(config, sources=n, owns=lambda key: partition_for(key, n) == p)
         part = stage[p] = _Partition(engine)
-        snap = state.get(f"{prefix}:{p}".encode())
-        if snap:
-            saved = orjson.loads(snap)
-            engine.restore(saved["state"])
-            part.offset = saved["offset"]
+        stored = checkpoints.read(state.get, f"{prefix}:{p}".encode())
+        if stored is not None:
+            engine.restore(stored.state)
+            part.offset = stored.offset
+            part.written = stored.written
             log.info("restored stage=%s partition=%s offset=%s", prefix, p, part.offset)
         part.last_checkpoint = time.monotonic()
         return part
@@ -294,25 +299,37 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         """Write the partition's state to the changelogged table, then ack what it covers."""
         if part.last_event is None:
             return  # nothing consumed since the restart: the stored checkpoint still holds
-        value = orjson.dumps({"offset": part.offset, "state": part.engine.snapshot()})
-        part.checkpoint_bytes = len(value)
+        ops, written = checkpoints.write_ops(
+            f"{prefix}:{p}".encode(),
+            part.offset,
+            orjson.dumps(part.engine.snapshot()),
+            part.written,
+            settings.checkpoint_part_bytes,
+        )
+        part.checkpoint_bytes = sum(len(value) for _, value in ops if value is not None)
         if part.checkpoint_bytes > CHECKPOINT_WARN_BYTES and not part.warned_size:
             part.warned_size = True
             log.warning(
-                "checkpoint of stage=%s partition=%s is %d bytes, near the 1 MB a Kafka "
-                "record may carry: add partitions (or raise producer_max_request_size and "
-                "the changelog topic's max.message.bytes)",
+                "checkpoint of stage=%s partition=%s is %d bytes, all of it rewritten every "
+                "%.1f s: add partitions to spread the state over more workers",
                 prefix,
                 p,
                 part.checkpoint_bytes,
+                settings.checkpoint_interval_s,
             )
         # Faust writes a table key to the changelog partition of the *current event*; the
-        # timer has none, so it borrows the partition's last event (same partition).
+        # timer has none, so it borrows the partition's last event (same partition), and
+        # every part and the manifest go there, in this order.
         token = _current_event.set(weakref.ref(part.last_event))
         try:
-            state[f"{prefix}:{p}".encode()] = value
+            for key, value in ops:
+                if value is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = value
         finally:
             _current_event.reset(token)
+        part.written = written
         for event in part.pending:
             event.ack()
         part.pending.clear()
@@ -490,7 +507,7 @@ class EngineCollector:
         yield windows
         sizes = GaugeMetricFamily(
             "climastream_stream_checkpoint_bytes",
-            "size of the last state checkpoint written (one Kafka record)",
+            "size of the last state checkpoint written (all its parts)",
             labels=["stage", "partition"],
         )
         for stage, parts in (("devices", stage1), ("zones", stage2)):

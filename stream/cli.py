@@ -37,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="table store: auto = RocksDB via rocksdict when installed, else memory",
     )
     worker.add_argument(
+        "--checkpoint-part-bytes",
+        type=int,
+        metavar="BYTES",
+        help="store a partition's checkpoint in parts of at most BYTES under a manifest once "
+        "it is bigger (default 262144; keep it well under the broker's max.message.bytes)",
+    )
+    worker.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -71,6 +78,11 @@ def _worker(args: argparse.Namespace) -> int:
             print(f"stream worker: {exc}", file=sys.stderr)
             return 2
     settings = replace(settings, data_dir=args.data_dir, store=args.store)
+    if args.checkpoint_part_bytes is not None:
+        if args.checkpoint_part_bytes < 1:
+            print("stream worker: --checkpoint-part-bytes must be at least 1", file=sys.stderr)
+            return 2
+        settings = replace(settings, checkpoint_part_bytes=args.checkpoint_part_bytes)
     try:
         asyncio.run(ensure_topics(settings))
     except KafkaUnreachable as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,17 +90,15 @@ async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def _consume(
+async def _records(
     bootstrap: str, topic: str, seconds: float, since: dict[int, int]
-) -> list[bytes]:
-    """What ``topic`` got after offsets ``since``, read for ``seconds``. Not from the
-    beginning: earlier tests of the session (the console's live demo) leave so many records
-    there that a read from the start may not reach this test's within ``seconds``."""
+) -> list[tuple[bytes | None, bytes | None]]:
+    """The (key, value) of what ``topic`` got after offsets ``since``, read for ``seconds``."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
-    values: list[bytes] = []
+    out: list[tuple[bytes | None, bytes | None]] = []
     try:
         parts = [TopicPartition(topic, p) for p in since]
         consumer.assign(parts)
@@ -109,10 +108,20 @@ async def _consume(
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500)
             for records in batch.values():
-                values.extend(r.value for r in records if r.value is not None)
+                out.extend((r.key, r.value) for r in records)
     finally:
         await consumer.stop()
-    return values
+    return out
+
+
+async def _consume(
+    bootstrap: str, topic: str, seconds: float, since: dict[int, int]
+) -> list[bytes]:
+    """What ``topic`` got after offsets ``since``, read for ``seconds``. Not from the
+    beginning: earlier tests of the session (the console's live demo) leave so many records
+    there that a read from the start may not reach this test's within ``seconds``."""
+    records = await _records(bootstrap, topic, seconds, since)
+    return [value for _, value in records if value is not None]
 
 
 def _key(kpi: KpiValue) -> tuple[object, ...]:
@@ -120,16 +129,21 @@ def _key(kpi: KpiValue) -> tuple[object, ...]:
 
 
 class Workers:
-    def __init__(self, stack: Stack, tmp: Path, app_id: str, config: Path) -> None:
+    def __init__(
+        self, stack: Stack, tmp: Path, app_id: str, config: Path, part_bytes: int | None = None
+    ) -> None:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.stack, self.tmp, self.app_id, self.config = stack, tmp, app_id, config
+        self.part_bytes = part_bytes
 
     def start(self, name: str) -> None:
         log = (self.tmp / f"{name}.log").open("ab")
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "climastream.cli", "stream", "worker",
              "--kafka", self.stack.config.kafka_bootstrap, "--app-id", self.app_id,
-             "--config", str(self.config), "--data-dir", str(self.tmp / f"data-{name}")],
+             "--config", str(self.config), "--data-dir", str(self.tmp / f"data-{name}"),
+             *([] if self.part_bytes is None else
+               ["--checkpoint-part-bytes", str(self.part_bytes)])],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
@@ -146,8 +160,8 @@ class Workers:
                     proc.wait()
 
 
-@pytest.fixture
-def workers(stack: Stack, tmp_path: Path) -> Iterator[Workers]:
+@pytest.fixture(params=[None, 256], ids=["checkpoints-inline", "checkpoints-in-parts"])
+def workers(stack: Stack, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Workers]:
     config = tmp_path / "stream.yaml"
     run = uuid.uuid4().hex[:8]
     config.write_text(
@@ -156,7 +170,7 @@ def workers(stack: Stack, tmp_path: Path) -> Iterator[Workers]:
         f"zones: {{za-{run}: {{area_km2: 2.0}}, zb-{run}: {{area_km2: 0.5}}, zr-{run}: {{}}}}\n"
         "default_cadence: 1s\n"
     )
-    pool = Workers(stack, tmp_path, f"kpi-test-{run}", config)
+    pool = Workers(stack, tmp_path, f"kpi-test-{run}", config, request.param)
     pool.run = run  # type: ignore[attr-defined]
     try:
         yield pool
@@ -257,3 +271,12 @@ def test_two_workers_sigkill_restart_equals_kpi_eval(
                     "late-readings", 3, late_since))]  # fmt: skip
     assert any(r.seq == 10_000 and r.device_id == f"th-a-{run}"
                for b in late_batches for r in b.readings)  # fmt: skip
+
+    # the checkpoints that the restarted worker restored were in parts (or one value)
+    changelog = f"{workers.app_id}-kpi-state-changelog"
+    since = dict.fromkeys(asyncio.run(_end_offsets(bootstrap, changelog)), 0)
+    keys = [key for key, _ in asyncio.run(_records(bootstrap, changelog, 3, since)) if key]
+    manifests = {key for key in keys if re.fullmatch(rb"s[12]:\d+", key)}
+    parts = {key for key in keys if re.fullmatch(rb"s[12]:\d+:[01]:\d+", key)}
+    assert manifests
+    assert bool(parts) == (workers.part_bytes is not None)
