@@ -242,17 +242,33 @@ class Demo:
         for name in ("edge", "simulate", "alerts", "stream", "sink", "console"):
             self.stop(name)
 
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    def kill_all(self) -> None:
+        """SIGKILL every process still running."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
 
 
 def run_demo(
     seconds: float, gateway_config: Path, stack_config: StackConfig, console_port: int = 0
 ) -> int:
-    # SIGTERM (systemd, kill, a CI runner) stops the demo like Ctrl-C does: every process
-    # it started is stopped, and the stack if it started it
-    signal.signal(signal.SIGTERM, _interrupt)
+    demo: Demo | None = None
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        """Ctrl-C or SIGTERM (systemd, kill, a CI runner) stops the demo: every process it
+        started is stopped, and the stack if it started it. Another one while stopping
+        kills what is left, instead of leaving it running by cutting the stop short."""
+        if stopping and demo is not None:
+            print(
+                f"demo: {signal.Signals(signum).name} while stopping; killing what is left",
+                flush=True,
+            )
+            demo.kill_all()
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     stack = Stack(stack_config)
     started_stack = not all(stack.pid(s) for s in ("kafka", "mqtt", "tsdb"))
     print("demo: starting the local stack (Tansu, Mosquitto, VictoriaMetrics) ...", flush=True)
@@ -329,9 +345,12 @@ def run_demo(
         print(f"demo: {exc}", file=sys.stderr)
         status = 2
     finally:
+        stopping = True
         demo.stop_all()
         if started_stack:
             stack.down()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return status
 
 
