@@ -285,8 +285,10 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
             engine: Any = DeviceWindows(config.window, config.grace)
         else:
             engine = ZoneWindows(config, sources=n, owns=lambda key: partition_for(key, n) == p)
-        part = stage[p] = _Partition(engine)
+        # read before the partition is registered: after a failed read, no event may
+        # reach an empty engine and count the partition's readings again
         stored = checkpoints.read(state.get, f"{prefix}:{p}".encode())
+        part = stage[p] = _Partition(engine)
         if stored is not None:
             engine.restore(stored.state)
             part.offset = stored.offset
@@ -335,6 +337,14 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         part.pending.clear()
         part.last_checkpoint = time.monotonic()
         metrics.checkpoints += 1
+
+    async def unrestorable(exc: checkpoints.CheckpointError) -> None:
+        """Stop the worker: it cannot restore a partition it was given. Processing the
+        partition from an empty state would count its readings again; crashing leaves the
+        offsets where the checkpoint is, and says why (systemd restarts it, and it stops
+        again with the same message, until the table is mended)."""
+        log.critical("cannot restore a checkpoint, stopping the worker: %s", exc)
+        await app.crash(exc)
 
     def due(part: _Partition) -> bool:
         return time.monotonic() - part.last_checkpoint >= settings.checkpoint_interval_s
@@ -385,6 +395,12 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
 
     @app.agent(readings, name="devices")
     async def devices(stream: Any) -> None:
+        try:
+            await _devices(stream)
+        except checkpoints.CheckpointError as exc:
+            await unrestorable(exc)
+
+    async def _devices(stream: Any) -> None:
         async for event in stream.noack().events():
             part = admit(stage1, "s1", event)
             if part is None:
@@ -422,6 +438,12 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
 
     @app.timer(settings.close_interval_s)
     async def close_windows() -> None:
+        try:
+            await _close_windows()
+        except checkpoints.CheckpointError as exc:
+            await unrestorable(exc)
+
+    async def _close_windows() -> None:
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return  # tables are not restored yet: closing now could use stale state
         assigned = {tp.partition: tp for tp in app.consumer.assignment()
@@ -442,6 +464,12 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
 
     @app.agent(partials_topic, name="zones")
     async def zones(stream: Any) -> None:
+        try:
+            await _zones(stream)
+        except checkpoints.CheckpointError as exc:
+            await unrestorable(exc)
+
+    async def _zones(stream: Any) -> None:
         async for event in stream.noack().events():
             part = admit(stage2, "s2", event)
             if part is None:
