@@ -259,6 +259,7 @@ def run_demo(
         """Ctrl-C or SIGTERM (systemd, kill, a CI runner) stops the demo: every process it
         started is stopped, and the stack if it started it. Another one while stopping
         kills what is left, instead of leaving it running by cutting the stop short."""
+        nonlocal stopping
         if stopping and demo is not None:
             print(
                 f"demo: {signal.Signals(signum).name} while stopping; killing what is left",
@@ -266,6 +267,7 @@ def run_demo(
             )
             demo.kill_all()
             return
+        stopping = True  # from here on the demo only stops
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
