@@ -272,11 +272,12 @@ def test_two_workers_sigkill_restart_equals_kpi_eval(
     assert any(r.seq == 10_000 and r.device_id == f"th-a-{run}"
                for b in late_batches for r in b.readings)  # fmt: skip
 
-    # the checkpoints that the restarted worker restored were in parts (or one value)
+    # with small parts, the checkpoints the restarted worker restored were in parts (with
+    # the default 256 KiB too, once earlier tests of the session left a backlog of
+    # readings that this new consumer group works through: their zones' state is bigger)
     changelog = f"{workers.app_id}-kpi-state-changelog"
     since = dict.fromkeys(asyncio.run(_end_offsets(bootstrap, changelog)), 0)
     keys = [key for key, _ in asyncio.run(_records(bootstrap, changelog, 3, since)) if key]
-    manifests = {key for key in keys if re.fullmatch(rb"s[12]:\d+", key)}
-    parts = {key for key in keys if re.fullmatch(rb"s[12]:\d+:[01]:\d+", key)}
-    assert manifests
-    assert bool(parts) == (workers.part_bytes is not None)
+    assert any(re.fullmatch(rb"s[12]:\d+", key) for key in keys)  # manifests
+    if workers.part_bytes is not None:
+        assert any(re.fullmatch(rb"s[12]:\d+:[01]:\d+", key) for key in keys)
