@@ -25,6 +25,7 @@ series and timestamp).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -338,13 +339,22 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         part.last_checkpoint = time.monotonic()
         metrics.checkpoints += 1
 
-    async def unrestorable(exc: checkpoints.CheckpointError) -> None:
-        """Stop the worker: it cannot restore a partition it was given. Processing the
-        partition from an empty state would count its readings again; crashing leaves the
-        offsets where the checkpoint is, and says why (systemd restarts it, and it stops
-        again with the same message, until the table is mended)."""
-        log.critical("cannot restore a checkpoint, stopping the worker: %s", exc)
-        await app.crash(exc)
+    def stops_if_unrestorable(fun: Callable[..., Awaitable[None]]) -> Any:
+        """``fun`` (an agent or the close timer) stops the worker when it meets a partition
+        whose checkpoint cannot be read back. Processing that partition from an empty state
+        would count its readings again; crashing leaves the offsets where the checkpoint
+        is, and says why (systemd restarts it, and it stops again with the same message,
+        until the table is mended)."""
+
+        @functools.wraps(fun)
+        async def run(*args: Any) -> None:
+            try:
+                await fun(*args)
+            except checkpoints.CheckpointError as exc:
+                log.critical("cannot restore a checkpoint, stopping the worker: %s", exc)
+                await app.crash(exc)
+
+        return run
 
     def due(part: _Partition) -> bool:
         return time.monotonic() - part.last_checkpoint >= settings.checkpoint_interval_s
@@ -394,13 +404,8 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         return part
 
     @app.agent(readings, name="devices")
+    @stops_if_unrestorable
     async def devices(stream: Any) -> None:
-        try:
-            await _devices(stream)
-        except checkpoints.CheckpointError as exc:
-            await unrestorable(exc)
-
-    async def _devices(stream: Any) -> None:
         async for event in stream.noack().events():
             part = admit(stage1, "s1", event)
             if part is None:
@@ -437,13 +442,8 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
                 stage2.pop(tp.partition, None)
 
     @app.timer(settings.close_interval_s)
+    @stops_if_unrestorable
     async def close_windows() -> None:
-        try:
-            await _close_windows()
-        except checkpoints.CheckpointError as exc:
-            await unrestorable(exc)
-
-    async def _close_windows() -> None:
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return  # tables are not restored yet: closing now could use stale state
         assigned = {tp.partition: tp for tp in app.consumer.assignment()
@@ -463,13 +463,8 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
                 checkpoint("s1", p, part)
 
     @app.agent(partials_topic, name="zones")
+    @stops_if_unrestorable
     async def zones(stream: Any) -> None:
-        try:
-            await _zones(stream)
-        except checkpoints.CheckpointError as exc:
-            await unrestorable(exc)
-
-    async def _zones(stream: Any) -> None:
         async for event in stream.noack().events():
             part = admit(stage2, "s2", event)
             if part is None:
