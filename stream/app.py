@@ -94,7 +94,8 @@ def confirm_recovery_highwaters() -> None:
     :mod:`climastream.offsets`. Recovery then stopped short, or refused to start with a
     ``ConsistencyError``. This wraps the Faust consumer's ``_highwaters`` (faust-streaming
     0.11-0.15, pinned in pyproject) to confirm each end with a fetch. On Kafka nothing
-    changes but one fetch per changelog partition when a worker recovers. Idempotent.
+    changes but one fetch per changelog partition when a worker recovers. Idempotent;
+    :func:`create_worker` applies it, for the KPI job and the alert engine alike.
     """
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
@@ -230,8 +231,6 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
     """
     faust = require("faust", "stream")
     from faust.streams import _current_event
-
-    confirm_recovery_highwaters()
 
     config = settings.config
     n = Topics.READINGS.partitions
@@ -562,8 +561,12 @@ def create_worker(app: Any, loglevel: str = "info") -> Any:
     per-message ``log.debug`` in Faust and aiokafka then builds a LogRecord and runs the
     handlers: about a fifth of the KPI job's CPU at the default bench load. Without the
     spinner the root logger stays at ``loglevel`` and those calls return at once.
+
+    Every worker's table recovery reads its changelogs to their confirmed ends
+    (:func:`confirm_recovery_highwaters`).
     """
     faust = require("faust", "stream")
+    confirm_recovery_highwaters()
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False)
     worker.spinner = None
     return worker

@@ -134,9 +134,6 @@ class _Metrics:
 def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
     """Build the Faust app; ``rules`` defaults to ``settings.rules_path`` or the defaults."""
     faust = require("faust", "stream")
-    from stream.app import confirm_recovery_highwaters
-
-    confirm_recovery_highwaters()  # the alert tables' changelog ends, on Tansu too
     ruleset = rules or load_rules(settings.rules_path)
     app = faust.App(
         settings.app_id,
