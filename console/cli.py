@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "see everything, operators may also acknowledge and silence alerts. Credentials "
             "come from CLIMASTREAM_CONSOLE_OPERATOR_TOKEN / CLIMASTREAM_CONSOLE_VIEWER_TOKEN "
             "(or *_FILE) and/or an auth file (--auth-file or CLIMASTREAM_CONSOLE_AUTH_FILE). "
+            "Scripts use the JSON API (OpenAPI at /api/openapi.json); digital twins and "
+            "context brokers read the sensor nodes as NGSI-LD Smart Data Models entities at "
+            "/ngsi-ld/v1/entities (see console/README.md). "
             "Install with: pip install 'climastream[console]'."
         ),
     )

@@ -131,6 +131,8 @@ class DeviceInfo:
     configured: bool = False
     last_seen: datetime | None = None
     latest: dict[str, tuple[float, str]] = field(default_factory=dict)
+    #: the event time of each ``latest`` value (NGSI-LD's ``observedAt``)
+    observed: dict[str, datetime] = field(default_factory=dict)
 
 
 def eaqi_band_index(quantity: Quantity, value: float) -> int | None:
@@ -273,6 +275,7 @@ class LiveState:
             series.add(ts, reading.value)
             if series.latest_time == ts:
                 device.latest[quantity] = (reading.value, reading.unit)
+                device.observed[quantity] = reading.event_time
             zone = device.zone
             if zone:
                 zone_series = self.zone_series.get((zone, quantity))

@@ -10,6 +10,11 @@ Routes
 ``GET /api/snapshot/{panel}``    the latest snapshot of one panel (JSON)
 ``POST /api/alerts/{fingerprint}/actions``  ``{"action": "acknowledge"|"silence"|
                                  "unsilence", "comment": str, "minutes": int}``; operators only
+``GET /ngsi-ld/v1/entities``     NGSI-LD query (type, id, attrs, limit, offset, count,
+                                 options/format=keyValues): Smart Data Models entities of
+                                 every sensor node (console/ngsi.py); any role
+``GET /ngsi-ld/v1/entities/{id}`` one NGSI-LD entity
+``GET /ngsi-ld/v1/types``        the entity types present now
 ``GET /healthz``                 liveness, no auth
 ``GET /api/openapi.json``        the OpenAPI 3.1 description of all this (console/openapi.yaml),
                                  no auth
@@ -36,6 +41,7 @@ from pydantic import ValidationError
 
 from climastream.contract import MAX_SILENCE, AlertAction, AlertActionKind
 from climastream.validation import error_lines
+from console import ngsi
 from console.auth import Credentials, LoginThrottle, Principal, SessionStore
 from console.feed import ActionSink
 from console.hub import Hub
@@ -121,6 +127,9 @@ class ConsoleApp:
         app.router.add_get("/api/events", self.events)
         app.router.add_get("/api/snapshot/{panel}", self.snapshot)
         app.router.add_post("/api/alerts/{fingerprint}/actions", self.alert_action)
+        app.router.add_get("/ngsi-ld/v1/entities", self.ngsi_entities)
+        app.router.add_get("/ngsi-ld/v1/entities/{entity_id}", self.ngsi_entity)
+        app.router.add_get("/ngsi-ld/v1/types", self.ngsi_types)
         return app
 
     # ------------------------------------------------------------------ middleware
@@ -150,7 +159,7 @@ class ConsoleApp:
             return await handler(request)
         principal, csrf = self._principal(request)
         if principal is None:
-            if request.path.startswith("/api/") or request.method != "GET":
+            if request.path.startswith(("/api/", "/ngsi-ld/")) or request.method != "GET":
                 raise _json_error(web.HTTPUnauthorized, "login required")
             raise web.HTTPFound("/login")
         if request.method == "POST" and csrf is not None:
@@ -320,6 +329,88 @@ class ConsoleApp:
         finally:
             self.hub.unsubscribe(subscription)
         return response
+
+    # ------------------------------------------------------------------ NGSI-LD
+
+    @staticmethod
+    def _ngsi_params(request: web.Request) -> dict[str, str]:
+        params: dict[str, str] = {}
+        for key, value in request.query.items():
+            if key in params:
+                raise ngsi.bad_request(f"parameter {key!r} given more than once")
+            params[key] = value
+        return params
+
+    @staticmethod
+    def _ngsi_ld_json(request: web.Request) -> bool:
+        """True to answer ``application/ld+json`` (``@context`` in the body), False for
+        ``application/json`` (the context in a ``Link`` header); NotAcceptable otherwise."""
+        ranges = [
+            part.split(";")[0].strip().lower()
+            for part in request.headers.get("Accept", "*/*").split(",")
+        ]
+        if "application/ld+json" in ranges:
+            return True
+        if any(r in ("application/json", "application/*", "*/*", "") for r in ranges):
+            return False
+        raise ngsi.NgsiError(
+            406,
+            "NotAcceptable",
+            "Not acceptable",
+            "this context source answers application/json or application/ld+json",
+        )
+
+    def _ngsi_response(
+        self, request: web.Request, body: Any, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        headers = dict(headers or {})
+        if self._ngsi_ld_json(request):
+            context = [ngsi.SDM_CONTEXT, ngsi.CORE_CONTEXT]
+            if isinstance(body, list):
+                body = [{**entity, "@context": context} for entity in body]
+            else:
+                body = {**body, "@context": context}
+            content_type = "application/ld+json"
+        else:
+            headers["Link"] = ngsi.CONTEXT_LINK
+            content_type = "application/json"
+        return web.Response(body=orjson.dumps(body), content_type=content_type, headers=headers)
+
+    @staticmethod
+    def _ngsi_problem(error: ngsi.NgsiError) -> web.Response:
+        return web.Response(
+            status=error.status,
+            body=orjson.dumps(error.problem()),
+            content_type="application/json",
+        )
+
+    def _ngsi_entities_now(self) -> list[dict[str, Any]]:
+        return ngsi.entities(self.hub.state.devices.values())
+
+    async def ngsi_entities(self, request: web.Request) -> web.Response:
+        try:
+            query = ngsi.parse_query(self._ngsi_params(request))
+            page, total = ngsi.select(self._ngsi_entities_now(), query)
+            headers = {"NGSILD-Results-Count": str(total)} if query.count else {}
+            return self._ngsi_response(request, page, headers)
+        except ngsi.NgsiError as error:
+            return self._ngsi_problem(error)
+
+    async def ngsi_entity(self, request: web.Request) -> web.Response:
+        try:
+            query = ngsi.parse_retrieve(self._ngsi_params(request))
+            wanted = request.match_info["entity_id"]
+            entity = ngsi.retrieve(self._ngsi_entities_now(), wanted, query)
+            return self._ngsi_response(request, entity)
+        except ngsi.NgsiError as error:
+            return self._ngsi_problem(error)
+
+    async def ngsi_types(self, request: web.Request) -> web.Response:
+        try:
+            ngsi.check_parameters(self._ngsi_params(request), frozenset())
+            return self._ngsi_response(request, ngsi.type_list(self._ngsi_entities_now()))
+        except ngsi.NgsiError as error:
+            return self._ngsi_problem(error)
 
     async def alert_action(self, request: web.Request) -> web.Response:
         principal = request[PRINCIPAL]

@@ -102,5 +102,5 @@ def test_the_api_does_what_its_openapi_document_says(
     output = result.stdout + result.stderr
     # the run really reached the operations (not, say, a schema it could not load)
     assert "API Operations:" in output, output
-    assert "Tested: 9" in output, output
+    assert "Tested: 12" in output, output
     assert result.returncode == 0, output[-8000:]

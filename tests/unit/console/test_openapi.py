@@ -31,6 +31,7 @@ from climastream.contract import (
     Quantity,
     SourceState,
 )
+from console import ngsi
 from console.auth import Credentials, Principal, Role
 from console.feed import ListActionSink
 from console.hub import Hub
@@ -113,6 +114,24 @@ def test_enums_and_bounds_are_the_codes_own() -> None:
     assert gateway["sources"]["additionalProperties"]["enum"] == [s.value for s in SourceState]
     me = DOC["paths"]["/api/me"]["get"]["responses"]["200"]["content"]["application/json"]
     assert me["schema"]["properties"]["role"]["enum"] == [r.value for r in Role]
+
+
+def test_ngsi_ld_enums_and_bounds_are_the_codes_own() -> None:
+    query = {p.get("name"): p for p in DOC["paths"]["/ngsi-ld/v1/entities"]["get"]["parameters"]}
+    params = DOC["components"]["parameters"]
+    limit = query["limit"]["schema"]
+    assert (limit["maximum"], limit["default"]) == (ngsi.MAX_LIMIT, ngsi.DEFAULT_LIMIT)
+    assert set(params["NgsiFormat"]["schema"]["enum"]) == ngsi.OPTIONS
+    option = params["NgsiOptions"]["schema"]["pattern"]
+    assert set(option.split(")(")[0].strip("^(").split("|")) == ngsi.OPTIONS | {"count"}
+    documented = {
+        p["name"] if "name" in p else params[p["$ref"].rsplit("/", 1)[-1]]["name"]
+        for p in DOC["paths"]["/ngsi-ld/v1/entities"]["get"]["parameters"]
+    }
+    assert documented == ngsi.QUERY_PARAMETERS
+    types = list(ngsi.MODELS)
+    assert SCHEMAS["NgsiEntity"]["properties"]["type"]["enum"] == types
+    assert SCHEMAS["NgsiTypeList"]["properties"]["typeList"]["items"]["enum"] == types
 
 
 def test_comment_pattern_is_the_contracts_single_line_rule() -> None:

@@ -1,0 +1,395 @@
+"""NGSI-LD entities of the FIWARE Smart Data Models, for what the console knows now.
+
+The CLIMABOROUGH architecture asks for open standards, and NGSI-LD with the Smart Data
+Models is the EU's MIM1 interoperability mechanism. The console therefore answers the
+read-only part of the NGSI-LD API (ETSI GS CIM 009) for its live picture of the city, as
+a *context source*: a city's context broker (Orion-LD, Scorpio, Stellio) can register it,
+or a digital twin can query it directly with a viewer token.
+
+Each sensor node becomes up to two entities, one per Smart Data Model whose quantities it
+measures:
+
+- ``AirQualityObserved`` (``urn:ngsi-ld:AirQualityObserved:<device>``) for a node with
+  any pollutant (PM1, PM2.5, PM10, NO2, O3, SO2, CO, CO2); its temperature and humidity
+  ride along, as in the model's own example;
+- ``WeatherObserved`` (``urn:ngsi-ld:WeatherObserved:<device>``) for a node with any
+  weather quantity (temperature, humidity, dew point, pressure, wind, precipitation,
+  solar radiation, illuminance, visibility).
+
+Every measured attribute is a Property with the node's newest value, its UN/CEFACT
+``unitCode`` and ``observedAt`` (the reading's event time). ``dateObserved`` is the newest
+of those times, ``location`` a GeoJSON point, ``areaServed`` the zone and ``refDevice`` a
+Relationship to ``urn:ngsi-ld:Device:<device>``. Relative humidity is a fraction (0-1), as
+both models define it; every other value keeps its canonical unit.
+
+This module is pure: :func:`entities` builds entities from :class:`~console.state.DeviceInfo`
+and :func:`parse_query` / :func:`select` answer a query's parameters. The HTTP side lives
+in :mod:`console.web`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from climastream.contract import Quantity
+from console.state import DeviceInfo
+
+CORE_CONTEXT: Final = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
+#: the Smart Data Models' combined @context: defines every attribute name used here
+SDM_CONTEXT: Final = "https://smartdatamodels.org/context.jsonld"
+#: what an ``application/json`` answer carries instead of an ``@context`` member
+CONTEXT_LINK: Final = (
+    f'<{SDM_CONTEXT}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
+)
+ERRORS: Final = "https://uri.etsi.org/ngsi-ld/errors/"
+DEFAULT_LIMIT: Final = 20
+MAX_LIMIT: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Attribute:
+    """How one climastream quantity appears in a Smart Data Model."""
+
+    name: str
+    #: UN/CEFACT common code of the value's unit
+    unit_code: str
+    #: value = reading value x scale (relative humidity: % -> fraction)
+    scale: float = 1.0
+
+    def convert(self, value: float) -> float:
+        if self.scale == 1.0:
+            return value
+        # 0.7 % x 0.01 is 0.006999999999999999 in binary floating point: six decimals of a
+        # fraction are far below any sensor's resolution
+        return round(value * self.scale, 6)
+
+
+_TEMPERATURE = Attribute("temperature", "CEL")
+_HUMIDITY = Attribute("relativeHumidity", "C62", 0.01)
+
+#: entity type -> quantity -> attribute
+MODELS: Final[dict[str, dict[Quantity, Attribute]]] = {
+    "AirQualityObserved": {
+        Quantity.PM1: Attribute("pm1", "GQ"),
+        Quantity.PM2_5: Attribute("pm25", "GQ"),
+        Quantity.PM10: Attribute("pm10", "GQ"),
+        Quantity.NO2: Attribute("no2", "GQ"),
+        Quantity.O3: Attribute("o3", "GQ"),
+        Quantity.SO2: Attribute("so2", "GQ"),
+        Quantity.CO: Attribute("co", "GP"),
+        Quantity.CO2: Attribute("co2", "59"),
+        Quantity.TEMPERATURE: _TEMPERATURE,
+        Quantity.RELATIVE_HUMIDITY: _HUMIDITY,
+    },
+    "WeatherObserved": {
+        Quantity.TEMPERATURE: _TEMPERATURE,
+        Quantity.RELATIVE_HUMIDITY: _HUMIDITY,
+        Quantity.DEW_POINT: Attribute("dewPoint", "CEL"),
+        Quantity.PRESSURE: Attribute("atmosphericPressure", "A97"),
+        Quantity.WIND_SPEED: Attribute("windSpeed", "MTS"),
+        Quantity.WIND_GUST: Attribute("gustSpeed", "MTS"),
+        Quantity.WIND_DIRECTION: Attribute("windDirection", "DD"),
+        Quantity.PRECIPITATION: Attribute("precipitation", "MMT"),
+        Quantity.SOLAR_RADIATION: Attribute("solarRadiation", "D54"),
+        Quantity.ILLUMINANCE: Attribute("illuminance", "LUX"),
+        Quantity.VISIBILITY: Attribute("visibility", "MTR"),
+    },
+}
+#: the quantities that make a node an entity of the type: a thermometer is a weather
+#: station, not an air-quality station
+DEFINING: Final[dict[str, frozenset[Quantity]]] = {
+    "AirQualityObserved": frozenset(MODELS["AirQualityObserved"])
+    - {Quantity.TEMPERATURE, Quantity.RELATIVE_HUMIDITY},
+    "WeatherObserved": frozenset(MODELS["WeatherObserved"]),
+}
+#: the attributes every entity may have besides its measurements
+COMMON_ATTRIBUTES: Final = ("dateObserved", "location", "areaServed", "refDevice")
+OPTIONS: Final = frozenset({"keyValues", "simplified", "normalized"})
+#: parameters whose filter this source cannot apply: refusing them beats answering as if
+#: they had not been asked
+UNSUPPORTED: Final = frozenset(
+    {
+        "q",
+        "idPattern",
+        "georel",
+        "geometry",
+        "coordinates",
+        "geoproperty",
+        "csf",
+        "scopeQ",
+        "pick",
+        "omit",
+        "expandValues",
+        "datasetId",
+        "join",
+        "joinLevel",
+        "containedBy",
+    }
+)
+#: accepted and without effect here: every entity is local, none has a language map
+IGNORED: Final = frozenset({"local", "lang"})
+QUERY_PARAMETERS: Final = frozenset(
+    {"type", "id", "attrs", "limit", "offset", "count", "options", "format"}
+)
+
+
+class NgsiError(Exception):
+    """A request this source refuses, as an NGSI-LD ProblemDetails."""
+
+    def __init__(self, status: int, kind: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.title = title
+        self.detail = detail
+
+    def problem(self) -> dict[str, Any]:
+        return {"type": ERRORS + self.kind, "title": self.title, "detail": self.detail}
+
+
+def bad_request(detail: str) -> NgsiError:
+    return NgsiError(400, "BadRequestData", "Bad request data", detail)
+
+
+def entity_id(entity_type: str, device_id: str) -> str:
+    return f"urn:ngsi-ld:{entity_type}:{device_id}"
+
+
+def _iso(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def device_entities(device: DeviceInfo) -> list[dict[str, Any]]:
+    """The node's entities in normalized form, one per model it measures for."""
+    measured: dict[Quantity, tuple[float, datetime]] = {}
+    for name, (value, _unit) in device.latest.items():
+        when = device.observed.get(name)
+        try:
+            quantity = Quantity(name)
+        except ValueError:
+            continue
+        if when is not None:
+            measured[quantity] = (value, when)
+    out = []
+    for entity_type, attributes in MODELS.items():
+        if not DEFINING[entity_type] & measured.keys():
+            continue
+        entity: dict[str, Any] = {"id": entity_id(entity_type, device.device_id)}
+        entity["type"] = entity_type
+        newest: datetime | None = None
+        for quantity, attribute in attributes.items():
+            if quantity not in measured:
+                continue
+            value, when = measured[quantity]
+            newest = when if newest is None or when > newest else newest
+            entity[attribute.name] = {
+                "type": "Property",
+                "value": attribute.convert(value),
+                "unitCode": attribute.unit_code,
+                "observedAt": _iso(when),
+            }
+        assert newest is not None  # a defining quantity was measured
+        entity["dateObserved"] = {
+            "type": "Property",
+            "value": {"@type": "DateTime", "@value": _iso(newest)},
+        }
+        if device.lat is not None and device.lon is not None:
+            entity["location"] = {
+                "type": "GeoProperty",
+                "value": {"type": "Point", "coordinates": [device.lon, device.lat]},
+            }
+        if device.zone:
+            entity["areaServed"] = {"type": "Property", "value": device.zone}
+        entity["refDevice"] = {
+            "type": "Relationship",
+            "object": f"urn:ngsi-ld:Device:{device.device_id}",
+        }
+        out.append(entity)
+    return out
+
+
+def entities(devices: Iterable[DeviceInfo]) -> list[dict[str, Any]]:
+    """Every node's entities, ordered by id (so pages are stable)."""
+    found = [entity for device in devices for entity in device_entities(device)]
+    found.sort(key=lambda entity: str(entity["id"]))
+    return found
+
+
+def key_values(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """The simplified (``options=keyValues``) form of a normalized entity."""
+    out: dict[str, Any] = {}
+    for name, attribute in entity.items():
+        if not isinstance(attribute, dict):
+            out[name] = attribute  # id, type
+        elif attribute["type"] == "Relationship":
+            out[name] = attribute["object"]
+        elif name == "dateObserved":
+            out[name] = attribute["value"]["@value"]
+        else:
+            out[name] = attribute["value"]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class EntityQuery:
+    types: frozenset[str] | None = None
+    ids: frozenset[str] | None = None
+    attrs: tuple[str, ...] | None = None
+    limit: int = DEFAULT_LIMIT
+    offset: int = 0
+    count: bool = False
+    key_values: bool = False
+
+
+def _names(params: Mapping[str, str], key: str) -> tuple[str, ...] | None:
+    raw = params.get(key)
+    if raw is None:
+        return None
+    # empty items are dropped; a parameter with nothing left is no filter at all
+    names = tuple(name for part in raw.split(",") if (name := part.strip()))
+    return names or None
+
+
+def _integer(params: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = params.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{key} must be an integer from {low} to {high}, not {raw!r}") from None
+    if not low <= value <= high:
+        raise bad_request(f"{key} must be an integer from {low} to {high}, not {value}")
+    return value
+
+
+def _option_names(params: Mapping[str, str], key: str) -> list[str]:
+    """``options`` / ``format`` values: exact names, comma-separated, each one known."""
+    raw = params.get(key)
+    if raw is None:
+        return []
+    known = OPTIONS | ({"count"} if key == "options" else set())
+    names = raw.split(",")
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise bad_request(
+            f"{key} {', '.join(map(repr, unknown))} not supported here; "
+            f"supported: {', '.join(sorted(known))}"
+        )
+    return names
+
+
+def _representation(params: Mapping[str, str]) -> bool:
+    """True for the simplified (keyValues) representation. ``format`` decides when given
+    (NGSI-LD 1.6+), else ``options``; within one of them keyValues wins over normalized."""
+    for key in ("format", "options"):
+        names = {name for name in _option_names(params, key) if name != "count"}
+        if names:
+            return bool({"keyValues", "simplified"} & names)
+    return False
+
+
+def check_parameters(params: Mapping[str, str], allowed: frozenset[str]) -> None:
+    for key in params:
+        if key in allowed or key in IGNORED:
+            continue
+        if key in UNSUPPORTED:
+            raise bad_request(
+                f"parameter {key!r} is not supported by this context source; "
+                f"supported: {', '.join(sorted(allowed)) or 'none'}"
+            )
+        raise bad_request(
+            f"unknown parameter {key!r}; known: {', '.join(sorted(allowed | IGNORED))}"
+        )
+
+
+def parse_query(params: Mapping[str, str]) -> EntityQuery:
+    """``GET /ngsi-ld/v1/entities`` parameters, or :class:`NgsiError` naming the bad one."""
+    check_parameters(params, QUERY_PARAMETERS)
+    count = params.get("count", "false")
+    if count not in ("true", "false"):
+        raise bad_request(f"count must be true or false, not {count!r}")
+    types = _names(params, "type")
+    ids = _names(params, "id")
+    options = _option_names(params, "options")
+    return EntityQuery(
+        types=frozenset(types) if types is not None else None,
+        ids=frozenset(ids) if ids is not None else None,
+        attrs=_names(params, "attrs"),
+        limit=_integer(params, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT),
+        offset=_integer(params, "offset", 0, 0, 2**31 - 1),
+        count=count == "true" or "count" in options,
+        key_values=_representation(params),
+    )
+
+
+def parse_retrieve(params: Mapping[str, str]) -> EntityQuery:
+    """``GET /ngsi-ld/v1/entities/{id}`` parameters (attrs, type, options/format)."""
+    check_parameters(params, frozenset({"attrs", "type", "options", "format"}))
+    types = _names(params, "type")
+    return EntityQuery(
+        types=frozenset(types) if types is not None else None,
+        attrs=_names(params, "attrs"),
+        key_values=_representation(params),
+    )
+
+
+def _project(entity: dict[str, Any], attrs: tuple[str, ...] | None) -> dict[str, Any] | None:
+    """The entity with only ``attrs`` (id and type always), None if it has none of them."""
+    if attrs is None:
+        return entity
+    kept = {name: entity[name] for name in attrs if name in entity and name not in ("id", "type")}
+    if not kept:
+        return None
+    return {"id": entity["id"], "type": entity["type"], **kept}
+
+
+def _type_matches(entity_type: str, types: frozenset[str] | None) -> bool:
+    # short names, or the Smart Data Models' expanded type IRI
+    return types is None or any(t == entity_type or t.endswith("/" + entity_type) for t in types)
+
+
+def select(found: Iterable[dict[str, Any]], query: EntityQuery) -> tuple[list[dict[str, Any]], int]:
+    """(the page of matching entities, the number that matched before paging)."""
+    matched = []
+    for entity in found:
+        if not _type_matches(entity["type"], query.types):
+            continue
+        if query.ids is not None and entity["id"] not in query.ids:
+            continue
+        projected = _project(entity, query.attrs)
+        if projected is not None:
+            matched.append(key_values(projected) if query.key_values else projected)
+    return matched[query.offset : query.offset + query.limit], len(matched)
+
+
+def retrieve(found: Iterable[dict[str, Any]], wanted: str, query: EntityQuery) -> dict[str, Any]:
+    """One entity by id, or a ResourceNotFound :class:`NgsiError`."""
+    for entity in found:
+        if entity["id"] != wanted or not _type_matches(entity["type"], query.types):
+            continue
+        projected = _project(entity, query.attrs)
+        if projected is None:
+            break
+        return key_values(projected) if query.key_values else projected
+    raise NgsiError(
+        404,
+        "ResourceNotFound",
+        "Resource not found",
+        f"no entity {wanted!r}"
+        + (f" with any of the attributes {', '.join(query.attrs)}" if query.attrs else "")
+        + "; list them with GET /ngsi-ld/v1/entities",
+    )
+
+
+def type_list(found: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """``GET /ngsi-ld/v1/types``: the entity types present now."""
+    present = sorted({str(entity["type"]) for entity in found})
+    return {
+        "id": "urn:ngsi-ld:EntityTypeList:climastream",
+        "type": "EntityTypeList",
+        "typeList": present,
+    }

@@ -1,0 +1,220 @@
+"""NGSI-LD entities of the Smart Data Models from the console's live state, and the
+read-only NGSI-LD API that serves them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from climastream.contract import Quantity
+from console import ngsi
+from console.auth import Credentials, Principal, Role
+from console.feed import ListActionSink
+from console.hub import Hub
+from console.state import DeviceInfo, LiveState
+from console.web import ConsoleApp
+from tests.unit.console.builders import T0, reading
+
+VIEW_TOKEN = "viewer-token-0123456789"
+AUTH = {"Authorization": f"Bearer {VIEW_TOKEN}"}
+AQO = "urn:ngsi-ld:AirQualityObserved:aq-1"
+WO = "urn:ngsi-ld:WeatherObserved:aq-1"
+
+
+def _state() -> LiveState:
+    """aq-1 measures PM2.5, temperature and humidity; wx-1 wind only; gps-1 neither model."""
+    state = LiveState(clock=lambda: T0)
+    later = T0 + timedelta(seconds=30)
+    state.add_readings(
+        [
+            reading("aq-1", "centre", 1, Quantity.PM2_5, 12.5),
+            reading("aq-1", "centre", 2, Quantity.PM2_5, 14.0, later),
+            reading("aq-1", "centre", 3, Quantity.TEMPERATURE, 21.25),
+            reading("aq-1", "centre", 4, Quantity.RELATIVE_HUMIDITY, 64.0),
+            reading("wx-1", "park", 1, Quantity.WIND_SPEED, 3.5),
+            reading("gps-1", "park", 1, Quantity.BATTERY_VOLTAGE, 3.7),
+        ]
+    )
+    return state
+
+
+def _by_id(state: LiveState) -> dict[str, dict[str, Any]]:
+    return {e["id"]: e for e in ngsi.entities(state.devices.values())}
+
+
+def test_a_node_becomes_one_entity_per_smart_data_model_it_measures_for() -> None:
+    found = _by_id(_state())
+    assert sorted(found) == [AQO, WO, "urn:ngsi-ld:WeatherObserved:wx-1"]
+    aqo = found[AQO]
+    assert aqo["type"] == "AirQualityObserved"
+    # the newest value, its unit code and its own event time
+    assert aqo["pm25"] == {
+        "type": "Property",
+        "value": 14.0,
+        "unitCode": "GQ",
+        "observedAt": "2026-06-01T12:00:30Z",
+    }
+    assert aqo["temperature"]["value"] == 21.25
+    assert aqo["temperature"]["unitCode"] == "CEL"
+    # relative humidity is a fraction in both models
+    assert aqo["relativeHumidity"]["value"] == 0.64
+    assert aqo["dateObserved"]["value"] == {"@type": "DateTime", "@value": "2026-06-01T12:00:30Z"}
+    # GeoJSON: longitude first
+    assert aqo["location"] == {
+        "type": "GeoProperty",
+        "value": {"type": "Point", "coordinates": [4.3, 50.8]},
+    }
+    assert aqo["areaServed"] == {"type": "Property", "value": "centre"}
+    assert aqo["refDevice"] == {"type": "Relationship", "object": "urn:ngsi-ld:Device:aq-1"}
+    # the same node's weather entity has no pollutant, and its own dateObserved
+    weather = found[WO]
+    assert "pm25" not in weather
+    assert weather["dateObserved"]["value"]["@value"] == "2026-06-01T12:00:00Z"
+    assert weather["relativeHumidity"]["value"] == 0.64
+
+
+def test_a_thermometer_alone_is_no_air_quality_station() -> None:
+    state = LiveState(clock=lambda: T0)
+    state.add_readings([reading("t-1", "z", 1, Quantity.TEMPERATURE, 20.0)])
+    assert [e["type"] for e in ngsi.entities(state.devices.values())] == ["WeatherObserved"]
+
+
+def test_a_configured_node_without_readings_and_without_location_is_served_as_known() -> None:
+    silent = DeviceInfo("quiet-1", zone="z", lat=50.0, lon=4.0)
+    assert ngsi.entities([silent]) == []
+    state = LiveState(clock=lambda: T0)
+    unlocated = reading("u-1", "z", 1, Quantity.NO2, 40.0).model_copy(update={"location": None})
+    state.add_readings([unlocated])
+    (entity,) = ngsi.entities(state.devices.values())
+    assert "location" not in entity
+    assert entity["no2"]["value"] == 40.0
+
+
+def test_key_values_is_the_simplified_form() -> None:
+    aqo = _by_id(_state())[AQO]
+    assert ngsi.key_values(aqo) == {
+        "id": AQO,
+        "type": "AirQualityObserved",
+        "pm25": 14.0,
+        "temperature": 21.25,
+        "relativeHumidity": 0.64,
+        "dateObserved": "2026-06-01T12:00:30Z",
+        "location": {"type": "Point", "coordinates": [4.3, 50.8]},
+        "areaServed": "centre",
+        "refDevice": "urn:ngsi-ld:Device:aq-1",
+    }
+
+
+def test_queries_filter_project_and_page() -> None:
+    found = ngsi.entities(_state().devices.values())
+    page, total = ngsi.select(found, ngsi.parse_query({"type": "WeatherObserved"}))
+    assert total == 2
+    assert [e["id"] for e in page] == [WO, "urn:ngsi-ld:WeatherObserved:wx-1"]
+    # the Smart Data Models' expanded type IRI matches too
+    iri = "https://smartdatamodels.org/dataModel.Environment/AirQualityObserved"
+    page, _ = ngsi.select(found, ngsi.parse_query({"type": iri}))
+    assert [e["id"] for e in page] == [AQO]
+    # attrs: only those attributes, and only entities that have one of them
+    page, total = ngsi.select(found, ngsi.parse_query({"attrs": "windSpeed"}))
+    assert total == 1
+    assert set(page[0]) == {"id", "type", "windSpeed"}
+    page, total = ngsi.select(
+        found, ngsi.parse_query({"id": f"{AQO},{WO}", "limit": "1", "offset": "1"})
+    )
+    assert (total, [e["id"] for e in page]) == (2, [WO])
+    page, total = ngsi.select(found, ngsi.parse_query({"limit": "0", "count": "true"}))
+    assert (page, total) == ([], 3)
+    # empty list items are dropped, and an empty parameter is no filter
+    assert ngsi.parse_query({"attrs": "pm25,,no2", "type": " "}).attrs == ("pm25", "no2")
+    assert ngsi.parse_query({"type": " , "}).types is None
+    # format decides over options (NGSI-LD 1.6+)
+    assert ngsi.parse_query({"options": "keyValues", "format": "normalized"}).key_values is False
+    assert ngsi.parse_query({"options": "count,simplified"}).key_values is True
+    assert ngsi.parse_query({"options": "normalized,keyValues"}).key_values is True
+    # unknown types and ids match nothing: an empty answer, as NGSI-LD says
+    assert ngsi.select(found, ngsi.parse_query({"type": "Nope"})) == ([], 0)
+
+
+@pytest.mark.parametrize(
+    ("params", "names"),
+    [
+        ({"limit": "1001"}, "limit must be an integer from 0 to 1000"),
+        ({"limit": "ten"}, "limit must be an integer"),
+        ({"offset": "-1"}, "offset must be an integer"),
+        ({"count": "yes"}, "count must be true or false"),
+        ({"options": "sysAttrs"}, "'sysAttrs' not supported"),
+        ({"options": ""}, "options '' not supported"),
+        ({"format": " keyValues"}, "format ' keyValues' not supported"),
+        ({"q": "pm25>10"}, "parameter 'q' is not supported"),
+        ({"idPattern": ".*"}, "parameter 'idPattern' is not supported"),
+        ({"tpye": "AirQualityObserved"}, "unknown parameter 'tpye'"),
+    ],
+)
+def test_a_bad_query_names_the_parameter(params: dict[str, str], names: str) -> None:
+    with pytest.raises(ngsi.NgsiError) as caught:
+        ngsi.parse_query(params)
+    assert caught.value.status == 400
+    assert names in caught.value.detail
+    assert caught.value.problem()["type"] == "https://uri.etsi.org/ngsi-ld/errors/BadRequestData"
+
+
+def test_retrieve_and_type_list() -> None:
+    found = ngsi.entities(_state().devices.values())
+    entity = ngsi.retrieve(found, AQO, ngsi.parse_retrieve({"attrs": "pm25"}))
+    assert set(entity) == {"id", "type", "pm25"}
+    with pytest.raises(ngsi.NgsiError) as caught:
+        ngsi.retrieve(found, AQO, ngsi.parse_retrieve({"attrs": "windSpeed"}))
+    assert caught.value.status == 404
+    assert caught.value.kind == "ResourceNotFound"
+    assert ngsi.type_list(found)["typeList"] == ["AirQualityObserved", "WeatherObserved"]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient[object, object]]:
+    credentials = Credentials()
+    credentials.add_token(VIEW_TOKEN, Principal("twin", Role.VIEWER))
+    app = ConsoleApp(Hub(_state()), credentials, ListActionSink()).build()
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+async def test_the_api_needs_a_token_and_negotiates_json_ld(client: TestClient) -> None:
+    url = "/ngsi-ld/v1/entities?type=AirQualityObserved"
+    assert (await client.get(url)).status == 401
+    response = await client.get(url, headers=AUTH)
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert response.headers["Link"] == ngsi.CONTEXT_LINK
+    (entity,) = await response.json()
+    assert entity["id"] == AQO
+    assert "@context" not in entity
+    response = await client.get(url, headers={**AUTH, "Accept": "application/ld+json"})
+    assert response.content_type == "application/ld+json"
+    (entity,) = await response.json(content_type="application/ld+json")
+    assert entity["@context"] == [ngsi.SDM_CONTEXT, ngsi.CORE_CONTEXT]
+    assert "Link" not in response.headers
+    refused = await client.get(url, headers={**AUTH, "Accept": "text/html"})
+    assert refused.status == 406
+
+
+async def test_the_api_counts_retrieves_and_explains_refusals(client: TestClient) -> None:
+    response = await client.get(
+        "/ngsi-ld/v1/entities?limit=1&count=true&options=keyValues", headers=AUTH
+    )
+    assert response.headers["NGSILD-Results-Count"] == "3"
+    (entity,) = await response.json()
+    assert entity["pm25"] == 14.0
+    response = await client.get(f"/ngsi-ld/v1/entities/{AQO}", headers=AUTH)
+    assert (await response.json())["pm25"]["value"] == 14.0
+    missing = await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:X:nope", headers=AUTH)
+    assert missing.status == 404
+    assert (await missing.json())["type"].endswith("/ResourceNotFound")
+    bad = await client.get("/ngsi-ld/v1/entities?type=A&type=B", headers=AUTH)
+    assert bad.status == 400
+    assert (await bad.json())["detail"] == "parameter 'type' given more than once"
+    types = await (await client.get("/ngsi-ld/v1/types", headers=AUTH)).json()
+    assert types["typeList"] == ["AirQualityObserved", "WeatherObserved"]
