@@ -9,12 +9,17 @@ or a digital twin can query it directly with a viewer token.
 Each sensor node becomes up to two entities, one per Smart Data Model whose quantities it
 measures:
 
-- ``AirQualityObserved`` (``urn:ngsi-ld:AirQualityObserved:<device>``) for a node with
-  any pollutant (PM1, PM2.5, PM10, NO2, O3, SO2, CO, CO2); its temperature and humidity
-  ride along, as in the model's own example;
-- ``WeatherObserved`` (``urn:ngsi-ld:WeatherObserved:<device>``) for a node with any
-  weather quantity (temperature, humidity, dew point, pressure, wind, precipitation,
+- ``AirQualityObserved`` (``urn:ngsi-ld:AirQualityObserved:device:<device>``) for a node
+  with any pollutant (PM1, PM2.5, PM10, NO2, O3, SO2, CO, CO2); its temperature and
+  humidity ride along, as in the model's own example;
+- ``WeatherObserved`` (``urn:ngsi-ld:WeatherObserved:device:<device>``) for a node with
+  any weather quantity (temperature, humidity, dew point, pressure, wind, precipitation,
   solar radiation, illuminance, visibility).
+
+Each zone with an ``eaqi`` KPI from the stream job becomes an ``AirQualityObserved``
+(``urn:ngsi-ld:AirQualityObserved:zone:<zone>``) with ``airQualityIndex`` (the European
+AQI band, 1-6) and ``airQualityLevel`` (its name). The ``device:`` and ``zone:`` parts
+keep the two apart whatever a device is called.
 
 Every measured attribute is a Property with the node's newest value, its UN/CEFACT
 ``unitCode`` and ``observedAt`` (the reading's event time). ``dateObserved`` is the newest
@@ -22,9 +27,10 @@ of those times, ``location`` a GeoJSON point, ``areaServed`` the zone and ``refD
 Relationship to ``urn:ngsi-ld:Device:<device>``. Relative humidity is a fraction (0-1), as
 both models define it; every other value keeps its canonical unit.
 
-This module is pure: :func:`entities` builds entities from :class:`~console.state.DeviceInfo`
-and :func:`parse_query` / :func:`select` answer a query's parameters. The HTTP side lives
-in :mod:`console.web`.
+This module is pure. :func:`entities` builds entities from
+:class:`~console.state.DeviceInfo` and :class:`~climastream.contract.KpiValue`;
+:func:`parse_query`, :func:`select` and :func:`retrieve` answer a request's parameters.
+The HTTP side lives in :mod:`console.web`.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from climastream.contract import Quantity
+from climastream.contract import KpiValue, Quantity
 from console.state import DeviceInfo
+from stream.formulas import BANDS
 
 CORE_CONTEXT: Final = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
 #: the Smart Data Models' combined @context: defines every attribute name used here
@@ -155,7 +162,49 @@ def bad_request(detail: str) -> NgsiError:
 
 
 def entity_id(entity_type: str, device_id: str) -> str:
-    return f"urn:ngsi-ld:{entity_type}:{device_id}"
+    return f"urn:ngsi-ld:{entity_type}:device:{device_id}"
+
+
+def zone_entity_id(entity_type: str, zone: str) -> str:
+    return f"urn:ngsi-ld:{entity_type}:zone:{zone}"
+
+
+def _camel(band: str) -> str:
+    """``very_poor`` -> ``veryPoor``, as Smart Data Models spell enumerations."""
+    first, *rest = band.split("_")
+    return first + "".join(part.capitalize() for part in rest)
+
+
+#: EAQI band names in the models' spelling, by index 1-6
+AIR_QUALITY_LEVELS: Final = tuple(_camel(band) for band in BANDS)
+
+
+def zone_air_quality(kpi: KpiValue) -> dict[str, Any]:
+    """A zone's ``AirQualityObserved`` from the stream's ``eaqi`` KPI (the value is the
+    European AQI band index; the hour's window end is when it was observed)."""
+    index = max(1, min(len(AIR_QUALITY_LEVELS), round(kpi.value)))
+    observed = _iso(kpi.window_end)
+    assert kpi.zone is not None
+    return {
+        "id": zone_entity_id("AirQualityObserved", kpi.zone),
+        "type": "AirQualityObserved",
+        "airQualityIndex": {"type": "Property", "value": index, "observedAt": observed},
+        "airQualityLevel": {
+            "type": "Property",
+            "value": AIR_QUALITY_LEVELS[index - 1],
+            "observedAt": observed,
+        },
+        "dateObserved": {
+            "type": "Property",
+            "value": {"@type": "DateTime", "@value": observed},
+        },
+        "areaServed": {"type": "Property", "value": kpi.zone},
+        # traceable to the algorithm and its version (ISO 37114 draft)
+        "dataProvider": {
+            "type": "Property",
+            "value": f"climastream kpi {kpi.kpi_id} version {kpi.kpi_version}",
+        },
+    }
 
 
 def _iso(when: datetime) -> str:
@@ -211,9 +260,15 @@ def device_entities(device: DeviceInfo) -> list[dict[str, Any]]:
     return out
 
 
-def entities(devices: Iterable[DeviceInfo]) -> list[dict[str, Any]]:
-    """Every node's entities, ordered by id (so pages are stable)."""
+def entities(
+    devices: Iterable[DeviceInfo], zone_kpis: Iterable[KpiValue] = ()
+) -> list[dict[str, Any]]:
+    """Every node's and zone's entities, ordered by id (so pages are stable).
+
+    ``zone_kpis``: the newest zone-scoped KPI values; the ``eaqi`` ones make zone entities.
+    """
     found = [entity for device in devices for entity in device_entities(device)]
+    found += [zone_air_quality(k) for k in zone_kpis if k.kpi_id == "eaqi" and k.zone]
     found.sort(key=lambda entity: str(entity["id"]))
     return found
 

@@ -385,7 +385,8 @@ class ConsoleApp:
         )
 
     def _ngsi_entities_now(self) -> list[dict[str, Any]]:
-        return ngsi.entities(self.hub.state.devices.values())
+        state = self.hub.state
+        return ngsi.entities(state.devices.values(), state.zone_kpis.values())
 
     async def ngsi_entities(self, request: web.Request) -> web.Response:
         try:

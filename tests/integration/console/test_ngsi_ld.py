@@ -19,7 +19,15 @@ from typing import Any
 import orjson
 import pytest
 
-from climastream.contract import Location, Quantity, Reading, ReadingBatch, Topics, encode
+from climastream.contract import (
+    KpiValue,
+    Location,
+    Quantity,
+    Reading,
+    ReadingBatch,
+    Topics,
+    encode,
+)
 from climastream.quantities import CANONICAL_UNITS
 from climastream.stack import Stack
 from tests.integration.console.conftest import VIEWER_TOKEN
@@ -81,7 +89,7 @@ async def test_readings_come_out_as_smart_data_models_entities(
     console_url: str, stack: Stack
 ) -> None:
     device = f"ngsi-{uuid.uuid4().hex[:6]}"
-    aqo_url = f"{console_url}/ngsi-ld/v1/entities/urn:ngsi-ld:AirQualityObserved:{device}"
+    aqo_url = f"{console_url}/ngsi-ld/v1/entities/urn:ngsi-ld:AirQualityObserved:device:{device}"
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     # until the console's consumer has joined, a record may land before its backfill: send
     # until the node shows up, then the batch the assertions are about
@@ -108,7 +116,7 @@ async def test_readings_come_out_as_smart_data_models_entities(
     assert headers["Content-Type"].startswith("application/json")
     assert 'rel="http://www.w3.org/ns/json-ld#context"' in headers["Link"]
     observed = _iso(final_at)
-    assert entity["id"] == f"urn:ngsi-ld:AirQualityObserved:{device}"
+    assert entity["id"] == f"urn:ngsi-ld:AirQualityObserved:device:{device}"
     assert entity["type"] == "AirQualityObserved"
     assert entity["pm25"] == {
         "type": "Property",
@@ -126,7 +134,7 @@ async def test_readings_come_out_as_smart_data_models_entities(
     assert "windSpeed" not in entity  # wind belongs to the weather entity
 
     # the same node as a weather station, simplified, found by a query
-    wo_id = f"urn:ngsi-ld:WeatherObserved:{device}"
+    wo_id = f"urn:ngsi-ld:WeatherObserved:device:{device}"
     status, headers, found = _get(
         f"{console_url}/ngsi-ld/v1/entities?type=WeatherObserved&id={wo_id}"
         "&options=keyValues&count=true"
@@ -160,3 +168,39 @@ async def test_readings_come_out_as_smart_data_models_entities(
     assert "'q'" in problem["detail"]
     # and nobody reads it without a token
     assert _get(aqo_url, token=None)[0] == 401
+
+
+async def test_a_zones_eaqi_kpi_comes_out_as_its_air_quality_entity(
+    console_url: str, stack: Stack
+) -> None:
+    zone = f"ngsi-zone-{uuid.uuid4().hex[:6]}"
+    url = f"{console_url}/ngsi-ld/v1/entities/urn:ngsi-ld:AirQualityObserved:zone:{zone}"
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    kpi = KpiValue(
+        kpi_id="eaqi",
+        kpi_version="1",
+        zone=zone,
+        window_start=end - timedelta(hours=1),
+        window_end=end,
+        value=4.0,
+        unit="1",
+        sample_count=360,
+        completeness=0.98,
+        band="poor",
+    )
+    deadline = time.monotonic() + 60
+    while (answer := _get(url + "?options=keyValues"))[0] != 200:
+        if time.monotonic() > deadline:
+            pytest.fail(f"zone {zone} did not show up in the NGSI-LD API within 60 s")
+        # resent until the console's consumer has joined (a KPI is an upsert: same value)
+        await produce(stack.config.kafka_bootstrap, Topics.KPI.name, [(kpi.key, encode(kpi))])
+        await asyncio.sleep(1.0)
+    assert answer[2] == {
+        "id": f"urn:ngsi-ld:AirQualityObserved:zone:{zone}",
+        "type": "AirQualityObserved",
+        "airQualityIndex": 4,
+        "airQualityLevel": "poor",
+        "dateObserved": _iso(end),
+        "areaServed": zone,
+        "dataProvider": "climastream kpi eaqi version 1",
+    }

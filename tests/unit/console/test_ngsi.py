@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from climastream.contract import Quantity
+from climastream.contract import KpiValue, Quantity
 from console import ngsi
 from console.auth import Credentials, Principal, Role
 from console.feed import ListActionSink
@@ -21,8 +21,8 @@ from tests.unit.console.builders import T0, reading
 
 VIEW_TOKEN = "viewer-token-0123456789"
 AUTH = {"Authorization": f"Bearer {VIEW_TOKEN}"}
-AQO = "urn:ngsi-ld:AirQualityObserved:aq-1"
-WO = "urn:ngsi-ld:WeatherObserved:aq-1"
+AQO = "urn:ngsi-ld:AirQualityObserved:device:aq-1"
+WO = "urn:ngsi-ld:WeatherObserved:device:aq-1"
 
 
 def _state() -> LiveState:
@@ -48,7 +48,7 @@ def _by_id(state: LiveState) -> dict[str, dict[str, Any]]:
 
 def test_a_node_becomes_one_entity_per_smart_data_model_it_measures_for() -> None:
     found = _by_id(_state())
-    assert sorted(found) == [AQO, WO, "urn:ngsi-ld:WeatherObserved:wx-1"]
+    assert sorted(found) == [AQO, WO, "urn:ngsi-ld:WeatherObserved:device:wx-1"]
     aqo = found[AQO]
     assert aqo["type"] == "AirQualityObserved"
     # the newest value, its unit code and its own event time
@@ -94,6 +94,47 @@ def test_a_configured_node_without_readings_and_without_location_is_served_as_kn
     assert entity["no2"]["value"] == 40.0
 
 
+def _eaqi(zone: str, value: float, minutes: int = 60) -> KpiValue:
+    return KpiValue(
+        kpi_id="eaqi",
+        kpi_version="1",
+        zone=zone,
+        window_start=T0 - timedelta(minutes=minutes),
+        window_end=T0,
+        value=value,
+        unit="1",
+        sample_count=120,
+        completeness=1.0,
+    )
+
+
+def test_a_zone_with_an_eaqi_kpi_is_an_air_quality_entity() -> None:
+    state = _state()
+    state.add_kpi(_eaqi("centre", 5.0))
+    state.add_readings([reading("zone:centre", "centre", 1, Quantity.PM10, 30.0)])
+    found = {e["id"]: e for e in ngsi.entities(state.devices.values(), state.zone_kpis.values())}
+    zone = found["urn:ngsi-ld:AirQualityObserved:zone:centre"]
+    assert zone["airQualityIndex"] == {
+        "type": "Property",
+        "value": 5,
+        "observedAt": "2026-06-01T12:00:00Z",
+    }
+    assert zone["airQualityLevel"]["value"] == "veryPoor"
+    assert zone["areaServed"]["value"] == "centre"
+    assert zone["dataProvider"]["value"] == "climastream kpi eaqi version 1"
+    # a device called "zone:centre" cannot take the zone's place
+    oddly_named = found["urn:ngsi-ld:AirQualityObserved:device:zone:centre"]
+    assert oddly_named["pm10"]["value"] == 30.0
+    assert ngsi.AIR_QUALITY_LEVELS == (
+        "good",
+        "fair",
+        "moderate",
+        "poor",
+        "veryPoor",
+        "extremelyPoor",
+    )
+
+
 def test_key_values_is_the_simplified_form() -> None:
     aqo = _by_id(_state())[AQO]
     assert ngsi.key_values(aqo) == {
@@ -113,7 +154,7 @@ def test_queries_filter_project_and_page() -> None:
     found = ngsi.entities(_state().devices.values())
     page, total = ngsi.select(found, ngsi.parse_query({"type": "WeatherObserved"}))
     assert total == 2
-    assert [e["id"] for e in page] == [WO, "urn:ngsi-ld:WeatherObserved:wx-1"]
+    assert [e["id"] for e in page] == [WO, "urn:ngsi-ld:WeatherObserved:device:wx-1"]
     # the Smart Data Models' expanded type IRI matches too
     iri = "https://smartdatamodels.org/dataModel.Environment/AirQualityObserved"
     page, _ = ngsi.select(found, ngsi.parse_query({"type": iri}))
@@ -210,7 +251,7 @@ async def test_the_api_counts_retrieves_and_explains_refusals(client: TestClient
     assert entity["pm25"] == 14.0
     response = await client.get(f"/ngsi-ld/v1/entities/{AQO}", headers=AUTH)
     assert (await response.json())["pm25"]["value"] == 14.0
-    missing = await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:X:nope", headers=AUTH)
+    missing = await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:X:device:no", headers=AUTH)
     assert missing.status == 404
     assert (await missing.json())["type"].endswith("/ResourceNotFound")
     bad = await client.get("/ngsi-ld/v1/entities?type=A&type=B", headers=AUTH)
