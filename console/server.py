@@ -15,7 +15,7 @@ from console.auth import Credentials
 from console.feed import FeedSettings, KafkaActionSink, KafkaFeed, load_site
 from console.hub import Hub
 from console.state import LiveState, StateLimits
-from console.web import ConsoleApp
+from console.web import ConsoleApp, quiet_malformed_requests
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ async def serve(settings: ConsoleSettings, credentials: Credentials, stop: async
     )
     actions = KafkaActionSink(settings.bootstrap_servers)
     console = ConsoleApp(hub, credentials, actions, secure_cookies=settings.secure_cookies)
+    quiet_malformed_requests()
     runner = web.AppRunner(console.build(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)

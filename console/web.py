@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 import yaml
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ValidationError
 
 from climastream.contract import MAX_SILENCE, AlertAction, AlertActionKind
@@ -71,6 +72,40 @@ _SECURITY_HEADERS = {
 #: the keys an alert action's JSON body may have (anything else is refused, so a typo such
 #: as "minute" is an error, not a silence that quietly lasts until the alert resolves)
 ACTION_KEYS = frozenset({"action", "comment", "minutes"})
+
+
+class MalformedRequestFilter(logging.Filter):
+    """Turns aiohttp's ERROR-with-traceback for a request its HTTP parser refused (a NUL
+    byte in a header, a bad Content-Length: the client already got 400) into one WARNING
+    line.
+
+    Anyone who can reach the port can send such bytes; a traceback each time would bury
+    the errors that matter. A handler's own exception is not touched: it stays an ERROR
+    with its traceback.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = " ".join(str(exc.message).split())[:200]
+            original = record.getMessage()  # "Error handling request from <address>"
+            record.msg = "malformed HTTP request refused with %s: %s (%s)"
+            record.args = (exc.code, reason, original)
+            # never louder than aiohttp meant (it logs a bad method at DEBUG)
+            level = min(record.levelno, logging.WARNING)
+            record.levelno, record.levelname = level, logging.getLevelName(level)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_MALFORMED = MalformedRequestFilter()
+
+
+def quiet_malformed_requests() -> None:
+    """Install :class:`MalformedRequestFilter` on ``aiohttp.server`` (idempotent)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in server_log.filters:
+        server_log.addFilter(_MALFORMED)
 
 
 def _json_error(error: type[web.HTTPError], message: str) -> web.HTTPError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 
 import pytest
@@ -13,7 +14,7 @@ from console.auth import Credentials, Principal, Role, hash_password, verify_pas
 from console.feed import ListActionSink
 from console.hub import Hub
 from console.state import LiveState
-from console.web import COOKIE, ConsoleApp
+from console.web import COOKIE, ConsoleApp, MalformedRequestFilter, quiet_malformed_requests
 
 OP_TOKEN = "operator-token-0123456789"
 VIEW_TOKEN = "viewer-token-0123456789"
@@ -160,3 +161,41 @@ async def test_the_event_stream_ends_when_the_session_does() -> None:
         assert logout.status in (200, 204, 302)
         rest = await asyncio.wait_for(stream.content.read(), timeout=10)  # ends: EOF
         assert b"event: session-ended" in rest
+
+
+async def test_a_malformed_request_is_one_warning_line_not_a_traceback(
+    setup: tuple[TestClient, ListActionSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A NUL byte in a header (as a fuzzer or scanner sends) gets 400 and one WARNING;
+    an exception in a handler stays an ERROR with its traceback."""
+    client, _ = setup
+    quiet_malformed_requests()
+    quiet_malformed_requests()  # idempotent
+    installed = logging.getLogger("aiohttp.server").filters
+    assert sum(isinstance(f, MalformedRequestFilter) for f in installed) == 1
+    server = client.server
+    with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n")
+        await writer.drain()
+        answer = await reader.read(100)
+        writer.close()
+        await asyncio.sleep(0.1)  # the log record is written after the answer
+    assert answer.startswith(b"HTTP/1.0 400")
+    (record,) = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert record.levelname == "WARNING"
+    assert record.exc_info is None
+    assert "malformed HTTP request refused with 400: Invalid header value char" in (
+        record.getMessage()
+    )
+    # a handler's own exception is left alone
+    boom = logging.LogRecord(
+        "aiohttp.server", logging.ERROR, __file__, 1, "Error handling request", (), None
+    )
+    try:
+        raise RuntimeError("handler bug")
+    except RuntimeError:
+        boom.exc_info = sys.exc_info()
+    assert MalformedRequestFilter().filter(boom)
+    assert boom.levelname == "ERROR"
+    assert boom.exc_info is not None
