@@ -92,8 +92,8 @@ def check_compression(name: str) -> None:
     codec = require("aiokafka.codec", "edge")
     if not getattr(codec, f"has_{name}")():
         raise ValueError(
-            f"kafka.compression: {name} needs its Python library (pip install {name}); "
-            "gzip is always available"
+            f"kafka.compression: {name} needs aiokafka's codec library (pip install cramjam, "
+            "part of the edge extra); gzip is always available"
         )
 
 

@@ -58,7 +58,6 @@ def gateway_yaml(
             "bootstrap_servers": stack.config.kafka_bootstrap,
             "linger_ms": 5,
             "request_timeout_ms": 5000,
-            "compression": "gzip",
         },
         "buffer": {"path": str(path.parent / f"{gateway_id}.db"), **(buffer or {})},
         "batch_max_wait_s": 0.05,

@@ -451,3 +451,23 @@ def test_broker_addresses_that_no_client_could_use_are_refused(servers: str, pro
 )
 def test_broker_addresses_as_kafka_clients_take_them(servers: str) -> None:
     assert KafkaConfig(bootstrap_servers=servers).bootstrap_servers == servers
+
+
+def test_the_uplink_compresses_with_zstd_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """zstd by default, and its codec installed with the edge extra; a codec whose library
+    is missing is refused at start, naming the key and the package."""
+    import aiokafka.codec
+
+    from edge.uplink import check_compression
+
+    assert KafkaConfig().compression == "zstd"
+    for codec in ("zstd", "gzip", "lz4", "snappy", "none"):
+        check_compression(codec)  # all installed: nothing raised
+    # the round trip aiokafka makes of every record batch, with the installed library
+    payload = b'{"gateway_id":"gw","readings":[]}' * 100
+    assert aiokafka.codec.zstd_decode(aiokafka.codec.zstd_encode(payload)) == payload
+    monkeypatch.setattr(aiokafka.codec, "has_zstd", lambda: False)
+    with pytest.raises(ValueError, match=r"kafka\.compression: zstd needs .*pip install cramjam"):
+        check_compression("zstd")
