@@ -13,8 +13,12 @@ YAML file named by ``CLIMASTREAM_CONSOLE_AUTH_FILE`` / ``--auth-file``::
       - {name: alice, role: operator, password_hash: "scrypt$16384$8$1$<salt>$<hash>"}
     tokens:
       - {name: wallboard, role: viewer, token_sha256: "<hex>"}
+      - {name: twin, role: viewer, token_sha256: "<hex>", expires_at: 2027-03-31T00:00:00Z}
 
 ``climastream console --hash-password`` prints a hash for a password read from stdin.
+
+A token with ``expires_at`` is refused from that moment on (logged once, by name), and a
+browser session opened with it ends then too, whatever the session's own lifetime.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -31,11 +36,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from climastream.contract import SafeId
 from climastream.validation import error_lines
 from climastream.yamlfile import YamlFileError, load_yaml
+
+log = logging.getLogger(__name__)
 
 
 class AuthConfigError(ValueError):
@@ -51,6 +58,8 @@ class Role(StrEnum):
 class Principal:
     name: str
     role: Role
+    #: when the credential stops being valid (a token's ``expires_at``); None: never
+    expires: datetime | None = None
 
     @property
     def can_act(self) -> bool:
@@ -107,6 +116,8 @@ class TokenEntry(_Frozen):
     name: SafeId
     role: Role
     token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    #: refused from this moment on; with a time zone (``2027-03-31T00:00:00Z``)
+    expires_at: AwareDatetime | None = None
 
 
 class AuthFile(_Frozen):
@@ -121,9 +132,13 @@ class Credentials:
         self,
         users: Mapping[str, UserEntry] | None = None,
         tokens: Mapping[str, Principal] | None = None,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.users = dict(users or {})
         self.tokens = dict(tokens or {})  # sha256 hex -> principal
+        self.clock = clock
+        self._expired_logged: set[str] = set()
 
     def __bool__(self) -> bool:
         return bool(self.users or self.tokens)
@@ -139,6 +154,15 @@ class Credentials:
         for known, principal in self.tokens.items():
             if hmac.compare_digest(known, digest):
                 found = principal
+        if found is not None and found.expires is not None and found.expires <= self.clock():
+            if found.name not in self._expired_logged:
+                self._expired_logged.add(found.name)
+                log.warning(
+                    "console token %r expired at %s: refused",
+                    found.name,
+                    found.expires.isoformat(),
+                )
+            return None
         return found
 
     def check_password(self, name: str, password: str) -> Principal | None:
@@ -170,8 +194,17 @@ class Credentials:
                 where = "; ".join(error_lines(exc, root="", key_lines=key_lines))
                 raise AuthConfigError(f"{path}: invalid auth file: {where}") from None
             credentials.users = {u.name: u for u in parsed.users}
+            now = credentials.clock()
             for entry in parsed.tokens:
-                credentials.tokens[entry.token_sha256] = Principal(entry.name, entry.role)
+                expires = entry.expires_at.astimezone(UTC) if entry.expires_at else None
+                credentials.tokens[entry.token_sha256] = Principal(entry.name, entry.role, expires)
+                if expires is not None and expires <= now:
+                    log.warning(
+                        "%s: token %r expired at %s; it is refused",
+                        path,
+                        entry.name,
+                        expires.isoformat(),
+                    )
         for role in Role:
             name = f"CLIMASTREAM_CONSOLE_{role.value.upper()}_TOKEN"
             token = environ.get(name)
@@ -222,7 +255,10 @@ class SessionStore:
 
     def create(self, principal: Principal) -> tuple[str, Session]:
         session_id = secrets.token_urlsafe(32)
-        session = Session(principal, secrets.token_urlsafe(32), self.clock() + self.ttl)
+        expires = self.clock() + self.ttl
+        if principal.expires is not None:
+            expires = min(expires, principal.expires)  # not past the token it was opened with
+        session = Session(principal, secrets.token_urlsafe(32), expires)
         self._sessions[session_id] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
