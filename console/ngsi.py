@@ -35,6 +35,7 @@ The HTTP side lives in :mod:`console.web`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -312,10 +313,10 @@ def _integer(params: Mapping[str, str], key: str, default: int, low: int, high: 
     raw = params.get(key)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"{key} must be an integer from {low} to {high}, not {raw!r}") from None
+    # digits only: Python's int() would also take " 5", "+5" or "1_000"
+    if not re.fullmatch(r"-?[0-9]{1,12}", raw):
+        raise bad_request(f"{key} must be an integer from {low} to {high}, not {raw!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise bad_request(f"{key} must be an integer from {low} to {high}, not {value}")
     return value

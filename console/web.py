@@ -379,21 +379,31 @@ class ConsoleApp:
     @staticmethod
     def _ngsi_ld_json(request: web.Request) -> bool:
         """True to answer ``application/ld+json`` (``@context`` in the body), False for
-        ``application/json`` (the context in a ``Link`` header); NotAcceptable otherwise."""
-        ranges = [
-            part.split(";")[0].strip().lower()
-            for part in request.headers.get("Accept", "*/*").split(",")
-        ]
-        if "application/ld+json" in ranges:
-            return True
-        if any(r in ("application/json", "application/*", "*/*", "") for r in ranges):
-            return False
-        raise ngsi.NgsiError(
-            406,
-            "NotAcceptable",
-            "Not acceptable",
-            "this context source answers application/json or application/ld+json",
-        )
+        ``application/json`` (the context in a ``Link`` header), by the Accept header's
+        q-values (a tie goes to JSON-LD, which the client named); NotAcceptable if it
+        allows neither."""
+        ld_q = json_q = 0.0
+        for part in request.headers.get("Accept", "*/*").split(","):
+            media, *params = (p.strip().lower() for p in part.split(";"))
+            q = 1.0
+            for param in params:
+                if param.startswith("q="):
+                    try:
+                        q = float(param[2:])
+                    except ValueError:
+                        q = 0.0
+            if media == "application/ld+json":
+                ld_q = max(ld_q, q)
+            elif media in ("application/json", "application/*", "*/*", ""):
+                json_q = max(json_q, q)
+        if ld_q <= 0 and json_q <= 0:
+            raise ngsi.NgsiError(
+                406,
+                "NotAcceptable",
+                "Not acceptable",
+                "this context source answers application/json or application/ld+json",
+            )
+        return ld_q > 0 and ld_q >= json_q
 
     def _ngsi_response(
         self, request: web.Request, body: Any, headers: dict[str, str] | None = None

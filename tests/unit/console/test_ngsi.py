@@ -185,6 +185,7 @@ def test_queries_filter_project_and_page() -> None:
     [
         ({"limit": "1001"}, "limit must be an integer from 0 to 1000"),
         ({"limit": "ten"}, "limit must be an integer"),
+        ({"limit": "1_0"}, "limit must be an integer from 0 to 1000, not '1_0'"),
         ({"offset": "-1"}, "offset must be an integer"),
         ({"count": "yes"}, "count must be true or false"),
         ({"options": "sysAttrs"}, "'sysAttrs' not supported"),
@@ -240,6 +241,18 @@ async def test_the_api_needs_a_token_and_negotiates_json_ld(client: TestClient) 
     assert "Link" not in response.headers
     refused = await client.get(url, headers={**AUTH, "Accept": "text/html"})
     assert refused.status == 406
+    # q-values decide; a tie goes to JSON-LD, which the client named
+    for accept, expected in [
+        ("application/ld+json;q=0.5, application/json", "application/json"),
+        ("application/json;q=0.2, application/ld+json", "application/ld+json"),
+        ("*/*, application/ld+json", "application/ld+json"),
+        ("application/ld+json;q=0, text/html", None),
+    ]:
+        answer = await client.get(url, headers={**AUTH, "Accept": accept})
+        if expected is None:
+            assert answer.status == 406, accept
+        else:
+            assert answer.content_type == expected, accept
 
 
 async def test_the_api_counts_retrieves_and_explains_refusals(client: TestClient) -> None:
