@@ -297,7 +297,9 @@ def run_demo(
         if console_port:
             token = demo.start_console(console_port)
             print(
-                f"demo: console at http://127.0.0.1:{console_port}/ (operator token {token})",
+                f"demo: console at http://127.0.0.1:{console_port}/ (operator token {token}); "
+                f"NGSI-LD entities at http://127.0.0.1:{console_port}/ngsi-ld/v1/entities "
+                "(Authorization: Bearer <token>)",
                 flush=True,
             )
         t0 = time.monotonic()
