@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from datetime import timedelta
 from importlib import resources
 from typing import Any
@@ -72,6 +73,8 @@ _SECURITY_HEADERS = {
 #: the keys an alert action's JSON body may have (anything else is refused, so a typo such
 #: as "minute" is an error, not a silence that quietly lasts until the alert resolves)
 ACTION_KEYS = frozenset({"action", "comment", "minutes"})
+#: NGSI-LD entities are at most this old while readings arrive (see _ngsi_entities_now)
+NGSI_REBUILD_S = 1.0
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -148,6 +151,8 @@ class ConsoleApp:
         self.keepalive_s = keepalive_s
         self.actions_sent = 0
         self._openapi = orjson.dumps(openapi_document())
+        #: (readings and KPIs counted, built at, entities) of the last NGSI-LD build
+        self._ngsi_cache: tuple[tuple[int, int], float, list[dict[str, Any]]] | None = None
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._security, self._auth], client_max_size=64 * 1024)
@@ -430,8 +435,22 @@ class ConsoleApp:
         )
 
     def _ngsi_entities_now(self) -> list[dict[str, Any]]:
+        """Every entity, rebuilt at most once per :data:`NGSI_REBUILD_S` while data flows.
+
+        Building them all takes ~16 µs per entity here (165 ms for 5,000 nodes' 10,000
+        entities) on the event loop that also feeds every browser; a broker paging
+        through them must not pay that per page. Pages read within the interval also
+        come from one consistent list.
+        """
         state = self.hub.state
-        return ngsi.entities(state.devices.values(), state.zone_kpis.values())
+        seen = (state.counts["readings"], state.counts["kpis"])
+        now = time.monotonic()
+        cached = self._ngsi_cache
+        if cached is not None and (cached[0] == seen or now - cached[1] < NGSI_REBUILD_S):
+            return cached[2]
+        found = ngsi.entities(state.devices.values(), state.zone_kpis.values())
+        self._ngsi_cache = (seen, now, found)
+        return found
 
     async def ngsi_entities(self, request: web.Request) -> web.Response:
         try:

@@ -272,3 +272,24 @@ async def test_the_api_counts_retrieves_and_explains_refusals(client: TestClient
     assert (await bad.json())["detail"] == "parameter 'type' given more than once"
     types = await (await client.get("/ngsi-ld/v1/types", headers=AUTH)).json()
     assert types["typeList"] == ["AirQualityObserved", "WeatherObserved"]
+
+
+async def test_entities_are_rebuilt_at_most_once_a_second_while_data_flows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker paging through 10,000 entities must not rebuild them per page."""
+    import console.web
+
+    credentials = Credentials()
+    credentials.add_token(VIEW_TOKEN, Principal("twin", Role.VIEWER))
+    state = _state()
+    app = ConsoleApp(Hub(state), credentials, ListActionSink()).build()
+    url = f"/ngsi-ld/v1/entities/{AQO}?options=keyValues"
+    later = T0 + timedelta(minutes=1)
+    async with TestClient(TestServer(app)) as client:
+        assert (await (await client.get(url, headers=AUTH)).json())["pm25"] == 14.0
+        state.add_readings([reading("aq-1", "centre", 9, Quantity.PM2_5, 50.0, later)])
+        # within the interval: the list built a moment ago
+        assert (await (await client.get(url, headers=AUTH)).json())["pm25"] == 14.0
+        monkeypatch.setattr(console.web, "NGSI_REBUILD_S", 0.0)
+        assert (await (await client.get(url, headers=AUTH)).json())["pm25"] == 50.0
