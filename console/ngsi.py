@@ -21,6 +21,13 @@ Each zone with an ``eaqi`` KPI from the stream job becomes an ``AirQualityObserv
 AQI band, 1-6) and ``airQualityLevel`` (its name). The ``device:`` and ``zone:`` parts
 keep the two apart whatever a device is called.
 
+Each active alert about the city's environment or weather (air pollution, heat, noise,
+wind, rain; not the operational ones such as a silent sensor or a gateway offline) is an
+``Alert`` (``urn:ngsi-ld:Alert:<fingerprint>``) with the model's ``category``,
+``subCategory`` where one fits, ``severity``, ``dateIssued``/``validFrom`` (when it started
+firing), ``description``, ``location``, ``areaServed`` and ``alertSource`` (the device).
+It leaves the list when the alert resolves.
+
 Every measured attribute is a Property with the node's newest value, its UN/CEFACT
 ``unitCode`` and ``observedAt`` (the reading's event time). ``dateObserved`` is the newest
 of those times, ``location`` a GeoJSON point, ``areaServed`` the zone and ``refDevice`` a
@@ -41,7 +48,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from climastream.contract import KpiValue, Quantity
+from climastream.contract import Alert, AlertSeverity, KpiValue, Quantity
 from console.state import DeviceInfo
 from stream.formulas import BANDS
 
@@ -113,6 +120,17 @@ DEFINING: Final[dict[str, frozenset[Quantity]]] = {
     - {Quantity.TEMPERATURE, Quantity.RELATIVE_HUMIDITY},
     "WeatherObserved": frozenset(MODELS["WeatherObserved"]),
 }
+_POLLUTANTS: Final = DEFINING["AirQualityObserved"]
+#: Smart Data Models' Alert severity for ours
+ALERT_SEVERITY: Final = {
+    AlertSeverity.INFO: "informational",
+    AlertSeverity.WARNING: "medium",
+    AlertSeverity.CRITICAL: "critical",
+}
+#: rule kinds about the monitoring itself, not about the city: no Alert entity
+OPERATIONAL_KINDS: Final = frozenset({"stale", "gateway_offline", "anomaly"})
+#: every entity type this source serves
+ENTITY_TYPES: Final = (*MODELS, "Alert")
 #: the attributes every entity may have besides its measurements
 COMMON_ATTRIBUTES: Final = ("dateObserved", "location", "areaServed", "refDevice")
 OPTIONS: Final = frozenset({"keyValues", "simplified", "normalized"})
@@ -208,6 +226,71 @@ def zone_air_quality(kpi: KpiValue) -> dict[str, Any]:
     }
 
 
+def alert_category(alert: Alert) -> tuple[str, str | None] | None:
+    """(``category``, ``subCategory`` or None) of the Smart Data Models' Alert, or None for
+    an alert about the monitoring itself (a silent sensor, a gateway offline)."""
+    if alert.labels.get("kind") in OPERATIONAL_KINDS or (alert.kpi_id or "") == "completeness":
+        return None
+    kpi = alert.kpi_id or ""
+    quantities = {p.quantity for p in alert.evidence if p.quantity is not None}
+    if kpi.startswith("eaqi") or quantities & _POLLUTANTS:
+        return "environment", "airPollution"
+    if kpi.startswith("heatwave"):
+        return "weather", "heatWave"
+    if kpi.startswith(("uhi.", "heat.")) or Quantity.TEMPERATURE in quantities:
+        if alert.value is not None and alert.threshold is not None:
+            above = alert.value >= alert.threshold
+            return "weather", "highTemperature" if above else "lowTemperature"
+        return "weather", None
+    if kpi.startswith("noise.") or Quantity.NOISE_LAEQ in quantities:
+        return "environment", None
+    if quantities & {Quantity.WIND_SPEED, Quantity.WIND_GUST}:
+        return "weather", "wind"
+    if Quantity.PRECIPITATION in quantities:
+        return "weather", "rainfall"
+    if kpi.startswith("traffic."):
+        return "traffic", None
+    return None
+
+
+def alert_entity(alert: Alert) -> dict[str, Any] | None:
+    """An active alert as a Smart Data Models ``Alert``; None for an operational one."""
+    category = alert_category(alert)
+    if category is None:
+        return None
+    started = _iso(alert.started_at)
+    entity: dict[str, Any] = {
+        "id": f"urn:ngsi-ld:Alert:{alert.fingerprint}",
+        "type": "Alert",
+        "category": {"type": "Property", "value": category[0]},
+    }
+    if category[1] is not None:
+        entity["subCategory"] = {"type": "Property", "value": category[1]}
+    text = alert.summary + (f". {alert.description}" if alert.description else "")
+    entity["severity"] = {"type": "Property", "value": ALERT_SEVERITY[alert.severity]}
+    entity["description"] = {"type": "Property", "value": text}
+    entity["dateIssued"] = {"type": "Property", "value": {"@type": "DateTime", "@value": started}}
+    entity["validFrom"] = {"type": "Property", "value": {"@type": "DateTime", "@value": started}}
+    if alert.location is not None:
+        entity["location"] = {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": [alert.location.lon, alert.location.lat]},
+        }
+    if alert.zone:
+        entity["areaServed"] = {"type": "Property", "value": alert.zone}
+    if alert.device_id:
+        entity["alertSource"] = {
+            "type": "Relationship",
+            "object": f"urn:ngsi-ld:Device:{alert.device_id}",
+        }
+    data: dict[str, Any] = {"rule": alert.rule_id, "state": alert.state.value}
+    for key in ("kpi_id", "value", "threshold", "unit"):
+        if getattr(alert, key) is not None:
+            data[key] = getattr(alert, key)
+    entity["data"] = {"type": "Property", "value": data}
+    return entity
+
+
 def _iso(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
@@ -262,14 +345,19 @@ def device_entities(device: DeviceInfo) -> list[dict[str, Any]]:
 
 
 def entities(
-    devices: Iterable[DeviceInfo], zone_kpis: Iterable[KpiValue] = ()
+    devices: Iterable[DeviceInfo],
+    zone_kpis: Iterable[KpiValue] = (),
+    alerts: Iterable[Alert] = (),
 ) -> list[dict[str, Any]]:
-    """Every node's and zone's entities, ordered by id (so pages are stable).
+    """Every node's, zone's and active alert's entities, ordered by id (so pages are
+    stable).
 
     ``zone_kpis``: the newest zone-scoped KPI values; the ``eaqi`` ones make zone entities.
+    ``alerts``: the active (not resolved) alerts.
     """
     found = [entity for device in devices for entity in device_entities(device)]
     found += [zone_air_quality(k) for k in zone_kpis if k.kpi_id == "eaqi" and k.zone]
+    found += [e for alert in alerts if (e := alert_entity(alert)) is not None]
     found.sort(key=lambda entity: str(entity["id"]))
     return found
 
@@ -282,7 +370,7 @@ def key_values(entity: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = attribute  # id, type
         elif attribute["type"] == "Relationship":
             out[name] = attribute["object"]
-        elif name == "dateObserved":
+        elif name in ("dateObserved", "dateIssued", "validFrom"):
             out[name] = attribute["value"]["@value"]
         else:
             out[name] = attribute["value"]

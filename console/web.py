@@ -151,8 +151,8 @@ class ConsoleApp:
         self.keepalive_s = keepalive_s
         self.actions_sent = 0
         self._openapi = orjson.dumps(openapi_document())
-        #: (readings and KPIs counted, built at, entities) of the last NGSI-LD build
-        self._ngsi_cache: tuple[tuple[int, int], float, list[dict[str, Any]]] | None = None
+        #: (readings, KPIs and alerts counted, built at, entities) of the last NGSI-LD build
+        self._ngsi_cache: tuple[tuple[int, ...], float, list[dict[str, Any]]] | None = None
 
     def build(self) -> web.Application:
         app = web.Application(middlewares=[self._security, self._auth], client_max_size=64 * 1024)
@@ -443,12 +443,14 @@ class ConsoleApp:
         come from one consistent list.
         """
         state = self.hub.state
-        seen = (state.counts["readings"], state.counts["kpis"])
+        seen = (state.counts["readings"], state.counts["kpis"], state.counts["alerts"])
         now = time.monotonic()
         cached = self._ngsi_cache
         if cached is not None and (cached[0] == seen or now - cached[1] < NGSI_REBUILD_S):
             return cached[2]
-        found = ngsi.entities(state.devices.values(), state.zone_kpis.values())
+        found = ngsi.entities(
+            state.devices.values(), state.zone_kpis.values(), state.alerts.values()
+        )
         self._ngsi_cache = (seen, now, found)
         return found
 

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from climastream.contract import (
+    AlertState,
     KpiValue,
     Location,
     Quantity,
@@ -31,7 +32,7 @@ from climastream.contract import (
 from climastream.quantities import CANONICAL_UNITS
 from climastream.stack import Stack
 from tests.integration.console.conftest import VIEWER_TOKEN
-from tests.integration.console.helpers import produce
+from tests.integration.console.helpers import firing_alert, produce
 
 pytestmark = pytest.mark.integration
 
@@ -204,3 +205,34 @@ async def test_a_zones_eaqi_kpi_comes_out_as_its_air_quality_entity(
         "areaServed": zone,
         "dataProvider": "climastream kpi eaqi version 1",
     }
+
+
+async def test_a_firing_alert_comes_out_as_an_alert_entity(console_url: str, stack: Stack) -> None:
+    kafka = stack.config.kafka_bootstrap
+    alert = firing_alert()  # PM2.5 poor in centre, with PM2.5 evidence
+    url = f"{console_url}/ngsi-ld/v1/entities/urn:ngsi-ld:Alert:{alert.fingerprint}"
+    deadline = time.monotonic() + 60
+    while (answer := _get(url + "?options=keyValues"))[0] != 200:
+        if time.monotonic() > deadline:
+            pytest.fail(f"alert {alert.fingerprint} did not show up within 60 s")
+        await produce(
+            stack.config.kafka_bootstrap, Topics.ALERTS.name, [(alert.key, encode(alert))]
+        )
+        await asyncio.sleep(1.0)
+    entity = answer[2]
+    assert entity["category"] == "environment"
+    assert entity["subCategory"] == "airPollution"
+    assert entity["severity"] == "medium"
+    assert entity["alertSource"] == "urn:ngsi-ld:Device:pm-centre-1"
+    assert entity["dateIssued"] == _iso(alert.started_at)
+    assert entity["data"]["state"] == "firing"
+    # resolved: it leaves the list
+    resolved = alert.model_copy(
+        update={"state": AlertState.RESOLVED, "updated_at": datetime.now(UTC)}
+    )
+    await produce(kafka, Topics.ALERTS.name, [(alert.key, encode(resolved))])
+    deadline = time.monotonic() + 30
+    while _get(url)[0] != 404:
+        if time.monotonic() > deadline:
+            pytest.fail("the resolved alert is still an entity after 30 s")
+        await asyncio.sleep(0.5)

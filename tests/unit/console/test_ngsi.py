@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from climastream.contract import KpiValue, Quantity
+from climastream.contract import (
+    Alert,
+    AlertSeverity,
+    AlertState,
+    EvidencePoint,
+    KpiValue,
+    Location,
+    Quantity,
+)
 from console import ngsi
 from console.auth import Credentials, Principal, Role
 from console.feed import ListActionSink
@@ -293,3 +301,99 @@ async def test_entities_are_rebuilt_at_most_once_a_second_while_data_flows(
         assert (await (await client.get(url, headers=AUTH)).json())["pm25"] == 14.0
         monkeypatch.setattr(console.web, "NGSI_REBUILD_S", 0.0)
         assert (await (await client.get(url, headers=AUTH)).json())["pm25"] == 50.0
+
+
+def _alert(fingerprint: str, **fields: Any) -> Alert:
+    base: dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "rule_id": "rule",
+        "state": AlertState.FIRING,
+        "severity": AlertSeverity.WARNING,
+        "summary": "Something in centre",
+        "started_at": T0,
+        "updated_at": T0,
+        "zone": "centre",
+    }
+    return Alert(**{**base, **fields})
+
+
+def test_city_alerts_are_smart_data_models_alerts_and_operational_ones_are_not() -> None:
+    pm = EvidencePoint(time=T0, value=60.0, device_id="aq-1", quantity=Quantity.PM2_5)
+    temperature = EvidencePoint(time=T0, value=-3.0, quantity=Quantity.TEMPERATURE)
+    alerts = [
+        _alert(
+            "a0000001",
+            rule_id="eaqi-poor",
+            kpi_id="eaqi",
+            severity=AlertSeverity.CRITICAL,
+            summary="Air quality is poor in centre",
+            description="Reduce strenuous activity.",
+            device_id="aq-1",
+            location=Location(lat=50.8, lon=4.3),
+            value=4.0,
+            threshold=4.0,
+            unit="1",
+        ),
+        _alert("a0000002", evidence=(pm,), labels={"kind": "rate_of_change"}),
+        _alert("a0000003", kpi_id="heatwave.status"),
+        _alert("a0000004", evidence=(temperature,), value=-3.0, threshold=0.0),
+        _alert("a0000005", kpi_id="noise.lnight"),
+        # about the monitoring itself: no Alert entity
+        _alert("a0000006", labels={"kind": "stale"}, device_id="aq-1"),
+        _alert("a0000007", labels={"kind": "gateway_offline"}),
+        _alert("a0000008", kpi_id="completeness"),
+        _alert("a0000009", kpi_id="waste.fill_level"),
+    ]
+    found = {e["id"].rsplit(":", 1)[1]: e for e in ngsi.entities([], [], alerts)}
+    assert sorted(found) == ["a0000001", "a0000002", "a0000003", "a0000004", "a0000005"]
+    eaqi = ngsi.key_values(found["a0000001"])
+    assert eaqi == {
+        "id": "urn:ngsi-ld:Alert:a0000001",
+        "type": "Alert",
+        "category": "environment",
+        "subCategory": "airPollution",
+        "severity": "critical",
+        "description": "Air quality is poor in centre. Reduce strenuous activity.",
+        "dateIssued": "2026-06-01T12:00:00Z",
+        "validFrom": "2026-06-01T12:00:00Z",
+        "location": {"type": "Point", "coordinates": [4.3, 50.8]},
+        "areaServed": "centre",
+        "alertSource": "urn:ngsi-ld:Device:aq-1",
+        "data": {
+            "rule": "eaqi-poor",
+            "state": "firing",
+            "kpi_id": "eaqi",
+            "value": 4.0,
+            "threshold": 4.0,
+            "unit": "1",
+        },
+    }
+    categories = {
+        key: (e["category"]["value"], e.get("subCategory", {}).get("value"))
+        for key, e in found.items()
+    }
+    assert categories == {
+        "a0000001": ("environment", "airPollution"),
+        "a0000002": ("environment", "airPollution"),
+        "a0000003": ("weather", "heatWave"),
+        "a0000004": ("weather", "lowTemperature"),
+        "a0000005": ("environment", None),
+    }
+    assert found["a0000002"]["severity"]["value"] == "medium"
+
+
+def test_the_operational_kinds_are_real_rule_kinds() -> None:
+    from typing import get_args
+
+    from stream.alerts import rules
+
+    kinds = {
+        get_args(model.model_fields["kind"].annotation)[0]
+        for model in vars(rules).values()
+        if isinstance(model, type)
+        and hasattr(model, "model_fields")
+        and "kind" in model.model_fields
+        and get_args(model.model_fields["kind"].annotation)
+    }
+    assert kinds > ngsi.OPERATIONAL_KINDS
+    assert kinds - ngsi.OPERATIONAL_KINDS == {"threshold", "rate_of_change"}

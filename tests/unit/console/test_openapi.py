@@ -129,7 +129,7 @@ def test_ngsi_ld_enums_and_bounds_are_the_codes_own() -> None:
         for p in DOC["paths"]["/ngsi-ld/v1/entities"]["get"]["parameters"]
     }
     assert documented == ngsi.QUERY_PARAMETERS
-    types = list(ngsi.MODELS)
+    types = list(ngsi.ENTITY_TYPES)
     assert SCHEMAS["NgsiEntity"]["properties"]["type"]["enum"] == types
     assert SCHEMAS["NgsiTypeList"]["properties"]["typeList"]["items"]["enum"] == types
 
