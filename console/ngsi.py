@@ -131,8 +131,6 @@ ALERT_SEVERITY: Final = {
 OPERATIONAL_KINDS: Final = frozenset({"stale", "gateway_offline", "anomaly"})
 #: every entity type this source serves
 ENTITY_TYPES: Final = (*MODELS, "Alert")
-#: the attributes every entity may have besides its measurements
-COMMON_ATTRIBUTES: Final = ("dateObserved", "location", "areaServed", "refDevice")
 OPTIONS: Final = frozenset({"keyValues", "simplified", "normalized"})
 #: parameters whose filter this source cannot apply: refusing them beats answering as if
 #: they had not been asked
