@@ -18,8 +18,10 @@ measures:
 
 Each zone with an ``eaqi`` KPI from the stream job becomes an ``AirQualityObserved``
 (``urn:ngsi-ld:AirQualityObserved:zone:<zone>``) with ``airQualityIndex`` (the European
-AQI band, 1-6) and ``airQualityLevel`` (its name). The ``device:`` and ``zone:`` parts
-keep the two apart whatever a device is called.
+AQI band, 1-6) and ``airQualityLevel`` (its name); each zone with a ``noise.laeq`` KPI a
+``NoiseLevelObserved`` (``urn:ngsi-ld:NoiseLevelObserved:zone:<zone>``) with ``LAeq`` over
+the KPI's window (``dateObservedFrom`` / ``dateObservedTo``). The ``device:`` and ``zone:``
+parts keep node and zone ids apart whatever a device is called.
 
 Each active alert about the city's environment or weather (air pollution, heat, noise,
 wind, rain; not the operational ones such as a silent sensor or a gateway offline) is an
@@ -130,7 +132,7 @@ ALERT_SEVERITY: Final = {
 #: rule kinds about the monitoring itself, not about the city: no Alert entity
 OPERATIONAL_KINDS: Final = frozenset({"stale", "gateway_offline", "anomaly"})
 #: every entity type this source serves
-ENTITY_TYPES: Final = (*MODELS, "Alert")
+ENTITY_TYPES: Final = (*MODELS, "NoiseLevelObserved", "Alert")
 OPTIONS: Final = frozenset({"keyValues", "simplified", "normalized"})
 #: parameters whose filter this source cannot apply: refusing them beats answering as if
 #: they had not been asked
@@ -222,6 +224,30 @@ def zone_air_quality(kpi: KpiValue) -> dict[str, Any]:
             "value": f"climastream kpi {kpi.kpi_id} version {kpi.kpi_version}",
         },
     }
+
+
+def zone_noise(kpi: KpiValue) -> dict[str, Any]:
+    """A zone's ``NoiseLevelObserved`` from the stream's ``noise.laeq`` KPI: the energetic
+    mean level over the KPI's window, which is the observation period."""
+    assert kpi.zone is not None
+    start, end = _iso(kpi.window_start), _iso(kpi.window_end)
+    return {
+        "id": zone_entity_id("NoiseLevelObserved", kpi.zone),
+        "type": "NoiseLevelObserved",
+        "LAeq": {"type": "Property", "value": kpi.value, "unitCode": "2N", "observedAt": end},
+        "dateObserved": {"type": "Property", "value": f"{start}/{end}"},
+        "dateObservedFrom": {"type": "Property", "value": {"@type": "DateTime", "@value": start}},
+        "dateObservedTo": {"type": "Property", "value": {"@type": "DateTime", "@value": end}},
+        "areaServed": {"type": "Property", "value": kpi.zone},
+        "dataProvider": {
+            "type": "Property",
+            "value": f"climastream kpi {kpi.kpi_id} version {kpi.kpi_version}",
+        },
+    }
+
+
+#: zone-scoped KPI id -> the entity it makes
+ZONE_ENTITIES: Final = {"eaqi": zone_air_quality, "noise.laeq": zone_noise}
 
 
 def alert_category(alert: Alert) -> tuple[str, str | None] | None:
@@ -350,11 +376,12 @@ def entities(
     """Every node's, zone's and active alert's entities, ordered by id (so pages are
     stable).
 
-    ``zone_kpis``: the newest zone-scoped KPI values; the ``eaqi`` ones make zone entities.
+    ``zone_kpis``: the newest zone-scoped KPI values; those in :data:`ZONE_ENTITIES` make
+    zone entities.
     ``alerts``: the active (not resolved) alerts.
     """
     found = [entity for device in devices for entity in device_entities(device)]
-    found += [zone_air_quality(k) for k in zone_kpis if k.kpi_id == "eaqi" and k.zone]
+    found += [ZONE_ENTITIES[k.kpi_id](k) for k in zone_kpis if k.kpi_id in ZONE_ENTITIES and k.zone]
     found += [e for alert in alerts if (e := alert_entity(alert)) is not None]
     found.sort(key=lambda entity: str(entity["id"]))
     return found
@@ -368,8 +395,8 @@ def key_values(entity: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = attribute  # id, type
         elif attribute["type"] == "Relationship":
             out[name] = attribute["object"]
-        elif name in ("dateObserved", "dateIssued", "validFrom"):
-            out[name] = attribute["value"]["@value"]
+        elif isinstance(attribute["value"], dict) and "@value" in attribute["value"]:
+            out[name] = attribute["value"]["@value"]  # a DateTime
         else:
             out[name] = attribute["value"]
     return out

@@ -189,13 +189,26 @@ async def test_a_zones_eaqi_kpi_comes_out_as_its_air_quality_entity(
         completeness=0.98,
         band="poor",
     )
+    noise = kpi.model_copy(
+        update={"kpi_id": "noise.laeq", "window_start": end - timedelta(minutes=1), "value": 58.5}
+    )
+    noise_url = f"{console_url}/ngsi-ld/v1/entities/urn:ngsi-ld:NoiseLevelObserved:zone:{zone}"
+    records = [(kpi.key, encode(kpi)), (noise.key, encode(noise))]
     deadline = time.monotonic() + 60
-    while (answer := _get(url + "?options=keyValues"))[0] != 200:
+    while (answer := _get(url + "?options=keyValues"))[0] != 200 or _get(noise_url)[0] != 200:
         if time.monotonic() > deadline:
             pytest.fail(f"zone {zone} did not show up in the NGSI-LD API within 60 s")
         # resent until the console's consumer has joined (a KPI is an upsert: same value)
-        await produce(stack.config.kafka_bootstrap, Topics.KPI.name, [(kpi.key, encode(kpi))])
+        await produce(stack.config.kafka_bootstrap, Topics.KPI.name, records)
         await asyncio.sleep(1.0)
+    level = _get(noise_url)[2]
+    assert level["LAeq"] == {
+        "type": "Property",
+        "value": 58.5,
+        "unitCode": "2N",
+        "observedAt": _iso(end),
+    }
+    assert level["dateObservedFrom"]["value"]["@value"] == _iso(end - timedelta(minutes=1))
     assert answer[2] == {
         "id": f"urn:ngsi-ld:AirQualityObserved:zone:{zone}",
         "type": "AirQualityObserved",

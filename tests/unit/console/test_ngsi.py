@@ -397,3 +397,23 @@ def test_the_operational_kinds_are_real_rule_kinds() -> None:
     }
     assert kinds > ngsi.OPERATIONAL_KINDS
     assert kinds - ngsi.OPERATIONAL_KINDS == {"threshold", "rate_of_change"}
+
+
+def test_a_zone_with_a_noise_laeq_kpi_is_a_noise_level_entity() -> None:
+    state = _state()
+    state.add_kpi(_eaqi("park", 2.0).model_copy(update={"kpi_id": "noise.laeq", "value": 61.5}))
+    state.add_kpi(_eaqi("park", 2.0).model_copy(update={"kpi_id": "noise.lden", "value": 70.0}))
+    found = {e["id"]: e for e in ngsi.entities(state.devices.values(), state.zone_kpis.values())}
+    noise = ngsi.key_values(found["urn:ngsi-ld:NoiseLevelObserved:zone:park"])
+    assert noise == {
+        "id": "urn:ngsi-ld:NoiseLevelObserved:zone:park",
+        "type": "NoiseLevelObserved",
+        "LAeq": 61.5,
+        "dateObserved": "2026-06-01T11:00:00Z/2026-06-01T12:00:00Z",
+        "dateObservedFrom": "2026-06-01T11:00:00Z",
+        "dateObservedTo": "2026-06-01T12:00:00Z",
+        "areaServed": "park",
+        "dataProvider": "climastream kpi noise.laeq version 1",
+    }
+    # Lden has no attribute in the model: no second entity, no wrong value
+    assert [e for e in found if "NoiseLevel" in e] == ["urn:ngsi-ld:NoiseLevelObserved:zone:park"]
