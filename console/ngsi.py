@@ -188,6 +188,31 @@ def zone_entity_id(entity_type: str, zone: str) -> str:
     return f"urn:ngsi-ld:{entity_type}:zone:{zone}"
 
 
+def _property(value: Any, **meta: str) -> dict[str, Any]:
+    """An NGSI-LD Property; ``meta``: ``unitCode``, ``observedAt``."""
+    return {"type": "Property", "value": value, **meta}
+
+
+def _datetime(iso: str) -> dict[str, Any]:
+    """A Property whose value is an NGSI-LD DateTime (what keyValues flattens to ``iso``)."""
+    return _property({"@type": "DateTime", "@value": iso})
+
+
+def _point(lat: float, lon: float) -> dict[str, Any]:
+    """A GeoProperty: a GeoJSON point, longitude first."""
+    return {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}}
+
+
+def _device(device_id: str) -> dict[str, Any]:
+    """A Relationship to the device's own entity."""
+    return {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{device_id}"}
+
+
+def _provider(kpi: KpiValue) -> dict[str, Any]:
+    """Which KPI and version made the entity: traceable to the algorithm (ISO 37114 draft)."""
+    return _property(f"climastream kpi {kpi.kpi_id} version {kpi.kpi_version}")
+
+
 def _camel(band: str) -> str:
     """``very_poor`` -> ``veryPoor``, as Smart Data Models spell enumerations."""
     first, *rest = band.split("_")
@@ -207,22 +232,11 @@ def zone_air_quality(kpi: KpiValue) -> dict[str, Any]:
     return {
         "id": zone_entity_id("AirQualityObserved", kpi.zone),
         "type": "AirQualityObserved",
-        "airQualityIndex": {"type": "Property", "value": index, "observedAt": observed},
-        "airQualityLevel": {
-            "type": "Property",
-            "value": AIR_QUALITY_LEVELS[index - 1],
-            "observedAt": observed,
-        },
-        "dateObserved": {
-            "type": "Property",
-            "value": {"@type": "DateTime", "@value": observed},
-        },
-        "areaServed": {"type": "Property", "value": kpi.zone},
-        # traceable to the algorithm and its version (ISO 37114 draft)
-        "dataProvider": {
-            "type": "Property",
-            "value": f"climastream kpi {kpi.kpi_id} version {kpi.kpi_version}",
-        },
+        "airQualityIndex": _property(index, observedAt=observed),
+        "airQualityLevel": _property(AIR_QUALITY_LEVELS[index - 1], observedAt=observed),
+        "dateObserved": _datetime(observed),
+        "areaServed": _property(kpi.zone),
+        "dataProvider": _provider(kpi),
     }
 
 
@@ -234,15 +248,12 @@ def zone_noise(kpi: KpiValue) -> dict[str, Any]:
     return {
         "id": zone_entity_id("NoiseLevelObserved", kpi.zone),
         "type": "NoiseLevelObserved",
-        "LAeq": {"type": "Property", "value": kpi.value, "unitCode": "2N", "observedAt": end},
-        "dateObserved": {"type": "Property", "value": f"{start}/{end}"},
-        "dateObservedFrom": {"type": "Property", "value": {"@type": "DateTime", "@value": start}},
-        "dateObservedTo": {"type": "Property", "value": {"@type": "DateTime", "@value": end}},
-        "areaServed": {"type": "Property", "value": kpi.zone},
-        "dataProvider": {
-            "type": "Property",
-            "value": f"climastream kpi {kpi.kpi_id} version {kpi.kpi_version}",
-        },
+        "LAeq": _property(kpi.value, unitCode="2N", observedAt=end),
+        "dateObserved": _property(f"{start}/{end}"),
+        "dateObservedFrom": _datetime(start),
+        "dateObservedTo": _datetime(end),
+        "areaServed": _property(kpi.zone),
+        "dataProvider": _provider(kpi),
     }
 
 
@@ -253,9 +264,9 @@ ZONE_ENTITIES: Final = {"eaqi": zone_air_quality, "noise.laeq": zone_noise}
 def alert_category(alert: Alert) -> tuple[str, str | None] | None:
     """(``category``, ``subCategory`` or None) of the Smart Data Models' Alert, or None for
     an alert about the monitoring itself (a silent sensor, a gateway offline)."""
-    if alert.labels.get("kind") in OPERATIONAL_KINDS or (alert.kpi_id or "") == "completeness":
-        return None
     kpi = alert.kpi_id or ""
+    if alert.labels.get("kind") in OPERATIONAL_KINDS or kpi == "completeness":
+        return None
     quantities = {p.quantity for p in alert.evidence if p.quantity is not None}
     if kpi.startswith("eaqi") or quantities & _POLLUTANTS:
         return "environment", "airPollution"
@@ -286,32 +297,26 @@ def alert_entity(alert: Alert) -> dict[str, Any] | None:
     entity: dict[str, Any] = {
         "id": f"urn:ngsi-ld:Alert:{alert.fingerprint}",
         "type": "Alert",
-        "category": {"type": "Property", "value": category[0]},
+        "category": _property(category[0]),
     }
     if category[1] is not None:
-        entity["subCategory"] = {"type": "Property", "value": category[1]}
+        entity["subCategory"] = _property(category[1])
     text = alert.summary + (f". {alert.description}" if alert.description else "")
-    entity["severity"] = {"type": "Property", "value": ALERT_SEVERITY[alert.severity]}
-    entity["description"] = {"type": "Property", "value": text}
-    entity["dateIssued"] = {"type": "Property", "value": {"@type": "DateTime", "@value": started}}
-    entity["validFrom"] = {"type": "Property", "value": {"@type": "DateTime", "@value": started}}
+    entity["severity"] = _property(ALERT_SEVERITY[alert.severity])
+    entity["description"] = _property(text)
+    entity["dateIssued"] = _datetime(started)
+    entity["validFrom"] = _datetime(started)
     if alert.location is not None:
-        entity["location"] = {
-            "type": "GeoProperty",
-            "value": {"type": "Point", "coordinates": [alert.location.lon, alert.location.lat]},
-        }
+        entity["location"] = _point(alert.location.lat, alert.location.lon)
     if alert.zone:
-        entity["areaServed"] = {"type": "Property", "value": alert.zone}
+        entity["areaServed"] = _property(alert.zone)
     if alert.device_id:
-        entity["alertSource"] = {
-            "type": "Relationship",
-            "object": f"urn:ngsi-ld:Device:{alert.device_id}",
-        }
+        entity["alertSource"] = _device(alert.device_id)
     data: dict[str, Any] = {"rule": alert.rule_id, "state": alert.state.value}
     for key in ("kpi_id", "value", "threshold", "unit"):
         if getattr(alert, key) is not None:
             data[key] = getattr(alert, key)
-    entity["data"] = {"type": "Property", "value": data}
+    entity["data"] = _property(data)
     return entity
 
 
@@ -342,28 +347,16 @@ def device_entities(device: DeviceInfo) -> list[dict[str, Any]]:
                 continue
             value, when = measured[quantity]
             newest = when if newest is None or when > newest else newest
-            entity[attribute.name] = {
-                "type": "Property",
-                "value": attribute.convert(value),
-                "unitCode": attribute.unit_code,
-                "observedAt": _iso(when),
-            }
+            entity[attribute.name] = _property(
+                attribute.convert(value), unitCode=attribute.unit_code, observedAt=_iso(when)
+            )
         assert newest is not None  # a defining quantity was measured
-        entity["dateObserved"] = {
-            "type": "Property",
-            "value": {"@type": "DateTime", "@value": _iso(newest)},
-        }
+        entity["dateObserved"] = _datetime(_iso(newest))
         if device.lat is not None and device.lon is not None:
-            entity["location"] = {
-                "type": "GeoProperty",
-                "value": {"type": "Point", "coordinates": [device.lon, device.lat]},
-            }
+            entity["location"] = _point(device.lat, device.lon)
         if device.zone:
-            entity["areaServed"] = {"type": "Property", "value": device.zone}
-        entity["refDevice"] = {
-            "type": "Relationship",
-            "object": f"urn:ngsi-ld:Device:{device.device_id}",
-        }
+            entity["areaServed"] = _property(device.zone)
+        entity["refDevice"] = _device(device.device_id)
         out.append(entity)
     return out
 
