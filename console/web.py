@@ -116,6 +116,28 @@ def _json_error(error: type[web.HTTPError], message: str) -> web.HTTPError:
     return error(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
 
 
+def _unauthorized(request: web.Request) -> web.HTTPUnauthorized:
+    """401 with the ``WWW-Authenticate`` challenge HTTP requires (RFC 9110 §15.5.2).
+
+    A bearer token that was sent but is wrong or expired is ``error="invalid_token"``
+    (RFC 6750 §3.1), so a client can tell "renew the token" from "send one". Under
+    ``/ngsi-ld/`` the body is a ProblemDetails like every other NGSI-LD error; NGSI-LD
+    defines no error type for authentication, so its type is RFC 9457's ``about:blank``.
+    """
+    challenge = 'Bearer realm="climastream"'
+    if request.headers.get("Authorization", "").startswith("Bearer "):
+        challenge += ', error="invalid_token"'
+    headers = {"WWW-Authenticate": challenge}
+    message = "login required"
+    if request.path.startswith("/ngsi-ld/"):
+        body = {"type": "about:blank", "title": "Unauthorized", "detail": message}
+    else:
+        body = {"error": message}
+    return web.HTTPUnauthorized(
+        text=orjson.dumps(body).decode(), content_type="application/json", headers=headers
+    )
+
+
 def openapi_document() -> dict[str, Any]:
     """The console's OpenAPI description (``console/openapi.yaml``), parsed."""
     document: dict[str, Any] = yaml.safe_load(
@@ -200,7 +222,7 @@ class ConsoleApp:
         principal, csrf = self._principal(request)
         if principal is None:
             if request.path.startswith(("/api/", "/ngsi-ld/")) or request.method != "GET":
-                raise _json_error(web.HTTPUnauthorized, "login required")
+                raise _unauthorized(request)
             raise web.HTTPFound("/login")
         if request.method == "POST" and csrf is not None:
             self._check_csrf(request, csrf)

@@ -234,7 +234,14 @@ async def client() -> AsyncIterator[TestClient[object, object]]:
 
 async def test_the_api_needs_a_token_and_negotiates_json_ld(client: TestClient) -> None:
     url = "/ngsi-ld/v1/entities?type=AirQualityObserved"
-    assert (await client.get(url)).status == 401
+    refused = await client.get(url)
+    assert refused.status == 401
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="climastream"'
+    assert await refused.json() == {
+        "type": "about:blank",
+        "title": "Unauthorized",
+        "detail": "login required",
+    }
     response = await client.get(url, headers=AUTH)
     assert response.status == 200
     assert response.content_type == "application/json"

@@ -43,7 +43,10 @@ async def test_unauthenticated_requests_are_refused(
     setup: tuple[TestClient, ListActionSink],
 ) -> None:
     client, _ = setup
-    assert (await client.get("/api/me")).status == 401
+    refused = await client.get("/api/me")
+    assert refused.status == 401
+    assert refused.headers["WWW-Authenticate"] == 'Bearer realm="climastream"'
+    assert await refused.json() == {"error": "login required"}
     response = await client.get("/", allow_redirects=False)
     assert response.status == 302
     assert response.headers["Location"] == "/login"
