@@ -54,14 +54,19 @@ def heat_index(temperature_c: float, relative_humidity: float) -> float:
     """Heat index in °C per the US NWS/NOAA algorithm (Rothfusz 1990, NWS SR 90-23).
 
     As published by NOAA's Weather Prediction Center: first the simple formula
-    ``HI = 0.5*(T + 61 + (T-68)*1.2 + RH*0.094)`` (°F); if the average of that and T is
-    80 °F or more, the Rothfusz regression is used instead, minus the low-humidity
-    adjustment (RH < 13 %, 80..112 °F) or plus the high-humidity one (RH > 85 %, 80..87 °F).
+    ``HI = 0.5*(T + 61 + (T-68)*1.2 + RH*0.094)`` (°F), which is already Steadman's value
+    averaged with T; if that is 80 °F or more, the Rothfusz regression is used instead,
+    minus the low-humidity adjustment (RH < 13 %, 80..112 °F) or plus the high-humidity
+    one (RH > 85 %, 80..87 °F). The NWS heat index calculator decides on the simple value
+    itself (it does not average with T a second time) and gives T itself at or below
+    40 °F, where a heat index means nothing; so does this function.
     """
     t = temperature_c * 9.0 / 5.0 + 32.0
     rh = relative_humidity
     simple = 0.5 * (t + 61.0 + (t - 68.0) * 1.2 + rh * 0.094)
-    if (simple + t) / 2.0 < 80.0:
+    if t <= 40.0:
+        hi = t
+    elif simple < 80.0:
         hi = simple
     else:
         hi = (

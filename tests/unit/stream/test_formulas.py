@@ -44,8 +44,29 @@ def test_heat_index_matches_nws_chart(t_f: float, rh: float, hi_f: float) -> Non
 
 
 def test_heat_index_simple_formula_below_80f() -> None:
-    # T=70 °F, RH=50: simple = 0.5*(70+61+(70-68)*1.2+50*0.094) = 69.05 °F (< 80 on average)
+    # T=70 °F, RH=50: simple = 0.5*(70+61+(70-68)*1.2+50*0.094) = 69.05 °F (< 80)
     assert f.heat_index(_c(70.0), 50.0) == pytest.approx(_c(69.05))
+
+
+def test_heat_index_switches_to_the_regression_on_the_simple_value_itself() -> None:
+    # T=78.8 °F (26 °C), RH=100: simple = 0.5*(78.8+61+10.8*1.2+9.4) = 81.08 °F >= 80,
+    # so the NWS calculator uses the regression (83.15 °F = 28.41 °C). Averaging the
+    # simple value with T once more (79.94 °F) would have kept the simple 81.08 °F.
+    t, rh = 78.8, 100.0
+    reg = (
+        -42.379 + 2.04901523 * t + 10.14333127 * rh - 0.22475541 * t * rh
+        - 0.00683783 * t * t - 0.05481717 * rh * rh + 0.00122874 * t * t * rh
+        + 0.00085282 * t * rh * rh - 0.00000199 * t * t * rh * rh
+    )  # fmt: skip
+    # (no high-humidity adjustment: that one is for 80..87 °F)
+    assert f.heat_index(26.0, rh) == pytest.approx(_c(reg))
+    assert f.heat_index(26.0, rh) == pytest.approx(28.41, abs=0.01)
+
+
+def test_heat_index_is_the_temperature_at_or_below_40f() -> None:
+    assert f.heat_index(-20.0, 50.0) == pytest.approx(-20.0)
+    assert f.heat_index(_c(40.0), 90.0) == pytest.approx(_c(40.0))
+    assert f.heat_index(_c(41.0), 90.0) != pytest.approx(_c(41.0))
 
 
 def test_heat_index_adjustments() -> None:
