@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import smtplib
 import ssl
 import time
@@ -36,6 +37,8 @@ __all__ = [
 SIGNATURE_HEADER = "X-Climastream-Signature"
 TIMESTAMP_HEADER = "X-Climastream-Timestamp"
 DELIVERY_HEADER = "X-Climastream-Delivery"
+
+log = logging.getLogger(__name__)
 
 
 class DeliveryError(Exception):
@@ -102,7 +105,7 @@ class EmailChannel:
                 )
             else:
                 client = smtplib.SMTP(config.host, config.port, timeout=config.timeout_s)
-            with client:
+            try:
                 client.ehlo()
                 if config.starttls and not config.ssl:
                     client.starttls(context=self._tls())
@@ -111,6 +114,12 @@ class EmailChannel:
                     password = config.password.get_secret_value() if config.password else ""
                     client.login(config.username, password)
                 client.send_message(message, to_addrs=[recipient])
+            finally:
+                # Not ``with client``: its exit raises when QUIT is not answered 221. Once
+                # send_message returned, the server answered 250 to the message's DATA and
+                # took responsibility for it (RFC 5321 4.1.1.4); a failing QUIT must not turn
+                # that into a retriable error that sends the message again.
+                _quit(client)
         except smtplib.SMTPAuthenticationError as exc:
             raise DeliveryError(f"smtp auth refused: {exc.smtp_code}", retriable=False) from None
         except smtplib.SMTPRecipientsRefused as exc:
@@ -129,6 +138,19 @@ class EmailChannel:
 
     async def close(self) -> None:
         return None
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    """End the SMTP session politely; whatever the server answers, the connection closes
+    and nothing is raised (an answer to QUIT decides nothing about the message)."""
+    try:
+        code, reply = client.quit()
+        if code != 221:
+            log.debug("smtp QUIT answered %s %r", code, reply)
+    except (smtplib.SMTPException, OSError) as exc:
+        log.debug("smtp QUIT failed: %s: %s", type(exc).__name__, exc)
+    finally:
+        client.close()
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:

@@ -103,11 +103,27 @@ logging.getLogger("mail.log").addFilter(_QuietDeprecation())
 
 
 class RecordingSmtpServer:
-    """An SMTP server that requires STARTTLS and AUTH, and keeps every message it accepts."""
+    """An SMTP server that requires STARTTLS and AUTH, and keeps every message it accepts.
 
-    def __init__(self, directory: Path, username: str = "climastream", password: str = "s3cret"):
+    Faults for tests (each a full reply line such as ``"451 4.7.1 Greylisted"``; None is
+    normal behaviour, and they may be changed while the server runs): ``rcpt_reply``
+    refuses every recipient with it, ``auth_reply`` answers every AUTH with it, and
+    ``quit_reply`` answers QUIT with it (after the message was accepted).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        username: str = "climastream",
+        password: str = "s3cret",
+        *,
+        rcpt_reply: str | None = None,
+        auth_reply: str | None = None,
+        quit_reply: str | None = None,
+    ):
         self.directory = directory
         self.username, self.password = username, password
+        self.rcpt_reply, self.auth_reply, self.quit_reply = rcpt_reply, auth_reply, quit_reply
         self.port = free_port()
         self.cert, self.key = self_signed_cert(directory)
         self.messages: list[ReceivedMail] = []
@@ -122,6 +138,18 @@ class RecordingSmtpServer:
         server = self
 
         class Handler:
+            async def handle_RCPT(
+                self, smtp: Any, session: Any, envelope: Any, address: str, options: Any
+            ) -> str:
+                if server.rcpt_reply is not None:
+                    return server.rcpt_reply
+                envelope.rcpt_tos.append(address)
+                envelope.rcpt_options.extend(options)
+                return "250 OK"
+
+            async def handle_QUIT(self, smtp: Any, session: Any, envelope: Any) -> str:
+                return server.quit_reply or "221 Bye"
+
             async def handle_DATA(self, smtp: Any, session: Any, envelope: Any) -> str:
                 message = email.message_from_bytes(envelope.content, policy=email.policy.default)
                 assert isinstance(message, EmailMessage)
@@ -136,6 +164,8 @@ class RecordingSmtpServer:
         def authenticator(
             smtp: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
         ) -> Any:
+            if server.auth_reply is not None:
+                return AuthResult(success=False, handled=False, message=server.auth_reply)
             ok = (
                 isinstance(auth_data, LoginPassword)
                 and auth_data.login == server.username.encode()

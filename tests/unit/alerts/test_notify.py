@@ -561,6 +561,49 @@ async def test_email_over_starttls_with_auth_reaches_a_real_smtp_server(tmp_path
         server.stop()
 
 
+def smtp_config(server: RecordingSmtpServer) -> dict[str, Any]:
+    return {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "username": server.username,
+        "password": server.password,
+        "from": "alerts@city.test",
+        "ca_file": str(server.cert),
+    }
+
+
+async def test_a_message_accepted_before_a_failed_quit_is_sent_once(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    # 250 after DATA: the server has taken the message (RFC 5321 4.1.1.4); a 421 to QUIT
+    # must not turn that into a retriable failure that sends it again and again
+    server = RecordingSmtpServer(tmp_path, quit_reply="421 4.3.2 shutting down").start()
+    try:
+        config = config_from_mapping(
+            {
+                "smtp": smtp_config(server),
+                "contacts": {"ops": {"email": "ops@city.test"}},
+                "routes": [{"match": {}, "notify": ["ops"]}],
+            }
+        )
+        clock = Clock()
+        n = Notifier(config, ledger_at(tmp_path / "l.db"), clock=clock)
+        n.handle(alert())
+        for _ in range(4):
+            await run_due(n)
+            clock.now += timedelta(minutes=2)
+        assert [m.recipients for m in server.received()] == [("ops@city.test",)]
+        [row] = n.ledger.deliveries()
+        assert (row.status, row.attempts, row.last_error) == ("sent", 1, None)
+        # and so the resolution goes out too
+        n.handle(alert(AlertState.RESOLVED))
+        await run_due(n)
+        assert [m.kind for m in server.received()] == ["firing", "resolved"]
+        await n.close()
+    finally:
+        server.stop()
+
+
 async def test_webhook_is_signed_and_http_errors_are_classified() -> None:
     from zoneinfo import ZoneInfo
 
