@@ -121,13 +121,25 @@ class EmailChannel:
                 # that into a retriable error that sends the message again.
                 _quit(client)
         except smtplib.SMTPAuthenticationError as exc:
-            raise DeliveryError(f"smtp auth refused: {exc.smtp_code}", retriable=False) from None
-        except smtplib.SMTPRecipientsRefused as exc:
-            raise DeliveryError(f"smtp recipient refused: {recipient}", retriable=False) from exc
-        except smtplib.SMTPResponseException as exc:
-            retriable = 400 <= exc.smtp_code < 500
+            # 454 is a temporary failure (RFC 4954 6); 535 and the like will not fix themselves
             raise DeliveryError(
-                f"smtp {exc.smtp_code}: {exc.smtp_error!r}", retriable=retriable
+                f"smtp auth refused: {exc.smtp_code} {_text(exc.smtp_error)}",
+                retriable=_transient(exc.smtp_code),
+            ) from None
+        except smtplib.SMTPRecipientsRefused as exc:
+            # 4yz is transient, e.g. 451 greylisting (RFC 5321 4.2.1): try again later
+            refusals: dict[str, tuple[int, bytes]] = exc.recipients
+            codes = [code for code, _ in refusals.values()]
+            reasons = "; ".join(
+                f"{address}: {code} {_text(reply)}" for address, (code, reply) in refusals.items()
+            )
+            raise DeliveryError(
+                f"smtp recipient refused: {reasons or recipient}",
+                retriable=bool(codes) and all(_transient(code) for code in codes),
+            ) from None
+        except smtplib.SMTPResponseException as exc:
+            raise DeliveryError(
+                f"smtp {exc.smtp_code}: {exc.smtp_error!r}", retriable=_transient(exc.smtp_code)
             ) from None
         except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
             raise DeliveryError(f"smtp {type(exc).__name__}: {exc}") from None
@@ -138,6 +150,15 @@ class EmailChannel:
 
     async def close(self) -> None:
         return None
+
+
+def _transient(code: int) -> bool:
+    """A 4yz SMTP reply is a transient failure: the same command may succeed later."""
+    return 400 <= code < 500
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
 
 
 def _quit(client: smtplib.SMTP) -> None:

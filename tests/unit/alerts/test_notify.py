@@ -604,6 +604,40 @@ async def test_a_message_accepted_before_a_failed_quit_is_sent_once(
         server.stop()
 
 
+async def test_smtp_4xx_refusals_are_retried_and_5xx_ones_are_not(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    # greylisting (RFC 5321 4.2.1) and a temporary auth failure are transient
+    server = RecordingSmtpServer(tmp_path, rcpt_reply="451 4.7.1 Greylisted, try later").start()
+    try:
+        config = config_from_mapping({**CONFIG, "smtp": smtp_config(server)})
+        assert config.smtp is not None
+        channel = EmailChannel(config.smtp)
+        note = render(alert(), Kind.FIRING, console_url="https://c", zone=ZoneInfo("UTC"))
+        with pytest.raises(DeliveryError, match=r"climate@city\.test.*451") as info:
+            await channel.send(note, "climate@city.test", "1-abc")
+        assert info.value.retriable
+        server.rcpt_reply = "550 5.1.1 No such user"
+        with pytest.raises(DeliveryError, match=r"climate@city\.test.*550") as info:
+            await channel.send(note, "climate@city.test", "2-abc")
+        assert not info.value.retriable
+        server.rcpt_reply = None
+        server.auth_reply = "454 4.7.0 Temporary authentication failure"
+        with pytest.raises(DeliveryError, match="454") as info:
+            await channel.send(note, "climate@city.test", "3-abc")
+        assert info.value.retriable
+        server.auth_reply = "535 5.7.8 Authentication credentials invalid"
+        with pytest.raises(DeliveryError, match="535") as info:
+            await channel.send(note, "climate@city.test", "4-abc")
+        assert not info.value.retriable
+        assert server.received() == []
+        server.auth_reply = None
+        await channel.send(note, "climate@city.test", "5-abc")
+        assert len(server.received()) == 1
+    finally:
+        server.stop()
+
+
 async def test_webhook_is_signed_and_http_errors_are_classified() -> None:
     from zoneinfo import ZoneInfo
 
