@@ -21,6 +21,7 @@ Example (every key is documented in stream/alerts/README.md)::
         escalate: {after: 15m, to: [climate-head]}
       - match: {}                                      # catch-all
         notify: [operators]
+    retry: {initial: 1s, maximum: 5m, give_up_after: 24h}   # the defaults
 
 Routes are tried in order; the first match wins unless it says ``continue: true``. Loaded
 and validated at start; :class:`ConfigError` names the offending key.
@@ -169,7 +170,14 @@ class Route(_Frozen):
 
 
 class RetryConfig(_Frozen):
-    attempts: Annotated[int, Field(ge=1, le=100)] = 6
+    """A failed delivery is retried with exponential backoff (``initial``, doubling up to
+    ``maximum``) until ``give_up_after`` has passed since its first failed attempt, so an
+    SMTP or webhook outage of hours loses nothing. ``attempts`` also caps the count of
+    tries (default: no cap). A non-retriable failure (a refused password, a 5yz, a 4xx
+    from a webhook) is final at once."""
+
+    give_up_after: Duration = timedelta(hours=24)
+    attempts: Annotated[int, Field(ge=1)] | None = None
     initial: Duration = timedelta(seconds=1)
     maximum: Duration = timedelta(minutes=5)
 

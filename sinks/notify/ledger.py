@@ -7,7 +7,11 @@ consumer commits the offset of the alert record that caused it. A restarted noti
 rows that were still pending. ``incident`` is the alert's ``started_at``; a firing record
 for a fingerprint whose incident is still open never opens a second one.
 
-The ``deliveries`` rows are the alert's delivery history: attempts, last error, when sent.
+The ``deliveries`` rows are the alert's delivery history: attempts, last error, when sent,
+and ``failing_since``: when the first failed attempt was (the notifier gives up retrying
+``retry.give_up_after`` later). A cancelled delivery that is planned again (``plan`` with
+``revive``) is a fresh delivery: its ``attempts`` and ``failing_since`` start over (so its
+backoff and retry budget do too), and ``last_error`` stays until its next attempt.
 """
 
 from __future__ import annotations
@@ -45,11 +49,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     last_error TEXT,
     created_at TEXT NOT NULL,
     sent_at TEXT,
+    failing_since TEXT,
     UNIQUE (fingerprint, incident, kind, channel, recipient)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, due_at);
 """
+
+#: columns added since the first release: (table, column, declaration); a ledger file
+#: written before gets them on open (as NULL in existing rows)
+_ADDED_COLUMNS = (("deliveries", "failing_since", "TEXT"),)
 
 PENDING, DEFERRED, SENT, FAILED, CANCELLED = "pending", "deferred", "sent", "failed", "cancelled"
 
@@ -86,6 +95,8 @@ class Delivery:
     last_error: str | None
     created_at: datetime
     sent_at: datetime | None
+    #: when the first failed attempt was (None: none failed since it was planned)
+    failing_since: datetime | None
 
 
 def _time(value: str | None) -> datetime | None:
@@ -102,6 +113,13 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        for table, column, declaration in _ADDED_COLUMNS:
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         self._db.close()
@@ -213,7 +231,7 @@ class Ledger:
 
         ``revive``: a delivery that exists but was cancelled before it was sent (its alert
         was silenced, then unsilenced while still firing) is planned again instead, and
-        counts as new.
+        counts as new; its ``attempts`` and ``failing_since`` start over.
         """
         status = PENDING if due_at <= now else DEFERRED
         cursor = self._db.execute(
@@ -223,9 +241,11 @@ class Ledger:
         )
         if cursor.rowcount == 1 or not revive:
             return cursor.rowcount == 1
+        # a fresh delivery: its retries (backoff, give-up deadline) start over
         cursor = self._db.execute(
-            "UPDATE deliveries SET status = ?, due_at = ? WHERE fingerprint = ? AND "
-            "incident = ? AND kind = ? AND channel = ? AND recipient = ? AND status = ?",
+            "UPDATE deliveries SET status = ?, due_at = ?, attempts = 0, failing_since = NULL "
+            "WHERE fingerprint = ? AND incident = ? AND kind = ? AND channel = ? AND "
+            "recipient = ? AND status = ?",
             (status, _iso(due_at), fingerprint, incident, kind, channel, recipient, CANCELLED),
         )
         return cursor.rowcount > 0
@@ -244,19 +264,22 @@ class Ledger:
             (SENT, _iso(now), delivery_id),
         )
 
-    def mark_failed(self, delivery_id: int, error: str, *, retry_at: datetime | None) -> None:
-        """Record a failed attempt; ``retry_at`` None means give up (status failed)."""
+    def mark_failed(
+        self, delivery_id: int, error: str, *, now: datetime, retry_at: datetime | None
+    ) -> None:
+        """Record an attempt that failed at ``now`` (the first one sets ``failing_since``);
+        ``retry_at`` None means give up (status failed)."""
         if retry_at is None:
             self._db.execute(
-                "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ? "
-                "WHERE id = ?",
-                (FAILED, error[:500], delivery_id),
+                "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
+                "failing_since = COALESCE(failing_since, ?) WHERE id = ?",
+                (FAILED, error[:500], _iso(now), delivery_id),
             )
         else:
             self._db.execute(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
-                "due_at = ? WHERE id = ?",
-                (PENDING, error[:500], _iso(retry_at), delivery_id),
+                "failing_since = COALESCE(failing_since, ?), due_at = ? WHERE id = ?",
+                (PENDING, error[:500], _iso(now), _iso(retry_at), delivery_id),
             )
 
     def cancel(self, delivery_id: int) -> None:
@@ -289,7 +312,7 @@ class Ledger:
 
 _DELIVERY_COLUMNS = (
     "id, fingerprint, incident, kind, channel, recipient, status, due_at, attempts, "
-    "last_error, created_at, sent_at"
+    "last_error, created_at, sent_at, failing_since"
 )
 
 
@@ -307,4 +330,5 @@ def _delivery(row: tuple[object, ...]) -> Delivery:
         last_error=str(row[9]) if row[9] is not None else None,
         created_at=datetime.fromisoformat(str(row[10])),
         sent_at=_time(str(row[11])) if row[11] is not None else None,
+        failing_since=_time(str(row[12])) if row[12] is not None else None,
     )

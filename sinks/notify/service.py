@@ -337,8 +337,28 @@ class Notifier:
     # ------------------------------------------------------------------ delivery
 
     def _backoff(self, attempts: int) -> timedelta:
+        """``initial`` doubled per failed attempt after the first, at most ``maximum``
+        (doubled step by step: ``initial * 2 ** attempts`` overflows timedelta once a long
+        outage has run up a few dozen attempts)."""
         retry = self.config.retry
-        return min(retry.initial * (2 ** max(0, attempts - 1)), retry.maximum)
+        delay = retry.initial
+        for _ in range(attempts - 1):
+            if delay >= retry.maximum:
+                break
+            delay *= 2
+        return min(delay, retry.maximum)
+
+    def _retry_at(self, delivery: Delivery, attempts: int, now: datetime) -> datetime | None:
+        """When to try a delivery again after its ``attempts``-th attempt failed at ``now``,
+        or None to give up: ``retry.give_up_after`` since its first failure has passed (the
+        last try is at that deadline), or ``retry.attempts`` tries were made."""
+        retry = self.config.retry
+        if retry.attempts is not None and attempts >= retry.attempts:
+            return None
+        deadline = (delivery.failing_since or now) + retry.give_up_after
+        if now >= deadline:
+            return None
+        return min(now + self._backoff(attempts), deadline)
 
     def _notification(self, delivery: Delivery) -> Any:
         incident = self.ledger.incident(delivery.fingerprint)
@@ -375,10 +395,11 @@ class Notifier:
             self.ledger.mark_sent(delivery.id, self.clock())
             self.metrics.deliveries.labels(delivery.channel, "sent").inc()
         except DeliveryError as exc:
+            now = self.clock()
             attempts = delivery.attempts + 1
-            give_up = not exc.retriable or attempts >= self.config.retry.attempts
-            retry_at = None if give_up else self.clock() + self._backoff(attempts)
-            self.ledger.mark_failed(delivery.id, str(exc), retry_at=retry_at)
+            retry_at = self._retry_at(delivery, attempts, now) if exc.retriable else None
+            give_up = retry_at is None
+            self.ledger.mark_failed(delivery.id, str(exc), now=now, retry_at=retry_at)
             outcome = "failed" if give_up else "retry"
             self.metrics.deliveries.labels(delivery.channel, outcome).inc()
             log.warning(

@@ -112,7 +112,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "history",
         help="one alert's state changes and every delivery attempt",
         description="State changes from the 'alerts' topic, and deliveries (status, "
-        "attempts, last error) from the notifier's ledger.",
+        "attempts, first failure and next try of a failing one, last error) "
+        "from the notifier's ledger.",
     )
     kafka_arg(history)
     history.add_argument("fingerprint")
@@ -333,10 +334,15 @@ def _history(args: argparse.Namespace) -> int:
         try:
             for d in ledger.deliveries(args.fingerprint):
                 sent = f" sent {d.sent_at:%H:%M:%S}Z" if d.sent_at else ""
+                failing = ""
+                if d.failing_since:  # retried since then; given up a day later by default
+                    failing = f" first failure {d.failing_since:%Y-%m-%d %H:%M:%S}Z"
+                    if d.status == "pending":
+                        failing += f", next try {d.due_at:%Y-%m-%d %H:%M:%S}Z"
                 error = f" last error: {d.last_error}" if d.last_error else ""
                 print(
                     f"  delivery {d.kind:10} {d.channel:12} {d.recipient:28} {d.status:9} "
-                    f"attempts={d.attempts}{sent}{error}"
+                    f"attempts={d.attempts}{sent}{failing}{error}"
                 )
         finally:
             ledger.close()

@@ -6,6 +6,7 @@ aiohttp receiver); planning logic uses a fake clock and a list channel.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -392,6 +393,160 @@ async def test_non_retriable_error_fails_at_once(
     n.handle(alert(zone="north"))
     await run_due(n)
     assert [(d.status, d.attempts) for d in n.ledger.deliveries()] == [("failed", 1)]
+
+
+OUTAGE_CONFIG: dict[str, Any] = {
+    "smtp": {"host": "127.0.0.1", "from": "alerts@city.test"},
+    "contacts": {"ops": {"email": "ops@city.test"}},
+    "routes": [{"match": {}, "notify": ["ops"]}],
+}
+
+
+async def retry_until(n: Notifier, clock: Clock, done: Callable[[], bool]) -> list[datetime]:
+    """Run each retry of the one delivery at its due time until ``done``; attempt times."""
+    times = []
+    for _ in range(10_000):
+        [row] = n.ledger.deliveries()
+        if row.status != "pending" or done():
+            break
+        clock.now = max(clock.now, row.due_at)
+        times.append(clock.now)
+        await run_due(n)
+    return times
+
+
+async def test_a_failing_channel_is_retried_through_an_outage_of_hours(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    # the defaults: no count limit, back off up to 5 min, give up 24 h after the first failure
+    clock = Clock()
+    down = ListChannel("email", failures=10**9)
+    config = config_from_mapping(OUTAGE_CONFIG)
+    assert (config.retry.attempts, config.retry.give_up_after) == (None, timedelta(hours=24))
+    n = Notifier(config, ledger_at(tmp_path / "l.db"), {"email": down}, clock=clock)
+    n.handle(alert(severity=AlertSeverity.CRITICAL))
+    times = await retry_until(n, clock, lambda: clock.now >= T0 + timedelta(hours=3))
+    [row] = n.ledger.deliveries()
+    assert (row.status, row.failing_since, row.last_error) == ("pending", T0, "boom")
+    assert row.attempts == len(times) > 6  # six attempts took 31 s; it was still trying
+    assert max(b - a for a, b in itertools.pairwise(times)) == timedelta(minutes=5)
+    down.failures, back = 0, clock.now  # the SMTP server is back
+    await retry_until(n, clock, lambda: False)
+    [row] = n.ledger.deliveries()
+    assert (row.status, row.failing_since) == ("sent", T0)
+    assert row.sent_at is not None
+    assert row.sent_at - back <= timedelta(minutes=5)
+    assert [k for k, _, _ in down.sent] == ["firing"]
+
+
+async def test_retries_stop_give_up_after_the_first_failure(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    clock = Clock()
+    down = ListChannel("email", failures=10**9)
+    config = config_from_mapping(OUTAGE_CONFIG)
+    n = Notifier(config, ledger_at(tmp_path / "l.db"), {"email": down}, clock=clock)
+    n.handle(alert(severity=AlertSeverity.CRITICAL))
+    times = await retry_until(n, clock, lambda: False)
+    [row] = n.ledger.deliveries()
+    assert (row.status, row.attempts, row.failing_since) == ("failed", len(times), T0)
+    assert times[-1] == T0 + timedelta(hours=24)  # the last try is at the deadline
+    assert times[-2] > T0 + timedelta(hours=23, minutes=55)
+    clock.now += timedelta(days=2)
+    await run_due(n)
+    assert n.ledger.deliveries()[0].attempts == len(times)
+    # a shorter budget from the config file
+    short = config_from_mapping({**OUTAGE_CONFIG, "retry": {"give_up_after": "10m"}})
+    assert (short.retry.give_up_after, short.retry.attempts) == (timedelta(minutes=10), None)
+
+
+async def test_a_revived_delivery_starts_its_retries_afresh(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    clock = Clock()
+    down = ListChannel("email", failures=10**9)
+    config = config_from_mapping(OUTAGE_CONFIG)
+    n = Notifier(config, ledger_at(tmp_path / "l.db"), {"email": down}, clock=clock)
+    n.handle(alert())
+    await retry_until(n, clock, lambda: clock.now >= T0 + timedelta(hours=20))
+    n.handle(alert(AlertState.SILENCED))
+    assert n.ledger.deliveries()[0].status == "cancelled"
+    clock.now = T0 + timedelta(hours=30)
+    n.handle(alert())  # the silence ran out, still firing: planned again
+    [row] = n.ledger.deliveries()
+    assert (row.status, row.attempts, row.failing_since) == ("pending", 0, None)
+    assert row.last_error == "boom"  # what went wrong last, until the next attempt
+    await run_due(n)
+    [row] = n.ledger.deliveries()
+    assert (row.status, row.attempts, row.failing_since) == ("pending", 1, clock.now)
+
+
+def test_history_shows_since_when_a_delivery_fails_and_its_next_try(
+    tmp_path: Path,
+    ledger_at: Callable[[Path], Ledger],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import argparse
+
+    from stream.alerts import cli
+
+    ledger = ledger_at(tmp_path / "l.db")
+    ledger.plan("00112233aabbccdd", "i1", "firing", "email", "ops@city.test", now=T0, due_at=T0)
+    [row] = ledger.deliveries()
+    later = T0 + timedelta(hours=2)
+    ledger.mark_failed(row.id, "boom", now=T0, retry_at=T0 + timedelta(seconds=1))
+    ledger.mark_failed(row.id, "refused", now=later, retry_at=later + timedelta(minutes=5))
+
+    async def no_kafka(bootstrap: str, *, history: list[Any]) -> dict[str, Any]:
+        history.append(alert())
+        return {}
+
+    monkeypatch.setattr(cli, "read_alerts", no_kafka)
+    args = argparse.Namespace(kafka="x:1", fingerprint="00112233aabbccdd", ledger=ledger.path)
+    assert cli._history(args) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert "pending   attempts=2" in line
+    assert "first failure 2025-07-01 12:00:00Z, next try 2025-07-01 14:05:00Z" in line
+    assert line.endswith("last error: refused")
+
+
+def test_a_ledger_from_before_failing_since_opens_and_works(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, fingerprint TEXT NOT NULL,
+            incident TEXT NOT NULL, kind TEXT NOT NULL, channel TEXT NOT NULL,
+            recipient TEXT NOT NULL, status TEXT NOT NULL, due_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created_at TEXT NOT NULL,
+            sent_at TEXT, UNIQUE (fingerprint, incident, kind, channel, recipient));
+        INSERT INTO deliveries (fingerprint, incident, kind, channel, recipient, status,
+            due_at, attempts, last_error, created_at)
+        VALUES ('00112233aabbccdd', 'i1', 'firing', 'email', 'ops@city.test', 'pending',
+            '2025-07-01T12:00:10+00:00', 2, 'boom', '2025-07-01T12:00:00+00:00');
+        """
+    )
+    old.commit()
+    old.close()
+    for _ in range(2):  # the migration runs once; opening again changes nothing
+        ledger = Ledger(path)
+        try:
+            [row] = ledger.deliveries()
+            assert (row.status, row.attempts, row.failing_since) == ("pending", 2, None)
+        finally:
+            ledger.close()
+    ledger = Ledger(path)
+    try:
+        ledger.mark_failed(row.id, "boom", now=T0, retry_at=T0 + timedelta(seconds=4))
+        ledger.mark_failed(row.id, "boom", now=T0 + timedelta(seconds=4), retry_at=None)
+        [row] = ledger.deliveries()
+        assert (row.status, row.attempts, row.failing_since) == ("failed", 4, T0)
+    finally:
+        ledger.close()
 
 
 def test_config_errors_name_the_key() -> None:
