@@ -194,12 +194,22 @@ class _Http:
         aiohttp = require("aiohttp", "sinks")
         session = await self.session()
         try:
+            # never follow a redirect: a 301/302/303 turns the POST into a GET without the
+            # body, and the 200 at its end would record an alert nobody got as sent
             async with session.post(
                 url,
                 data=body,
                 headers={"Content-Type": "application/json", **headers},
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,
             ) as response:
+                if 300 <= response.status < 400:
+                    location = response.headers.get("Location")
+                    raise DeliveryError(
+                        f"http {response.status} redirect to {location!r}: the configured URL "
+                        f"{url!r} is wrong, set it to where the server points",
+                        retriable=False,
+                    )
                 if response.status >= 300:
                     text = (await response.text())[:200]
                     retriable = response.status >= 500 or response.status in (408, 429)

@@ -823,6 +823,49 @@ async def test_webhook_is_signed_and_http_errors_are_classified() -> None:
         receiver.stop()
 
 
+async def test_a_redirect_is_a_failed_delivery_that_names_where_it_points() -> None:
+    # following a 301/302 turns the POST into a GET without the body, whose 200 would
+    # record an alert the chat never got as sent
+    from zoneinfo import ZoneInfo
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from sinks.notify.config import AlertmanagerConfig, WebhookConfig
+
+    seen: list[tuple[str, str]] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        location = "/new-hook" if request.path == "/hook" else "https://am.city.test/"
+        status = 302 if request.path == "/hook" else 301
+        return web.Response(status=status, headers={"Location": location})
+
+    async def landing(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/hook", moved)
+    app.router.add_route("*", "/api/v2/alerts", moved)
+    app.router.add_route("*", "/new-hook", landing)
+    async with TestServer(app, host="127.0.0.1") as server:
+        url = str(server.make_url(""))
+        note = render(alert(), Kind.FIRING, console_url="https://c", zone=ZoneInfo("UTC"))
+        hook = WebhookConfig(name="chat", url=f"{url}/hook", secret=SecretStr("k"))
+        webhook = WebhookChannel({"chat": hook})
+        with pytest.raises(DeliveryError, match=r"http 302 .*'/new-hook'.*URL") as info:
+            await webhook.send(note, "chat", "1-abc")
+        assert not info.value.retriable
+        manager = AlertmanagerChannel(AlertmanagerConfig(url=url))
+        with pytest.raises(DeliveryError, match=r"http 301 .*'https://am\.city\.test/'") as info:
+            await manager.send(note, "alertmanager", "2-abc")
+        assert not info.value.retriable
+        assert seen == [("POST", "/hook"), ("POST", "/api/v2/alerts")]
+        await webhook.close()
+        await manager.close()
+
+
 def test_alertmanager_body_follows_the_v2_api() -> None:
     from zoneinfo import ZoneInfo
 
