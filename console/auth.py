@@ -99,7 +99,9 @@ def verify_password(password: str, encoded: str) -> bool:
 
 
 def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogateescape: aiohttp hands a header's undecodable bytes over as surrogates; they
+    # hash as the bytes that were sent (matching no token) instead of raising a 500
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class _Frozen(BaseModel):

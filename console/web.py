@@ -257,7 +257,7 @@ class ConsoleApp:
         if not self._same_origin(request):
             raise _json_error(web.HTTPForbidden, "cross-origin request refused")
         sent = request.headers.get("X-CSRF-Token", "")
-        if not hmac.compare_digest(sent.encode(), csrf.encode()):
+        if not hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), csrf.encode()):
             raise _json_error(web.HTTPForbidden, "missing or wrong X-CSRF-Token")
 
     # ------------------------------------------------------------------ pages

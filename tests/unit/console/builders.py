@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
+
+from aiohttp.test_utils import TestServer
 
 from climastream.contract import Location, Quantity, Reading
 from climastream.quantities import CANONICAL_UNITS
@@ -26,3 +29,18 @@ def reading(
         zone=zone,
         location=Location(lat=50.8, lon=4.3),
     )
+
+
+async def raw_request(server: TestServer, method: str, path: str, headers: bytes) -> bytes:
+    """A request written byte by byte (a client library would refuse bad header bytes);
+    the whole answer, status line first."""
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nHost: console\r\n".encode()
+        + headers
+        + b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    return answer

@@ -22,6 +22,7 @@ from console.feed import ListActionSink
 from console.hub import Hub
 from console.state import LiveState
 from console.web import ConsoleApp
+from tests.unit.console.builders import raw_request
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 WALL = "wallboard-token-0123456789"
@@ -102,3 +103,21 @@ async def test_an_expired_bearer_token_gets_401_like_a_wrong_one() -> None:
             refused = await client.get(url, headers=bearer)
             assert refused.status == 401
             assert refused.headers["WWW-Authenticate"] == renew
+
+
+async def test_a_token_that_is_not_utf8_is_a_401_not_a_server_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    credentials = Credentials()
+    credentials.tokens[token_digest(WALL)] = Principal("wallboard", Role.VIEWER)
+    app = ConsoleApp(Hub(LiveState()), credentials, ListActionSink()).build()
+    async with TestServer(app) as server:
+        for path in ("/api/me", "/ngsi-ld/v1/types"):
+            answer = await raw_request(
+                server, "GET", path, b"Authorization: Bearer \xff\xfe-not-utf8\r\n"
+            )
+            assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        bearer = f"Authorization: Bearer {WALL}\r\n".encode()
+        answer = await raw_request(server, "GET", "/api/me", bearer)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

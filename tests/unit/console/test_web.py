@@ -15,6 +15,7 @@ from console.feed import ListActionSink
 from console.hub import Hub
 from console.state import LiveState
 from console.web import COOKIE, ConsoleApp, MalformedRequestFilter, quiet_malformed_requests
+from tests.unit.console.builders import raw_request
 
 OP_TOKEN = "operator-token-0123456789"
 VIEW_TOKEN = "viewer-token-0123456789"
@@ -60,6 +61,20 @@ async def login(client: TestClient, token: str) -> str:
     assert cookie["samesite"] == "Strict"
     me = await (await client.get("/api/me")).json()
     return str(me["csrf"])
+
+
+async def test_a_csrf_token_that_is_not_utf8_is_refused_not_a_server_error(
+    setup: tuple[TestClient, ListActionSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, sink = setup
+    await login(client, OP_TOKEN)
+    cookie = client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
+    headers = f"Cookie: {COOKIE}={cookie}\r\n".encode() + b"X-CSRF-Token: \xff\xfe\r\n"
+    answer = await raw_request(client.server, "POST", f"/api/alerts/{FP}/actions", headers)
+    assert answer.startswith(b"HTTP/1.1 403 "), answer[:200]
+    assert b"missing or wrong X-CSRF-Token" in answer
+    assert sink.actions == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_operator_action_goes_to_the_action_sink(
