@@ -179,6 +179,7 @@ class StateLimits:
     max_kpis: int = 20000
     max_active_alerts: int = 500
     resolved_kept: int = 20
+    resolved_remembered: int = 5000
     max_stream_rows: int = 300
     stale_after: timedelta = timedelta(seconds=60)
 
@@ -229,6 +230,9 @@ class LiveState:
         self.zone_kpis: BoundedMap[tuple[str, str], KpiValue] = BoundedMap(self.limits.max_kpis)
         self.alerts: BoundedMap[str, Alert] = BoundedMap(self.limits.max_active_alerts)
         self.resolved: deque[Alert] = deque(maxlen=self.limits.resolved_kept)
+        #: when each recently resolved alert was resolved: a late, older record of it must
+        #: not bring it back once it has left ``alerts``
+        self._resolved_at: BoundedMap[str, datetime] = BoundedMap(self.limits.resolved_remembered)
         self.gateways: BoundedMap[str, tuple[GatewayStatus, datetime]] = BoundedMap(1000)
         self.counts: dict[str, int] = {"readings": 0, "kpis": 0, "alerts": 0, "gateway_status": 0}
         self.rejected: dict[str, int] = {}
@@ -313,11 +317,13 @@ class LiveState:
         self.counts["alerts"] += 1
         self._dirty.update(("alerts", "stats"))
         previous = self.alerts.get(alert.fingerprint)
-        if previous is not None and alert.updated_at < previous.updated_at:
+        newest = previous.updated_at if previous else self._resolved_at.get(alert.fingerprint)
+        if newest is not None and alert.updated_at < newest:
             return  # an older state change arriving late never undoes a newer one
         if alert.state is AlertState.RESOLVED:
             self.alerts.pop(alert.fingerprint)
             self.resolved.append(alert)
+            self._resolved_at.put(alert.fingerprint, alert.updated_at)
         else:
             self.alerts.put(alert.fingerprint, alert)
 

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from climastream.contract import GatewayStatus, KpiValue, Quantity
+from climastream.contract import (
+    Alert,
+    AlertSeverity,
+    AlertState,
+    GatewayStatus,
+    KpiValue,
+    Quantity,
+)
 from console.hub import Hub
 from console.state import (
     DeviceInfo,
@@ -203,3 +210,26 @@ def test_gateway_panel_shows_decode_errors_by_reason() -> None:
     (row,) = state.snapshot("gateways")["gateways"]
     assert row["decode_errors"] == {"bad_crc": 3, "unknown_device": 1}
     assert row["decode_errors_total"] == 4
+
+
+def test_a_late_older_record_of_a_resolved_alert_does_not_bring_it_back() -> None:
+    state = LiveState(clock=lambda: T0)
+
+    def alert(status: AlertState, minutes: int) -> Alert:
+        return Alert(
+            fingerprint="0123456789abcdef",
+            rule_id="pm25-high",
+            state=status,
+            severity=AlertSeverity.WARNING,
+            summary="PM2.5 high in centre",
+            started_at=T0,
+            updated_at=T0 + timedelta(minutes=minutes),
+        )
+
+    state.add_alert(alert(AlertState.FIRING, 1))
+    state.add_alert(alert(AlertState.RESOLVED, 5))
+    state.add_alert(alert(AlertState.FIRING, 2))  # replayed after an engine restart
+    assert list(state.alerts.values()) == []
+    # the next incident of the same alert is newer than the resolution: it shows
+    state.add_alert(alert(AlertState.FIRING, 9))
+    assert [a.state for a in state.alerts.values()] == [AlertState.FIRING]
