@@ -76,7 +76,8 @@ JsonDict = dict[str, Any]
 
 #: how many recent values an alert carries as evidence
 EVIDENCE_POINTS = 5
-#: resolved records are kept this long beyond ``renotify`` (silences and flap damping need them)
+#: resolved records are kept this long beyond ``renotify`` (flap damping needs them), and in
+#: any case while a timed silence on them is in force (it covers the alert's next incident)
 RESOLVED_RETENTION = timedelta(hours=1)
 
 
@@ -425,7 +426,8 @@ class AlertEngine:
             if rule is None:
                 continue
             if record.phase is Phase.RESOLVED:
-                if now - record.updated_at > rule.renotify + RESOLVED_RETENTION:
+                silenced = record.silenced_until is not None and record.silenced_until > now
+                if not silenced and now - record.updated_at > rule.renotify + RESOLVED_RETENTION:
                     self._records.pop(fp, None)
                     self._dirty_records.discard(fp)
                     del self.alerts[fp]

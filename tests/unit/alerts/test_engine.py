@@ -5,6 +5,7 @@ Every expectation is derived by hand from the rule definitions, with a fake cloc
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -441,3 +442,40 @@ def test_fingerprint_is_stable_and_scoped() -> None:
     assert a != fingerprint("uhi2", [("zone", "centre")])
     assert len(a) == 16
     assert int(a, 16) >= 0
+
+
+def test_a_timed_silence_covers_a_new_incident_hours_later_also_after_a_restart() -> None:
+    """A ``--for 7d`` silence outlives the resolved record's normal retention (renotify +
+    1 h): a new incident of the same alert days later is still silenced, also when the
+    engine restarted in between on its (JSON-serialised) state."""
+    clock = Clock()
+    ruleset = rules_from_mapping({"rules": [{**UHI, "for": "0s", "renotify": "30m"}]})
+    alerts: dict[str, Any] = {}
+    signals: dict[str, Any] = {}
+    eng = AlertEngine(ruleset, alerts, signals, clock=clock)
+    fp = eng.on_kpi(uhi(clock, "c", 4))[0].fingerprint
+    until = clock.now + timedelta(days=7)
+    action = AlertAction(
+        fingerprint=fp, action=AlertActionKind.SILENCE, actor="ana", at=clock.now, until=until
+    )
+    assert [a.state for a in eng.on_action(action)] == [AlertState.SILENCED]
+    clock.advance(60)
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 1))] == [AlertState.RESOLVED]
+    for _ in range(3 * 24):  # three days of ticks, far beyond renotify + 1 h
+        clock.advance(3600)
+        assert eng.tick() == []
+    # the engine restarts on its changelog-restored state
+    alerts = {k: json.loads(json.dumps(v)) for k, v in alerts.items()}
+    signals = {k: json.loads(json.dumps(v)) for k, v in signals.items()}
+    eng = AlertEngine(ruleset, alerts, signals, clock=clock)
+    out = eng.on_kpi(uhi(clock, "c", 4))
+    assert [(a.state, a.labels.get("silenced_until")) for a in out] == [
+        (AlertState.SILENCED, until.isoformat())
+    ]
+    clock.advance(60)
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 1))] == [AlertState.RESOLVED]
+    # once the silence has ended the record is cleaned up as usual, and a new incident pages
+    clock.now = until + timedelta(seconds=1)
+    eng.tick()
+    assert eng.current() == []
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 4))] == [AlertState.FIRING]
