@@ -17,9 +17,12 @@ the current state (hysteresis). After a resolution, the same alert cannot fire a
 before ``renotify`` has passed (it waits in pending), so flapping cannot become a storm.
 
 Inhibition: one gateway outage is one alert. A device alert waits in pending while its
-gateway's offline alert is pending or firing, and a *stale* device alert also waits while
-the gateway itself has not been heard from since the device should have spoken: the device
-is only individually stale if its gateway is demonstrably alive.
+gateway's offline alert is pending or firing. An alert about *missing data* (a stale device,
+low completeness: :attr:`~stream.alerts.rules.Rule.about_missing_data`) also waits until the
+data it judges was gathered after the gateway came back and had one gateway timeout to
+deliver what it buffered, and a stale alert while the gateway itself has not been heard
+from since the device should have spoken: a device is only individually silent if its
+gateway is demonstrably alive and caught up.
 
 State lives in two mappings, written back once per call (so a Faust table gets one
 changelog record per changed key per input record, not one per reading):
@@ -145,6 +148,8 @@ class AlertRecord:
     threshold: float | None = None
     completeness: float | None = None
     score: float | None = None
+    #: where the data of the latest observation begins (a KPI's window start), if not "now"
+    observed_since: datetime | None = None
     evidence: list[list[Any]] = field(default_factory=list)
     #: labels the evaluation adds (e.g. which gateway sources are down)
     labels: dict[str, str] = field(default_factory=dict)
@@ -156,6 +161,7 @@ class AlertRecord:
         "clear_since",
         "resolved_at",
         "silenced_until",
+        "observed_since",
     )
 
     def to_dict(self) -> JsonDict:
@@ -322,6 +328,7 @@ class AlertEngine:
                     "value": kpi.value,
                     "threshold": rule.set,
                     "completeness": kpi.completeness,
+                    "observed_since": kpi.window_start,
                     "evidence": evidence,
                 }
                 self._observe(rule, fp, self._threshold_condition(rule, kpi.value), context, now)
@@ -672,6 +679,7 @@ class AlertEngine:
             "threshold",
             "completeness",
             "score",
+            "observed_since",
         ):
             if context.get(name) is not None:
                 setattr(record, name, context[name])
@@ -681,10 +689,17 @@ class AlertEngine:
             record.labels = {**record.labels, **context["labels"]}
 
     def _inhibited(self, rule: Rule, record: AlertRecord, now: datetime) -> bool:
-        """True while the alert's gateway is down (one outage is one alert)."""
+        """True while the alert may be caused by its gateway's outage (one outage, one alert).
+
+        Every device alert waits while its gateway's offline alert is pending or firing.
+        An alert about missing data also waits until the data it judges (a KPI's window;
+        for a stale device, now) begins one gateway timeout after the gateway came back:
+        the status of a returning gateway can arrive before the readings it buffered, and
+        every window overlapping the outage lacks data. The same grace for every kind.
+        """
         if isinstance(rule, GatewayOfflineRule) or not record.gateway_id or not self._gateway_rules:
             return False
-        stale = isinstance(rule, StaleRule)
+        since = record.observed_since or now
         for gateway_rule in self._gateway_rules:
             gateway_alert = self._record(
                 fingerprint(gateway_rule.id, [("gateway", record.gateway_id)])
@@ -693,10 +708,9 @@ class AlertEngine:
                 continue
             if gateway_alert.phase is not Phase.RESOLVED:
                 return True
-            back = gateway_alert.resolved_at
-            if stale and back is not None and now - back < gateway_rule.limit:
-                # just back from an outage: its status can arrive before the readings it
-                # buffered meanwhile; give them one gateway timeout to drain
+            # when its latest outage ended (also one that never fired)
+            back = gateway_alert.updated_at
+            if rule.about_missing_data and since < back + gateway_rule.limit:
                 return True
         if isinstance(rule, StaleRule) and record.device_id:
             gateway = self._signal(f"gw|{record.gateway_id}") or {}

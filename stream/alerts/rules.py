@@ -59,6 +59,9 @@ __all__ = [
 
 DEFAULT_RULES_PATH = Path(__file__).with_name("default_rules.yaml")
 
+#: the stream job's KPI for the share of a device's expected readings that arrived
+COMPLETENESS_KPI = "completeness"
+
 
 class RulesError(ValueError):
     """The rules file is invalid; the message names the file and the offending key."""
@@ -111,6 +114,13 @@ class _RuleBase(_Frozen):
     labels: dict[str, str] = Field(default_factory=dict)
     enabled: bool = True
 
+    @property
+    def about_missing_data(self) -> bool:
+        """Whether the alert says that a device's data did not arrive (a stale device, low
+        completeness): what a gateway outage causes for every device behind it, unlike an
+        alert on the values of readings that did arrive (buffered ones are real data)."""
+        return False
+
     @model_validator(mode="after")
     def _summary_fields(self) -> _RuleBase:
         try:
@@ -156,6 +166,14 @@ class ThresholdRule(_RuleBase):
             raise ValueError(f"clear ({self.clear}) must be >= set ({self.set}) for 'below'")
         return self
 
+    @property
+    def about_missing_data(self) -> bool:
+        return (
+            self.source == "kpi"
+            and self.kpi_id == COMPLETENESS_KPI
+            and self.direction is Direction.BELOW
+        )
+
     def is_set(self, value: float) -> bool:
         return value >= self.set if self.direction is Direction.ABOVE else value <= self.set
 
@@ -196,6 +214,10 @@ class StaleRule(_RuleBase):
     cadence: Duration = timedelta(minutes=1)
     cadences: dict[str, Duration] = Field(default_factory=dict)
     missed: Annotated[int, Field(ge=1, le=1000)] = 3
+
+    @property
+    def about_missing_data(self) -> bool:
+        return True
 
     def limit_for(self, device_id: str) -> timedelta:
         for pattern, cadence in self.cadences.items():

@@ -479,3 +479,100 @@ def test_a_timed_silence_covers_a_new_incident_hours_later_also_after_a_restart(
     eng.tick()
     assert eng.current() == []
     assert [a.state for a in eng.on_kpi(uhi(clock, "c", 4))] == [AlertState.FIRING]
+
+
+def _outage_with_windowed_completeness(dead: set[str]) -> list[tuple[float, str, str, str]]:
+    """Shipped defaults; gateway gw1 with three devices is out of contact for 63 minutes
+    while the stream keeps closing 5-minute windows with completeness 0 for its devices.
+    It comes back at 63 min; the window ending at 65 min holds 2 of its 5 minutes (0.4),
+    later windows are complete, except for the ``dead`` devices, which never return.
+    Returns (minute, rule, device or gateway, state) of every published change."""
+    clock = Clock()
+    eng = AlertEngine(load_rules(), {}, {}, clock=clock)
+    devices = ["th-1", "th-2", "th-3"]
+    published: list[tuple[float, str, str, str]] = []
+
+    def run(out: list[Any]) -> None:
+        minute = (clock.now - T0).total_seconds() / 60
+        published.extend((minute, a.rule_id, a.device_id or a.gateway_id, a.state) for a in out)
+
+    def completeness(device: str, value: float) -> KpiValue:
+        return KpiValue(
+            kpi_id="completeness",
+            kpi_version="1",
+            zone="centre",
+            device_id=device,
+            window_start=clock.now - timedelta(minutes=5),
+            window_end=clock.now,
+            value=value,
+            unit="1",
+            sample_count=int(value * 5),
+            completeness=value,
+        )
+
+    run(eng.on_gateway_status(status(clock, "gw1")))
+    run(eng.on_batch(batch(*(reading(clock, d, 20) for d in devices))))
+    for second in range(30, 90 * 60 + 1, 30):
+        clock.now = T0 + timedelta(seconds=second)
+        back = second >= 63 * 60
+        if back:
+            run(eng.on_gateway_status(status(clock, "gw1")))
+            live = [reading(clock, d, 20, seq=second) for d in devices if d not in dead]
+            if second % 60 == 0 and live:
+                run(eng.on_batch(batch(*live)))
+        if second % 300 == 0:  # a 5-minute window closes
+            share = 0.4 if second == 65 * 60 else 1.0
+            for device in devices:
+                run(eng.on_kpi(completeness(device, share if back and device not in dead else 0.0)))
+        run(eng.tick())
+    return published
+
+
+def test_a_gateway_outage_is_one_alert_also_for_windowed_completeness() -> None:
+    """The windows that overlap an outage show low completeness for every device behind
+    the gateway; those alerts are the outage's, not the devices': nothing but the gateway
+    alert may fire."""
+    published = _outage_with_windowed_completeness(dead=set())
+    fired = [(m, r, who) for m, r, who, s in published if s is not AlertState.PENDING]
+    assert [f for f in fired if f[1] == "gateway-offline"] == [
+        (2.0, "gateway-offline", "gw1"),
+        (63.0, "gateway-offline", "gw1"),
+    ]
+    notified = [(m, r, who, s) for m, r, who, s in published if s is AlertState.FIRING]
+    assert notified == [(2.0, "gateway-offline", "gw1", AlertState.FIRING)]
+    # the held device alerts end without anyone being told
+    assert {(r, s) for _m, r, _who, s in published if r != "gateway-offline"} <= {
+        ("data-completeness", AlertState.PENDING),
+        ("data-completeness", AlertState.RESOLVED),
+        ("sensor-stale", AlertState.PENDING),
+        ("sensor-stale", AlertState.RESOLVED),
+    }
+
+
+def test_a_device_still_silent_after_the_outage_and_its_grace_still_alerts() -> None:
+    published = _outage_with_windowed_completeness(dead={"th-3"})
+    notified = [(m, r, who) for m, r, who, s in published if s is AlertState.FIRING]
+    assert notified == [
+        (2.0, "gateway-offline", "gw1"),
+        # one gateway timeout (4 x 30 s) after the gateway is back, it is alive and
+        # caught up, and th-3 still says nothing
+        (65.0, "sensor-stale", "th-3"),
+        # the first window that starts after that grace is still empty
+        (70.0, "data-completeness", "th-3"),
+    ]
+
+
+def test_the_grace_also_follows_a_gateway_outage_that_ended_while_pending() -> None:
+    eng, clock = engine([STALE, {**GATEWAY, "for": "60s"}])
+    eng.on_gateway_status(status(clock, "gw1"))
+    eng.on_batch(batch(reading(clock, "a", 20)))
+    published = []
+    for _ in range(90):  # pending from 60 s, would fire at 120 s
+        clock.advance(1)
+        published += eng.tick()
+    published += eng.on_gateway_status(status(clock, "gw1"))  # back; readings still buffered
+    for _ in range(3):
+        clock.advance(1)
+        published += eng.tick()
+    published += eng.on_batch(batch(reading(clock, "a", 20, seq=1)))
+    assert [(a.rule_id, a.state) for a in published if a.state is AlertState.FIRING] == []

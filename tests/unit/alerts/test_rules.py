@@ -87,3 +87,9 @@ def test_parse_for_and_cli_errors(capsys: pytest.CaptureFixture[str], tmp_path: 
     bad.write_text("rules:\n  - {id: x, kind: threshold, kpi_id: k, set: 1, clear: 5}\n")
     assert main(["alerts", "rules", "--check", str(bad)]) == 2
     assert "rules.0(x): Value error, clear (5.0) must be <= set (1.0)" in capsys.readouterr().err
+
+
+def test_which_shipped_rules_are_about_missing_data() -> None:
+    """These are held after a gateway outage until their data post-dates it."""
+    missing = {rule.id for rule in load_rules().rules if rule.about_missing_data}
+    assert missing == {"sensor-stale", "data-completeness"}
