@@ -203,21 +203,27 @@ _safe_id = re.compile(SAFE_ID_PATTERN).fullmatch
 def alert_line(alert: Alert, precision: Precision = Precision.NS) -> str:
     """One point per state change, in the alert's own series.
 
-    The tags are the alert's scope (rule, zone, device, gateway, KPI, quantity: what its
-    fingerprint is made of) plus severity and team, so two alerts changing state in the
-    same instant never share a point, and one alert's states follow each other in one
-    series: ``last(active)`` per series, summed, is the number of ongoing alerts.
+    One alert (fingerprint) is exactly one series: the tags are the rule and what the
+    fingerprint is made of (the scope: a zone and/or device with a KPI and quantity, a
+    device with a quantity, or a gateway), so two alerts changing state in the same
+    instant never share a point, and one alert's states follow each other in one series:
+    ``last(active)`` per series, summed, is the number of ongoing alerts. What can change
+    while the alert lasts is a field, never a tag, or it would start a second series and
+    leave the first at active=1: the rule's severity and team (the rules file can be
+    edited), and for a device alert the gateway its data comes through (unknown until the
+    device is first heard, and a device can move) and, unless a KPI's zone is part of the
+    fingerprint, the device's zone.
     """
     quantity = alert.labels.get("quantity")
+    device_alert = alert.device_id is not None
+    zone_in_scope = not device_alert or alert.kpi_id is not None
     return line(
         "alert",
         {
             "rule": alert.rule_id,
-            "severity": alert.severity.value,
-            "zone": alert.zone,
-            "team": alert.team,
+            "zone": alert.zone if zone_in_scope else None,
             "device": alert.device_id,
-            "gateway": alert.gateway_id,
+            "gateway": None if device_alert else alert.gateway_id,
             "kpi": alert.kpi_id,
             "quantity": quantity if quantity and _safe_id(quantity) else None,
         },
@@ -229,6 +235,10 @@ def alert_line(alert: Alert, precision: Precision = Precision.NS) -> str:
             "summary": alert.summary,
             "value": alert.value,
             "threshold": alert.threshold,
+            "severity": alert.severity.value,
+            "team": alert.team,
+            "device_zone": alert.zone if device_alert else None,
+            "device_gateway": alert.gateway_id if device_alert else None,
         },
         timestamp(alert.updated_at, precision),
     )

@@ -33,8 +33,9 @@ def flux(measurement: str, field: str, *filters: str, agg: str = "mean", group: 
     return "\n".join(lines)
 
 
-#: ongoing alerts: each alert is one series (sinks/SCHEMA.md), its last ``active`` is 1 until
-#: it resolves; counts the alerts with a state change in the dashboard's time range
+#: ongoing alerts: each alert is one series (sinks/SCHEMA.md: its tags are only what its
+#: fingerprint is made of, never severity or team), its last ``active`` is 1 until it
+#: resolves; counts the alerts with a state change in the dashboard's time range
 ACTIVE_ALERTS = "\n".join(
     [
         f'from(bucket: "{BUCKET}")',

@@ -24,6 +24,7 @@ from climastream.contract import (
     ReadingBatch,
     SourceState,
 )
+from sinks.lineprotocol import alert_line
 from stream.alerts.engine import AlertEngine, fingerprint
 from stream.alerts.rules import load_rules, rules_from_mapping
 
@@ -576,3 +577,57 @@ def test_the_grace_also_follows_a_gateway_outage_that_ended_while_pending() -> N
         published += eng.tick()
     published += eng.on_batch(batch(reading(clock, "a", 20, seq=1)))
     assert [(a.rule_id, a.state) for a in published if a.state is AlertState.FIRING] == []
+
+
+def test_one_alert_is_one_influx_series_while_its_gateway_and_rule_change() -> None:
+    """The sink's series tags are what the fingerprint is made of: the gateway a device
+    alert learns mid-incident (it first fired before the device was ever seen) and a rule
+    edited mid-incident (severity, team) must not start a second series, or the first one
+    stays at active=1 forever and the dashboards' "ongoing alerts" count is wrong."""
+    clock = Clock()
+    alerts: dict[str, Any] = {}
+    signals: dict[str, Any] = {}
+    eng = AlertEngine(load_rules(), alerts, signals, clock=clock)
+
+    def completeness(value: float) -> KpiValue:
+        return KpiValue(
+            kpi_id="completeness",
+            kpi_version="1",
+            zone="centre",
+            device_id="th-1",
+            window_start=clock.now - timedelta(minutes=5),
+            window_end=clock.now,
+            value=value,
+            unit="1",
+            sample_count=0,
+            completeness=value,
+        )
+
+    published = eng.on_kpi(completeness(0.0))  # silent since before the engine started
+    clock.advance(30 * 60)
+    published += eng.tick()
+    clock.advance(10 * 60)  # repaired: its readings now arrive through gw1
+    published += eng.on_batch(batch(reading(clock, "th-1", 20)))
+    # the rules file was edited meanwhile and the engine restarted with it
+    edited = load_rules().model_copy(
+        update={
+            "rules": tuple(
+                r.model_copy(update={"severity": AlertSeverity.WARNING, "team": "field-ops"})
+                if r.id == "data-completeness"
+                else r
+                for r in load_rules().rules
+            )
+        }
+    )
+    eng = AlertEngine(edited, alerts, signals, clock=clock)
+    clock.advance(5 * 60)
+    published += eng.on_kpi(completeness(0.9))
+    mine = [a for a in published if a.rule_id == "data-completeness"]
+    assert [a.state for a in mine] == [AlertState.PENDING, AlertState.FIRING, AlertState.RESOLVED]
+    assert (mine[0].gateway_id, mine[-1].gateway_id) == (None, "gw1")
+    assert (mine[0].severity, mine[-1].severity) == (AlertSeverity.INFO, AlertSeverity.WARNING)
+    last: dict[str, str] = {}
+    for alert in mine:
+        series, fields = alert_line(alert).split(" ", 1)  # tags are safe ids: no spaces
+        last[series] = fields.split(",")[0]
+    assert list(last.values()) == ["active=0i"]  # one series, and it ends inactive

@@ -204,12 +204,13 @@ def test_alert_and_status_lines() -> None:
     )
     measurement, tags, fields, t = parse_line(alert_line(alert))
     assert (measurement, t) == ("alert", T0_NS)
-    assert tags == {"rule": "heat", "severity": "critical", "zone": "a"}
+    assert tags == {"rule": "heat", "zone": "a"}
     assert fields == {
         "active": 1,
         "state": "firing",
         "fingerprint": "deadbeef",
         "summary": 'Heat "extreme", zone a\\b',
+        "severity": "critical",  # a field: a rule edited mid-incident keeps the series
     }
     # two alerts of one rule and zone changing state in the same instant: two series
     other = alert.model_copy(update={"fingerprint": "feedbeef", "device_id": "th-2"})
@@ -348,6 +349,72 @@ def test_hostile_ids_are_rejected_by_the_contract_or_render_safely(
     assert set(fields) == {"value", "seq"}
 
 
+def test_one_alert_is_one_series_whatever_changes_while_it_lasts() -> None:
+    """Series tags are what the fingerprint is made of; the rest are fields."""
+
+    def series(**update: object) -> str:
+        base = {
+            "fingerprint": "0123456789abcdef",
+            "rule_id": "stale",
+            "state": "pending",
+            "severity": "warning",
+            "summary": "s",
+            "device_id": "th-1",
+            "started_at": T0,
+            "updated_at": T0,
+        }
+        alert = Alert.model_validate({**base, **update}, context={"now": T0})
+        return alert_line(alert).split(" ", 1)[0]
+
+    device = series()
+    assert device == "alert,device=th-1,rule=stale"
+    # a device alert: its gateway (first unknown) and zone, severity, team, state
+    for changed in (
+        {"gateway_id": "gw-1"},
+        {"gateway_id": "gw-2", "zone": "park"},
+        {"severity": "critical", "team": "operators"},
+        {"state": "resolved"},
+    ):
+        assert series(**changed) == device, changed
+    _m, _tags, fields, _t = parse_line(
+        alert_line(
+            Alert.model_validate(
+                {
+                    "fingerprint": "0123456789abcdef",
+                    "rule_id": "stale",
+                    "state": "firing",
+                    "severity": "warning",
+                    "summary": "s",
+                    "device_id": "th-1",
+                    "zone": "park",
+                    "gateway_id": "gw-1",
+                    "team": "operators",
+                    "started_at": T0,
+                    "updated_at": T0,
+                },
+                context={"now": T0},
+            )
+        )
+    )
+    assert (fields["device_zone"], fields["device_gateway"], fields["team"]) == (
+        "park",
+        "gw-1",
+        "operators",
+    )
+    # a KPI's zone is part of its fingerprint; the device's gateway still is not
+    kpi = series(kpi_id="completeness", zone="centre")
+    assert kpi == "alert,device=th-1,kpi=completeness,rule=stale,zone=centre"
+    assert series(kpi_id="completeness", zone="centre", gateway_id="gw-1") == kpi
+    assert series(kpi_id="completeness", zone="park") != kpi
+    # zone and gateway alerts are scoped by them: one series each
+    zone = series(device_id=None, zone="centre", kpi_id="uhi.night")
+    assert zone == "alert,kpi=uhi.night,rule=stale,zone=centre"
+    assert series(device_id=None, zone="park", kpi_id="uhi.night") != zone
+    gateway = series(device_id=None, gateway_id="gw-1")
+    assert gateway == "alert,gateway=gw-1,rule=stale"
+    assert series(device_id=None, gateway_id="gw-2") != gateway
+
+
 @settings(max_examples=200, deadline=None)
 @given(summary=st.text(max_size=80), key=hostile)
 def test_alert_text_cannot_inject(summary: str, key: str) -> None:
@@ -370,4 +437,5 @@ def test_alert_text_cannot_inject(summary: str, key: str) -> None:
     _m, tags, fields, _t = parse_line(alert_line(alert))
     assert fields["summary"] == summary
     assert fields["state"] == "pending"
-    assert set(tags) == {"rule", "severity"}
+    assert set(tags) == {"rule"}
+    assert fields["severity"] == "info"
