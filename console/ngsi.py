@@ -406,6 +406,11 @@ class EntityQuery:
     key_values: bool = False
 
 
+#: an absolute URI as NGSI-LD needs for entity ids: a scheme, a colon, no whitespace (the
+#: same pattern as openapi.yaml's, with the same meaning of ``$``)
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S*$")
+
+
 def _names(params: Mapping[str, str], key: str) -> tuple[str, ...] | None:
     raw = params.get(key)
     if raw is None:
@@ -413,6 +418,29 @@ def _names(params: Mapping[str, str], key: str) -> tuple[str, ...] | None:
     # empty items are dropped; a parameter with nothing left is no filter at all
     names = tuple(name for part in raw.split(",") if (name := part.strip()))
     return names or None
+
+
+def _types(params: Mapping[str, str]) -> frozenset[str] | None:
+    """``type``: entity types, any of which matches (``,`` or NGSI-LD 1.5's ``|``).
+
+    Its ``;`` (all of these types) and parentheses are refused rather than read as part
+    of a type name, which would silently match nothing.
+    """
+    raw = params.get("type")
+    if raw is not None and (used := sorted(set(raw) & set(";()"))):
+        raise bad_request(
+            f"type selection with {' '.join(repr(c) for c in used)} is not supported by "
+            "this source; list the types with ',' or '|' (any of them matches)"
+        )
+    names = _names({"type": raw.replace("|", ",")} if raw is not None else {}, "type")
+    return frozenset(names) if names is not None else None
+
+
+def check_entity_id(value: str) -> str:
+    """An entity id must be a URI (NGSI-LD: else BadRequestData, not ResourceNotFound)."""
+    if not URI.search(value):
+        raise bad_request(f"entity id {value!r} is not a URI (urn:ngsi-ld:<Type>:...)")
+    return value
 
 
 def _integer(params: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
@@ -474,12 +502,11 @@ def parse_query(params: Mapping[str, str]) -> EntityQuery:
     count = params.get("count", "false")
     if count not in ("true", "false"):
         raise bad_request(f"count must be true or false, not {count!r}")
-    types = _names(params, "type")
     ids = _names(params, "id")
     options = _option_names(params, "options")
     return EntityQuery(
-        types=frozenset(types) if types is not None else None,
-        ids=frozenset(ids) if ids is not None else None,
+        types=_types(params),
+        ids=frozenset(check_entity_id(i) for i in ids) if ids is not None else None,
         attrs=_names(params, "attrs"),
         limit=_integer(params, "limit", DEFAULT_LIMIT, 0, MAX_LIMIT),
         offset=_integer(params, "offset", 0, 0, 2**31 - 1),
@@ -491,9 +518,8 @@ def parse_query(params: Mapping[str, str]) -> EntityQuery:
 def parse_retrieve(params: Mapping[str, str]) -> EntityQuery:
     """``GET /ngsi-ld/v1/entities/{id}`` parameters (attrs, type, options/format)."""
     check_parameters(params, frozenset({"attrs", "type", "options", "format"}))
-    types = _names(params, "type")
     return EntityQuery(
-        types=frozenset(types) if types is not None else None,
+        types=_types(params),
         attrs=_names(params, "attrs"),
         key_values=_representation(params),
     )

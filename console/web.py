@@ -488,7 +488,7 @@ class ConsoleApp:
     async def ngsi_entity(self, request: web.Request) -> web.Response:
         try:
             query = ngsi.parse_retrieve(self._ngsi_params(request))
-            wanted = request.match_info["entity_id"]
+            wanted = ngsi.check_entity_id(request.match_info["entity_id"])
             entity = ngsi.retrieve(self._ngsi_entities_now(), wanted, query)
             return self._ngsi_response(request, entity)
         except ngsi.NgsiError as error:

@@ -186,6 +186,9 @@ def test_queries_filter_project_and_page() -> None:
     assert ngsi.parse_query({"options": "normalized,keyValues"}).key_values is True
     # unknown types and ids match nothing: an empty answer, as NGSI-LD says
     assert ngsi.select(found, ngsi.parse_query({"type": "Nope"})) == ([], 0)
+    # NGSI-LD 1.5's "|" is "any of these", like ","
+    page, total = ngsi.select(found, ngsi.parse_query({"type": "AirQualityObserved|Nope"}))
+    assert [e["id"] for e in page] == [AQO]
 
 
 @pytest.mark.parametrize(
@@ -202,6 +205,9 @@ def test_queries_filter_project_and_page() -> None:
         ({"q": "pm25>10"}, "parameter 'q' is not supported"),
         ({"idPattern": ".*"}, "parameter 'idPattern' is not supported"),
         ({"tpye": "AirQualityObserved"}, "unknown parameter 'tpye'"),
+        ({"type": "AirQualityObserved;Alert"}, "type selection with ';' is not supported"),
+        ({"type": "(A|B);C"}, "type selection with '(' ')' ';' is not supported"),
+        ({"id": f"{AQO},aqo-1"}, "entity id 'aqo-1' is not a URI"),
     ],
 )
 def test_a_bad_query_names_the_parameter(params: dict[str, str], names: str) -> None:
@@ -282,6 +288,9 @@ async def test_the_api_counts_retrieves_and_explains_refusals(client: TestClient
     missing = await client.get("/ngsi-ld/v1/entities/urn:ngsi-ld:X:device:no", headers=AUTH)
     assert missing.status == 404
     assert (await missing.json())["type"].endswith("/ResourceNotFound")
+    not_an_id = await client.get("/ngsi-ld/v1/entities/aqo-1", headers=AUTH)
+    assert not_an_id.status == 400
+    assert (await not_an_id.json())["type"].endswith("/BadRequestData")
     bad = await client.get("/ngsi-ld/v1/entities?type=A&type=B", headers=AUTH)
     assert bad.status == 400
     assert (await bad.json())["detail"] == "parameter 'type' given more than once"

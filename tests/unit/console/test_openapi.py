@@ -131,6 +131,11 @@ def test_ngsi_ld_enums_and_bounds_are_the_codes_own() -> None:
     assert documented == ngsi.QUERY_PARAMETERS
     types = list(ngsi.ENTITY_TYPES)
     assert SCHEMAS["NgsiEntity"]["properties"]["type"]["enum"] == types
+    # entity ids: the document's pattern is the code's, alone or as list items
+    retrieve = DOC["paths"]["/ngsi-ld/v1/entities/{entity_id}"]["get"]["parameters"]
+    assert retrieve[0]["schema"]["pattern"] == ngsi.URI.pattern
+    item = ngsi.URI.pattern.strip("^$").replace(r"\S", r"[^\s,]")
+    assert query["id"]["schema"]["pattern"] == rf"^\s*({item})?\s*(,\s*({item})?\s*)*$"
     assert SCHEMAS["NgsiTypeList"]["properties"]["typeList"]["items"]["enum"] == types
 
 
