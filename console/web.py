@@ -198,7 +198,23 @@ class ConsoleApp:
 
     @web.middleware
     async def _security(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        response: web.StreamResponse = await handler(request)
+        """Every answer gets the security headers, also a raised one (401, 403, 404, the
+        login's redirect), and an /api/ error is JSON even when aiohttp itself raised it
+        (no such route, wrong method, a body over the size limit)."""
+        try:
+            response: web.StreamResponse = await handler(request)
+        except web.HTTPException as error:
+            if (
+                error.status >= 400
+                and request.path.startswith("/api/")
+                and error.content_type != "application/json"
+            ):
+                # in place: the exception keeps its status and headers (Allow on a 405)
+                error.text = orjson.dumps({"error": error.text or error.reason}).decode()
+                error.content_type = "application/json"
+            for key, value in _SECURITY_HEADERS.items():
+                error.headers.setdefault(key, value)
+            raise
         for key, value in _SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
         return response

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -61,6 +62,36 @@ async def login(client: TestClient, token: str) -> str:
     assert cookie["samesite"] == "Strict"
     me = await (await client.get("/api/me")).json()
     return str(me["csrf"])
+
+
+async def test_raised_answers_carry_the_security_headers_and_api_errors_are_json(
+    setup: tuple[TestClient, ListActionSink],
+) -> None:
+    client, _ = setup
+
+    def secured(response: Any) -> bool:
+        return (
+            "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+            and response.headers["X-Content-Type-Options"] == "nosniff"
+            and response.headers["Cache-Control"] == "no-store"
+        )
+
+    refused = await client.get("/api/me")
+    assert (refused.status, secured(refused)) == (401, True)
+    login = await client.post("/login", data={"token": OP_TOKEN}, allow_redirects=False)
+    assert (login.status, secured(login)) == (302, True)
+    bearer = {"Authorization": f"Bearer {OP_TOKEN}"}
+    missing = await client.get("/api/nope", headers=bearer)
+    assert (missing.status, secured(missing)) == (404, True)
+    assert await missing.json() == {"error": "404: Not Found"}
+    wrong_method = await client.delete("/api/me", headers=bearer)
+    assert (wrong_method.status, wrong_method.headers["Allow"]) == (405, "GET,HEAD")
+    assert await wrong_method.json() == {"error": "405: Method Not Allowed"}
+    too_big = await client.post(
+        f"/api/alerts/{FP}/actions", data=b"x" * (64 * 1024 + 1), headers=bearer
+    )
+    assert (too_big.status, secured(too_big)) == (413, True)
+    assert "Maximum request body size 65536 exceeded" in (await too_big.json())["error"]
 
 
 async def test_a_csrf_token_that_is_not_utf8_is_refused_not_a_server_error(
