@@ -7,6 +7,7 @@ code, so the pipeline can count errors by reason and dead-letter the raw bytes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -75,23 +76,41 @@ def measurement(
     time: datetime | None = None,
     channel: int | str | None = None,
     metadata: Mapping[str, MetaValue] | None = None,
+    field: str | None = None,
 ) -> Measurement:
     """Build a :class:`Measurement`, converting ``value`` from ``source_unit`` to canonical.
 
     Raises :class:`climastream.quantities.UnitError` when the unit is not convertible; codecs
     translate that into a ``bad_unit`` :class:`DecodeError`. A converted value keeps its
     source unit in ``metadata['raw_unit']`` so the conversion stays traceable.
+
+    Raises a ``bad_value`` :class:`DecodeError` naming ``field`` (the quantity when None)
+    when the value, or the value once converted (``1e308`` kPa in hPa), is not a finite
+    float; codecs return it with their raw bytes and offset.
     """
     canonical = CANONICAL_UNITS[quantity]
     meta = dict(metadata) if metadata else {}
+    source = value
     if source_unit is not None and source_unit != canonical:
         meta["raw_unit"] = source_unit
         meta["raw_value"] = value
         value = to_canonical(quantity, value, source_unit)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float range
+        value = math.inf
+    if not math.isfinite(value):
+        shown = repr(source) if len(repr(source)) <= 30 else f"{repr(source)[:24]}..."
+        converted = f" (from {shown} {source_unit})" if "raw_unit" in meta else ""
+        raise DecodeError(
+            "bad_value",
+            f"{field or quantity.value}: {quantity.value} value {value!r} {canonical}"
+            f"{converted} is not a finite number",
+        )
     return Measurement(
         device_id=device_id,
         quantity=quantity,
-        value=float(value),
+        value=value,
         unit=canonical,
         seq=seq,
         time=time,

@@ -11,6 +11,11 @@ aiomqtt 2.x (the maintained successor of asyncio-mqtt) has no manual-ack option 
 2.5.1, so the source switches it on in the paho client aiomqtt wraps (``manual_ack_set``)
 and acks with paho's ``ack(mid, qos)``: the one place we reach into aiomqtt's client. Acks
 of a connection that has since dropped are skipped: the broker redelivers those messages.
+
+A payload the decoder chokes on (a decoder bug: it raised instead of returning a
+``DecodeError``) is counted as ``internal_error``, logged with its topic, and acked with
+its batch: left unacked it would be redelivered after every reconnect, and unacked messages
+fill the broker's in-flight window until it stops delivering to the gateway at all.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class MqttSource:
         self._generation = 0
         self._state = SourceState.DOWN
         self._errors: dict[str, int] = {}
+        self._bugs_logged: set[str] = set()  # exception types logged with a traceback
         self._backoff = config.reconnect_min_s
         self.reconnects = 0
         self._connected_once = False
@@ -182,8 +188,13 @@ class MqttSource:
                 if isinstance(message.payload, bytes)
                 else str(message.payload).encode()
             )
-            options = replace(self._options, topic=str(message.topic))
-            results = decode_payload(self._config.format, payload, options)
+            topic = str(message.topic)
+            options = replace(self._options, topic=topic)
+            try:
+                results = decode_payload(self._config.format, payload, options)
+            except Exception as exc:  # a decoder bug: count it, skip the message, carry on
+                self._decoder_failed(exc, topic, payload)
+                continue
             samples.extend(
                 to_samples(
                     results,
@@ -194,6 +205,20 @@ class MqttSource:
                 )
             )
         return samples
+
+    def _decoder_failed(self, exc: Exception, topic: str, payload: bytes) -> None:
+        self._errors["internal_error"] = self._errors.get("internal_error", 0) + 1
+        kind = type(exc).__name__
+        log.error(
+            "decoder failed, message skipped source=%s format=%s topic=%s payload=%s error=%r",
+            self.name,
+            self._config.format,
+            topic,
+            payload[:64].hex(),
+            exc,
+            exc_info=kind not in self._bugs_logged,  # one traceback per exception type
+        )
+        self._bugs_logged.add(kind)
 
     def _acker(self, messages: list[Any]) -> Callable[[], None]:
         generation = self._generation

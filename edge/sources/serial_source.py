@@ -7,6 +7,10 @@ and reopens it with exponential backoff (``reconnect_min_s`` doubling up to
 ``reconnect_max_s``); every successful reopen after a loss counts in :attr:`reconnects`
 (exported as ``climastream_edge_source_reconnects``). The decoder is reset on reopen, so a
 half frame from before the unplug can never be glued to bytes from after it.
+
+A stream decoder turns its own bugs into ``internal_error`` results; should ``feed`` raise
+all the same, the read is counted as ``internal_error``, logged, the decoder reset, and
+reading goes on.
 """
 
 from __future__ import annotations
@@ -139,8 +143,21 @@ class SerialSource:
                 continue
             if not chunk:
                 continue
+            try:
+                results = self._decoder.feed(chunk)
+            except Exception:  # a decoder bug: count it, drop the read, carry on
+                self._errors["internal_error"] = self._errors.get("internal_error", 0) + 1
+                log.exception(
+                    "decoder failed, read dropped source=%s port=%s device=%s bytes=%s",
+                    self.name,
+                    self._config.port,
+                    self._config.device_id,
+                    chunk[:64].hex(),
+                )
+                self._decoder.reset()
+                continue
             samples = to_samples(
-                self._decoder.feed(chunk),
+                results,
                 errors=self._errors,
                 now=self._clock,
                 device_id=self._config.device_id,

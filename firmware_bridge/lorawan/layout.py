@@ -152,10 +152,13 @@ class BinaryLayout:
                         device_id=device_id,
                         seq=seq,
                         channel=fld.channel,
+                        field=fld.name,
                     )
                 )
             except UnitError as exc:
                 return unit_error(exc, raw, fld.offset)
+            except DecodeError as exc:  # a float64 scaled out of float range
+                return DecodeError(exc.reason, exc.message, raw=raw, offset=fld.offset)
         return Decoded(tuple(out), raw=raw, unmapped=tuple(skipped))
 
 

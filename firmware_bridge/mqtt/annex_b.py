@@ -138,10 +138,14 @@ def decode_annex_b(
             unit = (units or {}).get(key, default_unit)
             try:
                 out.append(
-                    measurement(quantity, value, unit, device_id=dev, time=when, metadata=extra)
+                    measurement(
+                        quantity, value, unit, device_id=dev, time=when, metadata=extra, field=key
+                    )
                 )
             except UnitError as exc:
                 raise DecodeError("bad_unit", f"{key}: {exc}", raw=raw) from None
+            except DecodeError as exc:
+                raise exc.with_raw(raw) from None
         known = {*ANNEX_B_FIELDS, *METADATA_FIELDS, *_TEMP_EXTREMES, "timeRecorded"}
         unmapped = tuple(sorted(k for k in document if k not in known))
         return Decoded(tuple(out), raw=raw, unmapped=unmapped)

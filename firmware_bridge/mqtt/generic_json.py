@@ -146,10 +146,13 @@ class JsonMapping:
                         time=when,
                         channel=fmap.channel,
                         metadata=meta,
+                        field=fmap.path,
                     )
                 )
             except UnitError as exc:
                 raise DecodeError("bad_unit", str(exc), raw=raw) from None
+            except DecodeError as exc:
+                raise exc.with_raw(raw) from None
         used = {f.path.split(".")[0] for f in self.fields}
         for path in (
             self.time_path,

@@ -100,10 +100,11 @@ def decode_senml(
                         "bad_senml", f"{where} ({base_name + name!r}) has no value", raw=raw
                     )
                 continue
+            field = f"{where}.v" if "v" in record else f"{where}.s"
             value = (
-                number(record["v"], f"{where}.v", raw) + base_value
+                number(record["v"], field, raw) + base_value
                 if "v" in record
-                else number(record["s"], f"{where}.s", raw) + base_sum
+                else number(record["s"], field, raw) + base_sum
             )
             offset_time = base_time + (
                 number(record["t"], f"{where}.t", raw) if "t" in record else 0.0
@@ -132,11 +133,18 @@ def decode_senml(
             try:
                 out.append(
                     measurement(
-                        quantity, value, unit or CANONICAL_UNITS[quantity], device_id=dev, time=when
+                        quantity,
+                        value,
+                        unit or CANONICAL_UNITS[quantity],
+                        device_id=dev,
+                        time=when,
+                        field=field,  # with the base value, or once converted, may be inf
                     )
                 )
             except UnitError as exc:
                 raise DecodeError("bad_unit", f"{where}: {exc}", raw=raw) from None
+            except DecodeError as exc:
+                raise exc.with_raw(raw) from None
         return Decoded(tuple(out), raw=raw, unmapped=tuple(unmapped))
     except DecodeError as exc:
         return exc

@@ -178,9 +178,13 @@ def decode_line(
     for key, number, offset in values:
         quantity, unit = keys[key]
         try:
-            out.append(measurement(quantity, number, unit, device_id=dev, seq=seq, time=when))
+            out.append(
+                measurement(quantity, number, unit, device_id=dev, seq=seq, time=when, field=key)
+            )
         except UnitError as exc:
             return unit_error(exc, raw, offset)
+        except DecodeError as exc:  # finite in its unit, not once converted
+            return DecodeError(exc.reason, exc.message, raw=raw, offset=offset)
     return Decoded(tuple(out), raw=raw, unmapped=tuple(unmapped))
 
 
