@@ -16,8 +16,13 @@ import sys
 from typing import Any
 
 #: hex digits, optionally grouped by spaces, colons, commas or dashes, each group optionally
-#: prefixed 0x as datasheets and C arrays write them ("AA C0 ..", "0xAA, 0xC0, ..")
-_HEX = re.compile(r"^(?:(?:0[xX])?[0-9A-Fa-f]+[\s:,-]*)+$")
+#: prefixed 0x as datasheets and C arrays write them ("AA C0 ..", "0xAA, 0xC0, ..").
+#: The language of ``^(?:(?:0[xX])?[0-9A-Fa-f]+[\s:,-]*)+$``, written without its nested
+#: quantifiers: that one backtracked exponentially on long base64 ("AAAA...==" hung). Each
+#: character after the first digit is one alternative of the loop, so matching is linear: an
+#: x is a group's 0x prefix when a digit follows and its 0 is not the only digit of a
+#: previous 0x group ("0x0xA" is not hex).
+_HEX = re.compile(r"^(?:0[xX])?[0-9A-Fa-f](?:[0-9A-Fa-f\s:,-]|(?<=[^xX]0)[xX](?=[0-9A-Fa-f]))*$")
 _HEX_NOISE = re.compile(r"(?:^|(?<=[\s:,-]))0[xX]|[\s:,-]")
 
 

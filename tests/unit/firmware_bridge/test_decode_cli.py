@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from climastream.cli import main
+from firmware_bridge.cli import _HEX, read_payload
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -132,3 +136,20 @@ def test_help_lists_every_codec() -> None:
         "annexb",
     ):
         assert f"  {codec} " in out
+
+
+#: the hex pattern before it was rewritten: same language, exponential backtracking
+_OLD_HEX = re.compile(r"^(?:(?:0[xX])?[0-9A-Fa-f]+[\s:,-]*)+$")
+
+
+def test_long_base64_that_is_almost_hex_is_read_as_base64() -> None:
+    # The old pattern backtracked 4x per 2 characters here: 64 A's would take centuries.
+    text = "A" * 64 + "/w=="
+    assert read_payload(text, "auto", "binary") == base64.b64decode(text)
+    assert _HEX.match("A" * 64 + "==") is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="0aFxX :,-g\n\u00a0", max_size=14))
+def test_hex_pattern_accepts_what_the_old_one_did(text: str) -> None:
+    assert bool(_HEX.match(text)) == bool(_OLD_HEX.match(text))
