@@ -132,6 +132,15 @@ def decode_cayenne(
     return Decoded(tuple(out), raw=raw)
 
 
+def encodable_range(name: str, axis: int = 0) -> tuple[float, float]:
+    """The lowest and highest value an LPP type's ``axis`` carries (``temperature``: ±3276.8)."""
+    lpp = _BY_NAME[name]
+    bits = lpp.axis_size * 8
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if lpp.signed else (0, (1 << bits) - 1)
+    resolution = _GPS_RESOLUTION[axis] if lpp.type_id == 136 else lpp.resolution
+    return _scale(low, resolution), _scale(high, resolution)
+
+
 def encode_cayenne(records: Sequence[tuple[int, str, Sequence[float]]]) -> bytes:
     """Encode ``(channel, lpp type name, values)`` records, e.g. ``(3, "temperature", [27.2])``.
 

@@ -85,6 +85,16 @@ class EncodeError(ValueError):
     """A value the framed protocol cannot carry (unknown quantity, out of range, bad id)."""
 
 
+_FMT_RANGE = {"h": (-(2**15), 2**15 - 1), "H": (0, 2**16 - 1), "I": (0, 2**32 - 1)}
+
+
+def encodable_range(quantity: Quantity) -> tuple[float, float]:
+    """The lowest and highest value of ``quantity`` a record carries (temperature: ±327.68)."""
+    rt = TYPE_BY_QUANTITY[quantity]
+    low, high = _FMT_RANGE[rt.fmt]
+    return low / rt.divisor, high / rt.divisor
+
+
 def encode_frame(
     device_id: str,
     seq: int,

@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from firmware_bridge.lorawan.cayenne import encode_cayenne
+from firmware_bridge.lorawan.cayenne import encodable_range, encode_cayenne
 from firmware_bridge.simulators.signals import Clock, DiurnalTemperature, Faults
 
 NetworkServer = Literal["chirpstack", "tts"]
+
+#: full scale of the two LPP records, where a spike saturates
+_LIMITS = (encodable_range("temperature"), encodable_range("humidity"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +63,7 @@ class VirtualLoRaWANDevice:
         when = self.clock()
         raw = (self.signal.value(when, self.rng), 0.0)
         raw = (raw[0], min(100.0, max(0.0, 85 - 1.8 * (raw[0] - 10) + self.rng.gauss(0, 1))))
-        values = self.faults.apply(raw, self._last, when, self.rng)
+        values = self.faults.apply(raw, self._last, when, self.rng, _LIMITS)
         f_cnt = self.f_cnt
         self.f_cnt = (self.f_cnt + 1) % 2**32
         if values is None:

@@ -15,7 +15,10 @@ JSON stations publish their documents, through a real MQTT broker. Example::
       - {device_id: station-north-1, zone: north, period_s: 2}
 
 Runs until SIGTERM/SIGINT. Faults can be switched on per device (``faults``), e.g.
-``{garbage: 0.1, dropout: 0.05, stuck: 0.0, spike: 0.0}`` as per-step probabilities.
+``{garbage: 0.1, dropout: 0.05, stuck: 0.0, spike: 0.0}`` as per-step probabilities (a
+spike saturates at the full scale of the device's frame, see ``signals.Faults``). A device
+whose step fails is logged and counted (``Fleet.errors`` by device, ``step_errors`` of a
+serial device); it and the other devices keep running.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -147,6 +151,20 @@ def _serial_device(sim: SerialSim) -> VirtualSerialDevice:
     )
 
 
+#: a device's next ``(topic, document)``, None when it sends nothing this step
+Producer = Callable[[], tuple[str, dict[str, Any]] | None]
+
+
+def _without_truth(
+    uplink: Callable[[], tuple[str, dict[str, Any], Any] | None],
+) -> Producer:
+    def produce() -> tuple[str, dict[str, Any]] | None:
+        result = uplink()
+        return None if result is None else (result[0], result[1])
+
+    return produce
+
+
 class Fleet:
     """Owns every virtual device of a fleet; :meth:`stop` is idempotent."""
 
@@ -156,6 +174,9 @@ class Fleet:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.published = 0
+        #: failed steps of the MQTT devices by dev_eui / device_id, each logged (serial
+        #: devices count theirs in ``step_errors``)
+        self.errors: dict[str, int] = {}
 
     def start(self) -> None:
         for sim in self.config.serial:
@@ -206,26 +227,43 @@ class Fleet:
             )
             for sim in self.config.mqtt_json
         ]
+        devices: list[tuple[str, float, Producer]] = [
+            (lsim.dev_eui, lsim.period_s, _without_truth(device.uplink)) for lsim, device in lorawan
+        ]
+        devices += [(ssim.device_id, ssim.period_s, station.message) for ssim, station in stations]
         due: dict[int, float] = {}
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                for lsim, device in lorawan:
-                    if due.get(id(device), 0.0) <= now:
-                        due[id(device)] = now + lsim.period_s
-                        uplink = device.uplink()
-                        if uplink is not None:
-                            self._publish(client, uplink[0], uplink[1])
-                for ssim, station in stations:
-                    if due.get(id(station), 0.0) <= now:
-                        due[id(station)] = now + ssim.period_s
-                        message = station.message()
-                        if message is not None:
-                            self._publish(client, message[0], message[1])
+                self._publish_due(client, devices, due, time.monotonic())
                 self._stop.wait(0.05)
         finally:
             client.disconnect()
             client.loop_stop()
+
+    def _publish_due(
+        self,
+        client: Any,
+        devices: list[tuple[str, float, Producer]],
+        due: dict[int, float],
+        now: float,
+    ) -> None:
+        """Publish the next message of every device that is due; one failing skips a step."""
+        for index, (name, period_s, produce) in enumerate(devices):
+            if due.get(index, 0.0) > now:
+                continue
+            due[index] = now + period_s
+            try:
+                message = produce()
+                if message is not None:
+                    self._publish(client, message[0], message[1])
+            except Exception:  # a bug in one device must not stop the others
+                self.errors[name] = self.errors.get(name, 0) + 1
+                log.error(
+                    "simulated device step failed, skipped device=%s errors=%d",
+                    name,
+                    self.errors[name],
+                    exc_info=self.errors[name] == 1,  # the traceback once per device
+                )
 
     def _publish(self, client: Any, topic: str, document: dict[str, Any]) -> None:
         # QoS 1: paho keeps unacknowledged messages and resends them after a reconnect

@@ -4,13 +4,16 @@ Each device owns a pty pair. :meth:`VirtualSerialDevice.step` samples its signal
 clock's time and writes one frame (plus any injected garbage) to the master side, and
 returns what it wrote, so a test can compare the decoded readings with the truth.
 :meth:`run` steps in a background thread at a fixed period (for demos); ``close`` stops
-it and closes the pty. Nothing here decodes: the reader under test does that.
+it and closes the pty. A step that fails (a simulator bug) is logged and counted in
+``step_errors`` and the device keeps stepping; only a closed pty ends the thread. Nothing
+here decodes: the reader under test does that.
 """
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 import os
 import random
 import threading
@@ -19,10 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from climastream.quantities import Quantity
-from firmware_bridge.serial_codecs.framed import encode_frame
+from firmware_bridge.serial_codecs.framed import encodable_range, encode_frame
 from firmware_bridge.serial_codecs.pms5003 import encode_pms5003
 from firmware_bridge.serial_codecs.sds011 import encode_sds011
 from firmware_bridge.simulators.signals import Clock, DiurnalTemperature, Faults, TrafficPm
+
+log = logging.getLogger(__name__)
+_U16 = 0xFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,9 @@ class Written:
 class VirtualSerialDevice(abc.ABC):
     """Base of the pty devices; subclasses implement :meth:`_sample` and :meth:`_frame`."""
 
+    #: full scale of each value, where a spike fault saturates (what the frame can carry)
+    limits: tuple[tuple[float, float], ...] | None = None
+
     def __init__(
         self, *, seed: int = 0, clock: Clock | None = None, faults: Faults | None = None
     ) -> None:
@@ -49,6 +58,8 @@ class VirtualSerialDevice(abc.ABC):
         self._last: tuple[float, ...] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: steps of :meth:`run` that raised (and were skipped)
+        self.step_errors = 0
 
     @abc.abstractmethod
     def _sample(self, when: datetime) -> tuple[float, ...]:
@@ -61,7 +72,7 @@ class VirtualSerialDevice(abc.ABC):
     def step(self) -> Written:
         """Write the frame for the current clock time; return what was written."""
         when = self.clock()
-        values = self.faults.apply(self._sample(when), self._last, when, self.rng)
+        values = self.faults.apply(self._sample(when), self._last, when, self.rng, self.limits)
         wire = self.faults.noise_bytes(when, self.rng)
         if values is not None:
             wire += self._frame(values, when)
@@ -78,7 +89,16 @@ class VirtualSerialDevice(abc.ABC):
                 try:
                     self.step()
                 except OSError:
-                    return
+                    return  # the pty is closed
+                except Exception:  # a bug in one step must not silently end the device
+                    self.step_errors += 1
+                    log.error(
+                        "simulated device step failed, skipped port=%s device=%s errors=%d",
+                        self.port,
+                        type(self).__name__,
+                        self.step_errors,
+                        exc_info=self.step_errors == 1,  # the traceback once
+                    )
 
         self._thread = threading.Thread(target=loop, name=f"sim-{self.port}", daemon=True)
         self._thread.start()
@@ -104,6 +124,8 @@ class VirtualSerialDevice(abc.ABC):
 class VirtualSds011(VirtualSerialDevice):
     """An SDS011 sending (PM2.5, PM10) frames with traffic peaks; values rounded to 0.1."""
 
+    limits = ((0.0, _U16 / 10), (0.0, _U16 / 10))
+
     def __init__(
         self,
         *,
@@ -128,6 +150,8 @@ class VirtualSds011(VirtualSerialDevice):
 class VirtualPms5003(VirtualSerialDevice):
     """A PMS5003 sending atmospheric PM1/PM2.5/PM10 (integers, as the sensor does)."""
 
+    limits = ((0.0, float(_U16)),) * 3
+
     def __init__(
         self,
         *,
@@ -146,12 +170,25 @@ class VirtualPms5003(VirtualSerialDevice):
     def _frame(self, values: tuple[float, ...], when: datetime) -> bytes:
         atm = (int(values[0]), int(values[1]), int(values[2]))
         cf1 = (atm[0], atm[1], atm[2])
-        counts = (atm[1] * 180, atm[1] * 55, atm[1] * 9, atm[2] // 2, atm[2] // 10, atm[2] // 40)
+        fine, coarse = atm[1], atm[2]
+        counts = (  # particles per 0.1 L; the sensor's counters peg at 65535
+            min(_U16, fine * 180),
+            min(_U16, fine * 55),
+            min(_U16, fine * 9),
+            coarse // 2,
+            coarse // 10,
+            coarse // 40,
+        )
         return encode_pms5003(cf1, atm, counts)
 
 
 class VirtualFramedNode(VirtualSerialDevice):
     """A climastream node sending temperature and humidity in the framed protocol."""
+
+    limits = (
+        encodable_range(Quantity.TEMPERATURE),
+        encodable_range(Quantity.RELATIVE_HUMIDITY),
+    )
 
     def __init__(
         self,

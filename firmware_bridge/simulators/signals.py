@@ -6,14 +6,17 @@
 - :class:`TrafficPm`: PM2.5 background plus morning and evening rush-hour peaks on
   weekdays; PM10 follows as a coarse-fraction multiple.
 - :class:`Faults`: stuck value, spike, dropout and garbage bytes, each switched on by a
-  :class:`FaultPlan` for a time window or with a probability.
+  :class:`FaultPlan` for a time window or with a probability. A spike multiplies every
+  value by ``spike_factor`` and saturates it at the device's full scale (the range its
+  wire format can carry, which each device passes as ``limits``), as a real sensor pegs at
+  its maximum: the frame stays valid and the outlier is for the pipeline to catch.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -126,14 +129,24 @@ class Faults:
         last: tuple[float, ...] | None,
         when: datetime,
         rng: random.Random,
+        limits: Sequence[tuple[float, float]] | None = None,
     ) -> tuple[float, ...] | None:
-        """The values the device reports: None for a dropout, the last ones when stuck."""
+        """The values the device reports: None for a dropout, the last ones when stuck.
+
+        ``limits`` is the ``(low, high)`` full scale of each value: a spiked value is
+        clamped to it, so it still fits the device's frame.
+        """
         if self.dropout is not None and self.dropout.active(when, rng):
             return None
         if self.stuck is not None and last is not None and self.stuck.active(when, rng):
             return last
         if self.spike is not None and self.spike.active(when, rng):
-            return tuple(v * self.spike_factor for v in values)
+            spiked = tuple(v * self.spike_factor for v in values)
+            if limits is not None:
+                spiked = tuple(
+                    min(high, max(low, v)) for v, (low, high) in zip(spiked, limits, strict=True)
+                )
+            return spiked
         return values
 
     def noise_bytes(self, when: datetime, rng: random.Random) -> bytes:

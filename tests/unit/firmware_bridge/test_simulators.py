@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import serial
 
-from firmware_bridge.codecs import stream_decoder
+from climastream.quantities import Quantity
+from firmware_bridge.codecs import decode_payload, stream_decoder
 from firmware_bridge.model import Decoded
 from firmware_bridge.mqtt.generic_json import mapping_from_dict
 from firmware_bridge.simulators import DiurnalTemperature, FakeClock, FaultPlan, Faults, TrafficPm
 from firmware_bridge.simulators.lorawan import VirtualLoRaWANDevice
 from firmware_bridge.simulators.mqtt_json import STATION_MAPPING, MqttJsonDevice
+from firmware_bridge.simulators.runner import Fleet, FleetConfig
 from firmware_bridge.simulators.serial_pty import VirtualFramedNode, VirtualPms5003, VirtualSds011
 
 # 2024-07-01 is a Monday; the signals use local time = UTC+2 (Brussels summer)
@@ -114,3 +118,91 @@ def test_mqtt_json_device_matches_its_mapping() -> None:
     assert temperature.metadata["zone"] == "north"
     assert abs(temperature.value - (document["tempF"] - 32) * 5 / 9) < 1e-9
     assert result.unmapped == ("fw",)
+
+
+SPIKE = Faults(spike=FaultPlan(probability=1.0))
+
+
+def test_spike_saturates_at_the_limits() -> None:
+    rng = random.Random(1)
+    limits = ((0.0, 100.0), (-5.0, 5.0))
+    assert SPIKE.apply((20.0, -1.0), None, MONDAY, rng, limits) == (100.0, -5.0)
+    assert SPIKE.apply((2.0, 0.25), None, MONDAY, rng, limits) == (20.0, 2.5)
+
+
+def test_lorawan_spike_saturates_humidity_at_the_lpp_full_scale() -> None:
+    device = VirtualLoRaWANDevice("70B3D57ED0000001", clock=FakeClock(MONDAY), faults=SPIKE)
+    uplink = device.uplink()  # was ValueError: humidity value 550.0 does not fit 1 bytes
+    assert uplink is not None
+    _, document, truth = uplink
+    (result,) = decode_payload("chirpstack", json.dumps(document).encode())
+    assert isinstance(result, Decoded), result
+    values = {m.quantity: m.value for m in result.measurements}
+    assert values[Quantity.RELATIVE_HUMIDITY] == truth.humidity == 127.5
+    assert values[Quantity.TEMPERATURE] == truth.temperature
+
+
+def test_spiked_serial_frames_encode_and_decode() -> None:
+    night = FakeClock(MONDAY + timedelta(hours=1))
+    with (
+        VirtualFramedNode(clock=night, faults=SPIKE) as node,
+        VirtualPms5003(signal=TrafficPm(background=40), clock=night, faults=SPIKE) as pms,
+        VirtualSds011(signal=TrafficPm(background=800), clock=night, faults=SPIKE) as sds,
+    ):
+        written = {"framed": node.step(), "pms5003": pms.step(), "sds011": sds.step()}
+    assert written["framed"].values is not None
+    assert written["framed"].values[1] == 655.35  # humidity saturated, temperature not
+    for codec, step in written.items():
+        (result,) = stream_decoder(codec).feed(step.wire)
+        assert isinstance(result, Decoded), (codec, result)
+        assert step.values is not None
+        got = [m.value for m in result.measurements[: len(step.values)]]
+        assert got == pytest.approx(step.values), codec
+
+
+class _FailsOnce(VirtualFramedNode):
+    def _frame(self, values: tuple[float, ...], when: datetime) -> bytes:
+        if self.step_errors == 0:
+            raise RuntimeError("simulator bug")
+        return super()._frame(values, when)
+
+
+def test_a_failing_step_is_counted_and_the_device_keeps_running() -> None:
+    with _FailsOnce(clock=FakeClock(MONDAY)) as node:
+        port = serial.Serial(node.port, baudrate=9600, timeout=5)
+        try:
+            node.run(0.01)
+            decoder = stream_decoder("framed")
+            decoded: list[Decoded] = []
+            while not decoded:  # the thread died on the first error: this read timed out
+                chunk = port.read(64)
+                assert chunk, "the device stopped sending"
+                decoded += [r for r in decoder.feed(chunk) if isinstance(r, Decoded)]
+        finally:
+            port.close()
+        assert node.step_errors == 1
+        assert node._thread is not None
+        assert node._thread.is_alive()
+
+
+def test_a_failing_mqtt_device_is_counted_and_the_others_publish() -> None:
+    class Client:
+        def __init__(self) -> None:
+            self.topics: list[str] = []
+
+        def publish(self, topic: str, payload: str, qos: int) -> None:
+            self.topics.append(topic)
+
+    def broken() -> tuple[str, dict[str, object]] | None:
+        raise ValueError("simulator bug")
+
+    station = MqttJsonDevice("ws-1", clock=FakeClock(MONDAY))
+    fleet = Fleet(FleetConfig())
+    client = Client()
+    devices = [("broken", 1.0, broken), ("ws-1", 1.0, station.message)]
+    due: dict[int, float] = {}
+    fleet._publish_due(client, devices, due, 0.0)
+    fleet._publish_due(client, devices, due, 1.0)
+    assert fleet.errors == {"broken": 2}
+    assert client.topics == ["city/centre/stations/ws-1/state"] * 2
+    assert fleet.published == 2
