@@ -86,6 +86,29 @@ def cobs_decode(block: bytes) -> bytes:
     return _cobs_decode_general(block)
 
 
+def cobs_encoded_offset(block: bytes, offset: int) -> int:
+    """Where byte ``offset`` of ``cobs_decode(block)`` stands in ``block``.
+
+    A data byte maps to itself; a decoded zero to the code byte that encodes it; an offset
+    at (or past) the end of the decoded data to the end of the block.
+    """
+    index = decoded = 0
+    length = len(block)
+    while index < length:
+        code = block[index]
+        if code == 0:
+            break  # not a valid block: no better answer than the end
+        if offset < decoded + code - 1:
+            return index + 1 + (offset - decoded)
+        decoded += code - 1
+        index += code
+        if code < 0xFF and index < length:
+            if offset == decoded:
+                return index
+            decoded += 1
+    return length
+
+
 def _cobs_decode_general(block: bytes) -> bytes:
     out = bytearray()
     index = 0

@@ -4,6 +4,10 @@
 out (one per frame for serial codecs, exactly one for the others). It never raises for bad
 input. Serial codecs report bytes left over at the end as a ``truncated`` error, because a
 one-shot payload has no "next read" to complete them.
+
+A serial codec's error offset counts bytes of the whole payload as given, and its ``raw``
+is the frame as given: for ``framed`` that is the COBS-encoded block (without its 0x00),
+not the decoded frame the stream decoder reports, whose offsets count decoded bytes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from firmware_bridge.checksums import cobs_encoded_offset
 from firmware_bridge.lorawan.cayenne import decode_cayenne
 from firmware_bridge.lorawan.envelopes import (
     PayloadDecoder,
@@ -73,19 +78,57 @@ def stream_decoder(name: str, options: CodecOptions | None = None) -> StreamDeco
     raise KeyError(f"{name!r} is not a serial codec")
 
 
+def _located(payload: bytes, decoder: StreamDecoder) -> list[DecodeResult]:
+    """Feed the whole payload; shift error offsets to the frame's place in the payload."""
+    results: list[DecodeResult] = []
+    cursor = 0
+    for result in decoder.feed(payload):
+        # Report error offsets against the whole input when the frame can be located.
+        where = payload.find(result.raw, cursor) if result.raw else -1
+        if isinstance(result, DecodeError) and where > 0:
+            result = result.with_raw(result.raw, where)
+        if where >= 0:
+            cursor = where + 1
+        results.append(result)
+    return results
+
+
+def _located_framed(payload: bytes, decoder: StreamDecoder) -> list[DecodeResult]:
+    """Feed one 0x00-delimited block at a time, so each result's block is known.
+
+    The stream decoder reports a bad frame with the COBS-*decoded* bytes and offsets into
+    them; here they become the encoded block and offsets into the payload.
+    """
+    results: list[DecodeResult] = []
+    start = 0
+    while start < len(payload):
+        end = payload.find(0, start)
+        stop = len(payload) if end < 0 else end + 1
+        block = payload[start : stop if end < 0 else end]
+        for result in decoder.feed(payload[start:stop]):
+            if isinstance(result, DecodeError):
+                if result.reason in ("bad_cobs", "oversize"):  # already about the block
+                    offset = result.offset
+                elif result.offset is not None:  # about the decoded frame
+                    offset = cobs_encoded_offset(block, result.offset)
+                else:
+                    offset = None
+                result = DecodeError(
+                    result.reason,
+                    result.message,
+                    raw=result.raw if result.reason == "oversize" else block,
+                    offset=None if offset is None else start + offset,
+                )
+            results.append(result)
+        start = stop
+    return results
+
+
 def _stream(name: str) -> Callable[[bytes, CodecOptions], list[DecodeResult]]:
     def run(payload: bytes, options: CodecOptions) -> list[DecodeResult]:
         decoder = stream_decoder(name, options)
-        results: list[DecodeResult] = []
-        cursor = 0
-        for result in decoder.feed(payload):
-            # Report error offsets against the whole input when the frame can be located.
-            where = payload.find(result.raw, cursor) if result.raw else -1
-            if isinstance(result, DecodeError) and where > 0:
-                result = result.with_raw(result.raw, where)
-            if where >= 0:
-                cursor = where + 1
-            results.append(result)
+        locate = _located_framed if name == "framed" else _located
+        results = locate(payload, decoder)
         if decoder.buffered:
             start = len(payload) - decoder.buffered
             results.append(

@@ -17,9 +17,11 @@ from firmware_bridge.checksums import (
     _cobs_decode_general,
     cobs_decode,
     cobs_encode,
+    cobs_encoded_offset,
     crc16_ccitt_false,
     nmea_checksum,
 )
+from firmware_bridge.codecs import decode_payload
 from firmware_bridge.firmware import climastream_node as node
 from firmware_bridge.model import Decoded, DecodeError
 from firmware_bridge.serial_codecs import (
@@ -220,3 +222,40 @@ def test_framed_device_id_with_a_trailing_newline_is_a_bad_header() -> None:
     assert (result.reason, result.offset) == ("bad_header", 3)
     with pytest.raises(EncodeError):
         encode_frame("node\n", 7, None, [])
+
+
+def test_framed_error_offset_and_raw_refer_to_the_input_given() -> None:
+    good = encode_frame("n1", 1, None, [(Quantity.TEMPERATURE, 21.5, 0)])
+    bad = bytearray(encode_frame("n1", 2, None, [(Quantity.TEMPERATURE, 21.5, 0)]))
+    bad[-3] ^= 0x01  # the CRC's first byte (then its second, then the 0x00 delimiter)
+    payload = good + good + bytes(bad)
+    *decoded, error = decode_payload("framed", payload)
+    assert all(isinstance(r, Decoded) for r in decoded)
+    assert isinstance(error, DecodeError)
+    # was "at byte 18" with the decoded frame as raw: the CRC's place in the decoded frame
+    assert (error.reason, error.offset) == ("bad_checksum", len(payload) - 3)
+    assert error.raw == bytes(bad[:-1])  # the COBS block as given, not the decoded frame
+    assert "at byte 63" in str(error)
+
+
+def test_framed_error_offset_points_at_the_bad_byte_of_the_input() -> None:
+    frame = encode_frame("n1", 5, None, [(Quantity.CO2, 612, 0)])
+    body = bytearray(cobs_decode(frame[:-1]))
+    body[12 + 2] = 0x7F  # a record type v1 does not define
+    body[-2:] = crc16_ccitt_false(bytes(body[:-2])).to_bytes(2, "big")
+    payload = b"\x00" + frame + cobs_encode(bytes(body)) + b"\x00"
+    decoded, error = decode_payload("framed", payload)
+    assert isinstance(decoded, Decoded)
+    assert isinstance(error, DecodeError)
+    assert error.reason == "unknown_type"
+    assert error.offset is not None
+    assert payload[error.offset] == 0x7F
+
+
+@given(st.binary(max_size=600))
+def test_cobs_encoded_offset_maps_each_decoded_byte_to_its_place(data: bytes) -> None:
+    block = cobs_encode(data)
+    places = [cobs_encoded_offset(block, i) for i in range(len(data))]
+    assert places == sorted(set(places))  # one place per byte, in order
+    assert all(block[p] == b for p, b in zip(places, data, strict=True) if b)
+    assert cobs_encoded_offset(block, len(data)) == len(block)
