@@ -1,6 +1,7 @@
 """A text line protocol for simple microcontroller nodes, checked like NMEA 0183.
 
-One line per sample, ASCII, at most :data:`MAX_LINE` bytes::
+One line per sample, ASCII, at most :data:`MAX_LINE` bytes before its ``\\n``; a longer
+one is ``line_too_long``, whether it arrived in one read or in many::
 
     $id=node-7,seq=42,ts=1717236000,t=21.5,rh=48.2,pm25=7.1*3C\\r\\n
 
@@ -205,7 +206,9 @@ class TextLineDecoder(StreamDecoder):
                 self._skip(len(buf))
                 return
             self._skip(start)
-            end = buf.find(b"\n")
+            # Only the first MAX_LINE + 1 bytes decide, so the verdict is the same whether
+            # the line end is already buffered or still to come in a later read.
+            end = buf.find(b"\n", 0, MAX_LINE + 1)
             if end < 0:
                 if len(buf) > MAX_LINE:
                     results.append(

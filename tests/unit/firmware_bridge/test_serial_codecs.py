@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from climastream.quantities import Quantity
@@ -23,7 +23,7 @@ from firmware_bridge.checksums import (
 )
 from firmware_bridge.codecs import decode_payload
 from firmware_bridge.firmware import climastream_node as node
-from firmware_bridge.model import Decoded, DecodeError
+from firmware_bridge.model import Decoded, DecodeError, DecodeResult
 from firmware_bridge.serial_codecs import (
     FramedDecoder,
     Pms5003Decoder,
@@ -32,6 +32,7 @@ from firmware_bridge.serial_codecs import (
 )
 from firmware_bridge.serial_codecs.framed import RECORD_TYPES, EncodeError, encode_frame
 from firmware_bridge.serial_codecs.sds011 import encode_sds011
+from firmware_bridge.serial_codecs.textline import MAX_LINE, encode_line
 
 TESTDATA = Path(__file__).resolve().parents[3] / "testdata"
 SDS = bytes.fromhex("AA C0 D4 00 F4 01 A1 60 CA AB")  # 21.2 / 50.0 ug/m3, id A160
@@ -259,3 +260,30 @@ def test_cobs_encoded_offset_maps_each_decoded_byte_to_its_place(data: bytes) ->
     assert places == sorted(set(places))  # one place per byte, in order
     assert all(block[p] == b for p, b in zip(places, data, strict=True) if b)
     assert cobs_encoded_offset(block, len(data)) == len(block)
+
+
+def _outcome(results: list[DecodeResult]) -> list[object]:
+    return [r.to_json() if isinstance(r, DecodeError) else r for r in results]
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.integers(60, 110), data=st.data())
+def test_textline_verdict_does_not_depend_on_read_boundaries(
+    keys: int, data: st.DataObject
+) -> None:
+    # lines from ~420 to ~900 bytes, across MAX_LINE; a short line follows each
+    line = encode_line({"id": "n7", "seq": 1, "t": 21.5, **{f"x{i}": i for i in range(keys)}})
+    stream = line + encode_line({"id": "n7", "seq": 2, "t": 21.6})
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=4)))
+    whole = TextLineDecoder()
+    expected = _outcome(whole.feed(stream))
+    split = TextLineDecoder()
+    got: list[DecodeResult] = []
+    for start, stop in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        got += split.feed(stream[start:stop])
+    assert _outcome(got) == expected
+    assert split.counters == whole.counters
+    too_long = line.index(b"\n") > MAX_LINE
+    assert [type(r).__name__ for r in got] == (
+        ["DecodeError", "Decoded"] if too_long else ["Decoded", "Decoded"]
+    )
