@@ -195,6 +195,19 @@ class MqttSourceConfig(_Frozen):
     reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     """The delay doubles on each failed reconnect, up to this."""
 
+    @field_validator("mapping")
+    @classmethod
+    def _mapping(cls, mapping: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A mapping whose templates cannot work is refused here, not at the first message."""
+        if mapping is not None:
+            from firmware_bridge.mqtt.generic_json import MappingError, mapping_from_dict
+
+            try:
+                mapping_from_dict(mapping)
+            except MappingError as exc:  # "mapping.topic: ..." -> "topic: ..."
+                raise ValueError(str(exc).removeprefix("mapping.")) from None
+        return mapping
+
     @model_validator(mode="after")
     def _codec(self) -> MqttSourceConfig:
         if self.format in ("chirpstack", "tts") and self.lorawan_codec is None:

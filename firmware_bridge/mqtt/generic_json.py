@@ -15,11 +15,18 @@ Every mapped field that is present becomes a measurement (converted to the canon
 unit); an absent field is skipped, a non-numeric one rejects the payload (``bad_value``).
 Fields of the payload that are not mapped are listed in ``Decoded.unmapped``. Topic
 variables other than the device id (e.g. ``zone``) go into each measurement's metadata.
+
+Templates are checked when the mapping is built, never first at decode time: a topic
+variable is a whole level ``{name}`` with a unique identifier name (``{zone-id}`` is
+refused), ``#`` only ends a filter, and a ``device_id`` template may only use plain
+``{name}`` of the topic's variables (no ``{zone.x}``, ``{zone[0]}``, ``!r`` or ``:spec``).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +47,81 @@ class MappingError(ValueError):
     """A JSON mapping config that cannot be used; the message names the offending key."""
 
 
+def _variables(topic: str) -> list[str]:
+    """The variable names of a topic template; MappingError (key ``topic``) when malformed."""
+    names: list[str] = []
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if level == "#" and index != len(levels) - 1:
+            raise MappingError(f"topic: {topic!r}: '#' may only be the last level")
+        if "{" not in level and "}" not in level:
+            continue
+        name = level[1:-1]
+        if not (level.startswith("{") and level.endswith("}")) or "{" in name or "}" in name:
+            raise MappingError(
+                f"topic: level {level!r} of {topic!r} mixes text and a variable; "
+                "a variable is a whole level, '{name}'"
+            )
+        if not name.isidentifier():
+            raise MappingError(
+                f"topic: variable {level!r} of {topic!r} is not a name "
+                "(letters, digits and _, not starting with a digit)"
+            )
+        if name in names:
+            raise MappingError(f"topic: variable {level!r} appears twice in {topic!r}")
+        names.append(name)
+    return names
+
+
+@functools.lru_cache(maxsize=256)
+def _topic_pattern(topic: str) -> re.Pattern[str]:
+    """The compiled matcher of a topic template (validated: MappingError when malformed)."""
+    _variables(topic)
+    return re.compile(
+        "/".join(
+            f"(?P<{part[1:-1]}>[^/]+)"
+            if part.startswith("{") and part.endswith("}")
+            else "[^/]+"
+            if part == "+"
+            else ".*"
+            if part == "#"
+            else re.escape(part)
+            for part in topic.split("/")
+        )
+    )
+
+
+def _check_device_id(template: str, topic: str | None) -> None:
+    """A ``device_id`` template uses only plain topic variables; MappingError otherwise."""
+    if template.startswith("$."):
+        if not template[2:]:
+            raise MappingError("device_id: '$.' needs a path into the JSON, e.g. '$.id'")
+        return
+    variables = _variables(topic) if topic is not None else []
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise MappingError(f"device_id: {template!r} is not a valid template: {exc}") from None
+    for _, name, spec, conversion in parts:
+        if name is None:
+            continue
+        base = re.split(r"[.\[]", name, maxsplit=1)[0]
+        if base != name and base in variables:
+            raise MappingError(
+                f"device_id: {{{name}}} in {template!r}: use plain {{{base}}}, "
+                "without '.' or '[...]' access"
+            )
+        if name not in variables:
+            known = ", ".join(f"{{{v}}}" for v in variables) or "none: there is no topic template"
+            raise MappingError(
+                f"device_id: {{{name}}} in {template!r} is not a topic variable (they are {known})"
+            )
+        if spec or conversion:
+            raise MappingError(
+                f"device_id: {template!r}: use plain {{{name}}}, without '!' or ':' formatting"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class FieldMap:
     path: str
@@ -58,25 +140,18 @@ class JsonMapping:
     seq_path: str | None
     fields: tuple[FieldMap, ...]
 
+    def __post_init__(self) -> None:
+        """Refuse templates that could only fail at decode time (see the module docstring)."""
+        if self.topic is not None:
+            _topic_pattern(self.topic)
+        if self.device_id is not None:
+            _check_device_id(self.device_id, self.topic)
+
     def topic_variables(self, topic: str | None) -> dict[str, str] | None:
         """Variables of ``topic`` under the template, or None when it does not match."""
         if self.topic is None or topic is None:
             return {} if self.topic is None else None
-        pattern = (
-            "^"
-            + "/".join(
-                f"(?P<{part[1:-1]}>[^/]+)"
-                if part.startswith("{") and part.endswith("}")
-                else "[^/]+"
-                if part == "+"
-                else ".*"
-                if part == "#"
-                else re.escape(part)
-                for part in self.topic.split("/")
-            )
-            + "$"
-        )
-        match = re.match(pattern, topic)
+        match = _topic_pattern(self.topic).fullmatch(topic)
         return match.groupdict() if match else None
 
     def decode(
@@ -202,10 +277,13 @@ def mapping_from_dict(config: object, source: str = "mapping") -> JsonMapping:
         except UnitError as exc:
             raise MappingError(f"{where}.unit: {exc}") from None
         maps.append(FieldMap(str(path), quantity, str(unit), spec.get("channel")))
-    return JsonMapping(
-        topic=config.get("topic"),
-        device_id=config.get("device_id"),
-        time_path=config.get("time"),
-        seq_path=config.get("seq"),
-        fields=tuple(maps),
-    )
+    try:
+        return JsonMapping(
+            topic=config.get("topic"),
+            device_id=config.get("device_id"),
+            time_path=config.get("time"),
+            seq_path=config.get("seq"),
+            fields=tuple(maps),
+        )
+    except MappingError as exc:  # "topic: ..." / "device_id: ..." under this source
+        raise MappingError(f"{source}.{exc}") from None

@@ -471,3 +471,16 @@ def test_the_uplink_compresses_with_zstd_unless_told_otherwise(
     monkeypatch.setattr(aiokafka.codec, "has_zstd", lambda: False)
     with pytest.raises(ValueError, match=r"kafka\.compression: zstd needs .*pip install cramjam"):
         check_compression("zstd")
+
+
+def test_a_json_mapping_template_that_cannot_work_is_refused_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nsources:\n  - {kind: mqtt, name: m, topics: ['city/#'], format: json,"
+        " mapping: {topic: 'city/{zone-id}/{device_id}', device_id: '{device_id}',"
+        " fields: {t: {quantity: temperature, unit: Cel}}}}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"sources\.0\.mapping: Value error, topic: variable '\{zone-id\}'"
+    ):
+        load_config(path)

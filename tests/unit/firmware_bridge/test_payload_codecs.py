@@ -165,3 +165,60 @@ def test_cayenne_encoder_round_trip_all_types() -> None:
     assert [m.value for m in result.measurements] == pytest.approx(
         [v for _, _, values in records for v in values]
     )
+
+
+FIELDS = {"t": {"quantity": "temperature", "unit": "Cel"}}
+
+
+@pytest.mark.parametrize(
+    ("topic", "device_id", "message"),
+    [
+        (
+            "city/{zone-id}/{device_id}",
+            "{device_id}",
+            "source.topic: variable '{zone-id}' of 'city/{zone-id}/{device_id}' is not a name",
+        ),
+        ("city/{1st}/x", None, "source.topic: variable '{1st}' of"),
+        ("city/{zone}/{zone}", None, "source.topic: variable '{zone}' appears twice"),
+        ("city/{zone}-{id}", None, "source.topic: level '{zone}-{id}' of"),
+        ("city/{}/x", None, "source.topic: variable '{}' of"),
+        ("city/#/x", None, "source.topic: 'city/#/x': '#' may only be the last level"),
+        (
+            "city/{zone}/{device_id}",
+            "{zone.x}",
+            "source.device_id: {zone.x} in '{zone.x}': use plain {zone}, without '.'",
+        ),
+        (
+            "city/{zone}/{device_id}",
+            "{zone[0]}",
+            "source.device_id: {zone[0]} in '{zone[0]}': use plain {zone}",
+        ),
+        (
+            "city/{zone}/{device_id}",
+            "{station}",
+            "source.device_id: {station} in '{station}' is not a topic variable "
+            "(they are {zone}, {device_id})",
+        ),
+        (None, "{device_id}", "source.device_id: {device_id} in '{device_id}' is not a topic"),
+        ("city/{zone}", "{zone!r}", "source.device_id: '{zone!r}': use plain {zone}, without"),
+        ("city/{zone}", "{zone", "source.device_id: '{zone' is not a valid template"),
+        ("city/{zone}", "$.", "source.device_id: '$.' needs a path"),
+    ],
+)
+def test_mapping_templates_are_checked_at_load(
+    topic: str | None, device_id: str | None, message: str
+) -> None:
+    config = {"topic": topic, "device_id": device_id, "fields": FIELDS}
+    with pytest.raises(MappingError) as info:
+        mapping_from_dict(config, "source")
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_mapping_templates_that_load_decode() -> None:
+    mapping = mapping_from_dict(
+        {"topic": "city/{zone}/+/{device_id}/#", "device_id": "st-{device_id}", "fields": FIELDS}
+    )
+    result = mapping.decode(b'{"t": 21.5}', "city/north/x/ws-1/state/now")
+    assert isinstance(result, Decoded)
+    assert result.measurements[0].device_id == "st-ws-1"
+    assert result.measurements[0].metadata["zone"] == "north"
