@@ -24,6 +24,7 @@ The LPP channel becomes ``Measurement.channel``; the LPP type name is kept in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -144,8 +145,8 @@ def encodable_range(name: str, axis: int = 0) -> tuple[float, float]:
 def encode_cayenne(records: Sequence[tuple[int, str, Sequence[float]]]) -> bytes:
     """Encode ``(channel, lpp type name, values)`` records, e.g. ``(3, "temperature", [27.2])``.
 
-    Raises ValueError for an unknown type name, a wrong number of values or a value that
-    does not fit the type.
+    Raises ValueError for an unknown type name, a channel that is not a byte, a wrong
+    number of values or a value that is not finite or does not fit the type.
     """
     out = bytearray()
     for channel, name, values in records:
@@ -154,8 +155,12 @@ def encode_cayenne(records: Sequence[tuple[int, str, Sequence[float]]]) -> bytes
             raise ValueError(f"unknown Cayenne LPP type name {name!r}")
         if len(values) != len(lpp.quantities):
             raise ValueError(f"{name} takes {len(lpp.quantities)} values, got {len(values)}")
+        if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel <= 255:
+            raise ValueError(f"{name} channel {channel!r} is not a byte (0..255)")
         out += bytes([channel, lpp.type_id])
         for axis, value in enumerate(values):
+            if not math.isfinite(value):  # round() would raise OverflowError or ValueError
+                raise ValueError(f"{name} value {value} is not a finite number")
             resolution = _GPS_RESOLUTION[axis] if lpp.type_id == 136 else lpp.resolution
             steps = round(value * round(1 / resolution)) if resolution < 1 else round(value)
             try:

@@ -114,6 +114,10 @@ def encode_frame(
         raise EncodeError("at most 255 records per frame")
     flags = FLAG_TIME_VALID if time is not None else 0
     stamp = int(time.timestamp()) if time is not None else 0
+    if not 0 <= stamp < 2**32:
+        raise EncodeError(
+            f"time {time} is outside uint32 Unix seconds (1970-01-01 to 2106-02-07 UTC)"
+        )
     body = bytearray(struct.pack(">BBB", VERSION, flags, len(ident)))
     body += ident
     body += struct.pack(">IIB", seq, stamp, len(records))
@@ -121,6 +125,8 @@ def encode_frame(
         rt = TYPE_BY_QUANTITY.get(quantity)
         if rt is None:
             raise EncodeError(f"quantity {quantity.value} has no framed-protocol record type")
+        if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel <= 255:
+            raise EncodeError(f"{quantity.value} channel {channel!r} is not a byte (0..255)")
         try:
             body += struct.pack(">BB" + rt.fmt, rt.type_id, channel, round(value * rt.divisor))
         except (struct.error, OverflowError, ValueError) as exc:

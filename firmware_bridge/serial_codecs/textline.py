@@ -131,7 +131,7 @@ def decode_line(
         seen.add(key)
         value_offset = position + len(key) + 1
         if key == "id":
-            if not _SAFE_ID.match(value):
+            if not _SAFE_ID.fullmatch(value):  # .match: "$" would let "n7\n" through
                 return DecodeError(
                     "bad_field",
                     f"device id {value!r} is not a safe identifier",

@@ -222,3 +222,18 @@ def test_mapping_templates_that_load_decode() -> None:
     assert isinstance(result, Decoded)
     assert result.measurements[0].device_id == "st-ws-1"
     assert result.measurements[0].metadata["zone"] == "north"
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([(1, "temperature", [float("inf")])], "temperature value inf is not a finite number"),
+        ([(1, "humidity", [float("nan")])], "humidity value nan is not a finite number"),
+        ([(256, "temperature", [21.5])], "temperature channel 256 is not a byte"),
+    ],
+)
+def test_cayenne_encoder_raises_value_error_naming_the_problem(
+    records: list[tuple[int, str, list[float]]], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        encode_cayenne(records)

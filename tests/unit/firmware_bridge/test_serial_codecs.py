@@ -32,7 +32,7 @@ from firmware_bridge.serial_codecs import (
 )
 from firmware_bridge.serial_codecs.framed import RECORD_TYPES, EncodeError, encode_frame
 from firmware_bridge.serial_codecs.sds011 import encode_sds011
-from firmware_bridge.serial_codecs.textline import MAX_LINE, encode_line
+from firmware_bridge.serial_codecs.textline import MAX_LINE, decode_line, encode_line
 
 TESTDATA = Path(__file__).resolve().parents[3] / "testdata"
 SDS = bytes.fromhex("AA C0 D4 00 F4 01 A1 60 CA AB")  # 21.2 / 50.0 ug/m3, id A160
@@ -287,3 +287,27 @@ def test_textline_verdict_does_not_depend_on_read_boundaries(
     assert [type(r).__name__ for r in got] == (
         ["DecodeError", "Decoded"] if too_long else ["Decoded", "Decoded"]
     )
+
+
+@pytest.mark.parametrize(
+    ("when", "channel", "message"),
+    [
+        (datetime(1969, 12, 31, tzinfo=UTC), 0, "is outside uint32 Unix seconds"),
+        (datetime(2106, 2, 8, tzinfo=UTC), 0, "is outside uint32 Unix seconds"),
+        (None, 256, "temperature channel 256 is not a byte"),
+        (None, -1, "temperature channel -1 is not a byte"),
+    ],
+)
+def test_framed_encoder_names_what_does_not_fit(
+    when: datetime | None, channel: int, message: str
+) -> None:
+    with pytest.raises(EncodeError, match=message):
+        encode_frame("n1", 0, when, [(Quantity.TEMPERATURE, 21.5, channel)])
+
+
+def test_textline_device_id_with_a_trailing_newline_is_refused() -> None:
+    body = b"id=n7\n,t=1"
+    line = b"$" + body + b"*%02X\r\n" % nmea_checksum(body)
+    result = decode_line(line)
+    assert isinstance(result, DecodeError)
+    assert (result.reason, result.offset) == ("bad_field", 4)
