@@ -510,8 +510,10 @@ class EngineCollector:
             "kpis": ("KpiValues produced", metrics.kpis),
             "checkpoints": ("state checkpoints written", metrics.checkpoints),
             "duplicate_readings": (
-                "readings dropped as duplicates of a seen (device, seq)",
-                sum(part.engine.stats.duplicates for part in stage1.values()),
+                "readings dropped as duplicates of a seen (device, seq): redelivered through "
+                "the same gateway (stage 1) or heard through two gateways (stage 2)",
+                sum(part.engine.stats.duplicates for part in stage1.values())
+                + sum(part.engine.stats.duplicates for part in stage2.values()),
             ),
             "counter_resets": (
                 "device counters seen to restart (their readings are kept)",

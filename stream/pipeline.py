@@ -57,7 +57,8 @@ class Replay:
         if horizon is not None:
             self.zones.advance("replay", horizon)
         self.result.kpis.extend(self.zones.close(final=True, now=self.clock()))
-        self.result.duplicates = self.devices.stats.duplicates
+        # redelivered through the same gateway (stage 1), or heard through two (stage 2)
+        self.result.duplicates = self.devices.stats.duplicates + self.zones.stats.duplicates
         return self.result
 
 

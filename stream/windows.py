@@ -13,9 +13,16 @@ Times are integer microseconds since the epoch (UTC) inside the engine, for spee
   while a quiet sensor's window still closes on time.
 * A reading for a closed window is *late*: returned to the caller, which counts it and
   routes it to ``late-readings``. It is never dropped silently.
-* ``(device_id, seq)`` already seen: a duplicate, counted and skipped, unless its event
-  time is newer than anything the device sent: then the device's counter restarted
-  (:class:`SeenSeqs`), counted in ``counter_resets``, and the reading is kept.
+* ``(device_id, seq)`` already seen *from the same gateway*: a duplicate, counted and
+  skipped, unless its event time is newer than anything the device sent through that
+  gateway: then the device's counter restarted (:class:`SeenSeqs`), counted in
+  ``counter_resets``, and the reading is kept.
+* Everything here is per gateway: the windows (a device heard by two gateways has one
+  window per gateway), the watermark and the deduplication memory. So what a reading
+  becomes does not depend on which other gateways share the partition, or on how their
+  records interleave: ``kpi eval`` over one file gives what the partitioned job gives.
+  The zone stage merges a device's windows from its gateways and drops a reading that
+  arrived through two of them (same seq, same event time) there.
 
 Closed windows leave as :class:`DevicePartial` dicts (the values per quantity), which the
 zone stage (:mod:`stream.zones`) turns into KPIs; see ``stream/README.md`` for why.
@@ -35,9 +42,14 @@ from climastream.contract import Reading
 US = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-#: wire/snapshot form of one closed device window (orjson-friendly, short keys):
+#: wire/snapshot form of one closed window of one device through one gateway
+#: (orjson-friendly, short keys):
 #: {"d": device_id, "g": gateway_id, "z": zone|None, "ws": start_us, "we": end_us,
-#:  "q": {quantity: [values...]}, "l": {quantity: [event_us, value]}, "m": [model_ids]}
+#:  "q": {quantity: [values...]}, "l": {quantity: [event_us, value]}, "m": [model_ids],
+#:  "s": {quantity: [seq...]}, "t": {quantity: [event_us - ws...]}}
+#: "s" and "t" run parallel to "q": the zone stage needs them to drop a reading that came
+#: through two gateways (same seq and event time). Partials from before they were added
+#: lack them (their readings are merged without that check).
 DevicePartial = dict[str, Any]
 
 
@@ -197,10 +209,11 @@ class DeviceWindows:
             raise ValueError("window size must be positive and grace non-negative")
         self.size_us = size // timedelta(microseconds=1)
         self.grace_us = grace // timedelta(microseconds=1)
-        self._partials: dict[tuple[str, int], DevicePartial] = {}
-        # seqs are remembered one by one for as long as a reading could still land in an
-        # open window (see SeenSeqs)
-        self._seen = SeenSeqs(horizon_us=self.size_us + self.grace_us)
+        # (device, gateway, window start) -> the open window
+        self._partials: dict[tuple[str, str, int], DevicePartial] = {}
+        # gateway -> its seqs, remembered one by one for as long as a reading could still
+        # land in an open window (see SeenSeqs)
+        self._seen: dict[str, SeenSeqs] = {}
         self._max_event: dict[str, int] = {}  # gateway -> newest event time
         self._closed: dict[str, int] = {}  # gateway -> windows ending at/before are closed
         self._wall_horizon: int | None = None
@@ -211,9 +224,12 @@ class DeviceWindows:
         late: list[Reading] = []
         size = self.size_us
         partials = self._partials
-        seen = self._seen
         for reading in readings:
             event_us = to_us(reading.event_time)
+            gateway = reading.gateway_id
+            seen = self._seen.get(gateway)
+            if seen is None:
+                seen = self._seen[gateway] = self.new_seen()
             verdict = seen.add(reading.device_id, reading.seq, event_us)
             if verdict is Seen.DUPLICATE:
                 self.stats.duplicates += 1
@@ -221,13 +237,12 @@ class DeviceWindows:
             if verdict is Seen.RESET:
                 self.stats.counter_resets += 1
             start = event_us - event_us % size
-            gateway = reading.gateway_id
             closed = self._closed.get(gateway, self._wall_horizon)
             if closed is not None and start + size <= closed:
                 self.stats.late += 1
                 late.append(reading)
                 continue
-            key = (reading.device_id, start)
+            key = (reading.device_id, gateway, start)
             partial = partials.get(key)
             if partial is None:
                 partial = partials[key] = {
@@ -239,13 +254,21 @@ class DeviceWindows:
                     "q": {},
                     "l": {},
                     "m": [],
+                    "s": {},
+                    "t": {},
                 }
             quantity = reading.quantity.value
             values = partial["q"].get(quantity)
             if values is None:
                 partial["q"][quantity] = [reading.value]
+                partial["s"][quantity] = [reading.seq]
+                partial["t"][quantity] = [event_us - start]
             else:
                 values.append(reading.value)
+                seqs = partial["s"].get(quantity)
+                if seqs is not None:  # None: a window restored from before seqs were kept
+                    seqs.append(reading.seq)
+                    partial["t"][quantity].append(event_us - start)
             last = partial["l"].get(quantity)
             if last is None or event_us >= last[0]:
                 partial["l"][quantity] = [event_us, reading.value]
@@ -283,14 +306,14 @@ class DeviceWindows:
             for key, partial in self._partials.items()
             if partial["we"] <= self._closed.get(partial["g"], -1)
         ]
-        ready.sort(key=lambda k: (k[1], k[0]))
+        ready.sort(key=lambda k: (k[2], k[0], k[1]))
         closed = [self._partials.pop(key) for key in ready]
         self.stats.closed += len(closed)
         return closed
 
     def flush(self) -> list[DevicePartial]:
         """Close everything (end of an offline replay)."""
-        closed = sorted(self._partials.values(), key=lambda p: (p["ws"], p["d"]))
+        closed = sorted(self._partials.values(), key=lambda p: (p["ws"], p["d"], p["g"]))
         self._partials.clear()
         for partial in closed:
             gateway = partial["g"]
@@ -312,11 +335,19 @@ class DeviceWindows:
     def open_windows(self) -> int:
         return len(self._partials)
 
+    def new_seen(self) -> SeenSeqs:
+        """A gateway's deduplication memory: one window plus grace of seqs one by one."""
+        return SeenSeqs(horizon_us=self.size_us + self.grace_us)
+
+    def remembered(self) -> int:
+        """Seqs held one by one, over all gateways and devices (see SeenSeqs)."""
+        return sum(seen.remembered() for seen in self._seen.values())
+
     def snapshot(self) -> dict[str, Any]:
         """JSON-able state, checkpointed to a changelogged table by the Faust app."""
         return {
             "partials": list(self._partials.values()),
-            "seen": self._seen.snapshot(),
+            "seen": {gateway: seen.snapshot() for gateway, seen in self._seen.items()},
             "max_event": self._max_event,
             "closed": self._closed,
             "wall": self._wall_horizon,
@@ -329,8 +360,22 @@ class DeviceWindows:
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
-        self._partials = {(p["d"], p["ws"]): p for p in snap["partials"]}
-        self._seen.restore(snap["seen"])
+        self._partials = {}
+        for p in snap["partials"]:
+            p.setdefault("s", {})  # checkpointed before seqs were kept: none for "q"'s values
+            p.setdefault("t", {})
+            self._partials[(p["d"], p["g"], p["ws"])] = p
+        seen = snap["seen"]
+        if any(isinstance(v, list) for v in seen.values()):
+            # the layout before memories per gateway: {device: state}. Every gateway this
+            # partition has heard gets a copy, so a redelivery stays a duplicate.
+            gateways = set(snap["closed"]) | set(snap["max_event"])
+            gateways.update(p["g"] for p in snap["partials"])
+            seen = {gateway: seen for gateway in gateways}
+        self._seen = {}
+        for gateway, per_device in seen.items():
+            self._seen[gateway] = self.new_seen()
+            self._seen[gateway].restore(per_device)
         self._max_event = dict(snap["max_event"])
         self._closed = dict(snap["closed"])
         self._wall_horizon = snap["wall"]

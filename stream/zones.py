@@ -9,6 +9,14 @@ source whose worker died holds the zone back until its partition is reassigned, 
 a premature, incomplete KPI. Every base window of a zone is closed, even one in which no
 device sent anything, so silent devices show up with completeness 0.
 
+A device heard by several gateways (LoRaWAN names the best-signal gateway of each uplink)
+has one partial per gateway for a window, possibly from several stage-1 partitions. They
+are kept side by side, keyed by gateway (a partial sent again after a stage-1 restart
+replaces its own copy instead of counting twice), and merged when the window closes:
+values concatenated in gateway order, a reading that came through two gateways (same
+seq and event time, a failed network-server deduplication) kept once and counted in
+``duplicates``.
+
 The same class runs offline in ``climastream kpi eval`` with a single source.
 """
 
@@ -74,6 +82,7 @@ class ZoneStats:
     windows: int = 0
     kpis: int = 0
     skipped_windows: int = 0
+    duplicates: int = 0  # readings of a device that came through two gateways (kept once)
 
 
 class _Acc:
@@ -131,7 +140,8 @@ class ZoneWindows:
             state = self._keys[key] = {
                 "zone": zone,
                 "next": None,  # start of the next base window to close
-                "pending": {},  # ws -> {"dev": {device: partial}, "ref": {device: partial}}
+                # ws -> {"dev": {device: {gateway: partial}}, "ref": (the same)}
+                "pending": {},
                 "known": {},  # device -> [cadence_us, [quantities]]
                 "eaqi": {},  # pollutant -> {period_start: [total, count]}
                 "eaqi_means": {},  # pollutant -> {period_start: mean} (running PM means)
@@ -160,6 +170,12 @@ class ZoneWindows:
         self._src_wm = dict(snap["src"])
         for key, st in snap["keys"].items():
             st["pending"] = {int(k): v for k, v in st["pending"]}
+            for slot in st["pending"].values():
+                for kind in ("dev", "ref"):
+                    # before partials were kept per gateway: {device: partial}
+                    slot[kind] = {
+                        device: {p["g"]: p} if "ws" in p else p for device, p in slot[kind].items()
+                    }
             st["eaqi"] = {p: {int(k): v for k, v in items} for p, items in st["eaqi"].items()}
             st["eaqi_means"] = {
                 p: {int(k): v for k, v in items} for p, items in st["eaqi_means"].items()
@@ -179,7 +195,9 @@ class ZoneWindows:
         if state["next"] is None:
             state["next"] = ws
         slot = state["pending"].setdefault(ws, {"dev": {}, "ref": {}})
-        slot["ref" if reference else "dev"][partial["d"]] = partial
+        # per gateway: a partial sent again (stage 1 replaying after a crash) replaces its
+        # copy; another gateway's partial of the same device and window joins it
+        slot["ref" if reference else "dev"].setdefault(partial["d"], {})[partial["g"]] = partial
         if not reference:
             known = state["known"]
             entry = known.get(partial["d"])
@@ -304,6 +322,45 @@ class ZoneWindows:
         local = datetime.combine(day, time(hour), tzinfo=self.tz)
         return int(local.timestamp()) * US
 
+    def _merged(self, pieces: dict[str, DevicePartial], count: bool) -> DevicePartial:
+        """One device's partials of one window (one per gateway) as one partial.
+
+        Gateways in sorted order, so the values (and float sums) do not depend on which
+        partial arrived first. A reading seen through an earlier gateway (same quantity,
+        seq and event time) is dropped and, when ``count`` (not for the copies of the
+        reference sent to other zones), counted in ``stats.duplicates``.
+        """
+        if len(pieces) == 1:
+            return next(iter(pieces.values()))
+        ordered = [pieces[g] for g in sorted(pieces)]
+        # without "s" and "t": nothing reads them after the merge
+        merged = {k: v for k, v in ordered[0].items() if k not in ("s", "t")}
+        merged.update(q={}, l={}, m=[])
+        seen: dict[str, set[tuple[int, int]]] = {}
+        for piece in ordered:
+            seqs, times = piece.get("s") or {}, piece.get("t") or {}
+            for quantity, values in piece["q"].items():
+                out = merged["q"].setdefault(quantity, [])
+                q_seqs, q_times = seqs.get(quantity), times.get(quantity)
+                if q_seqs is None or q_times is None:  # a partial from before "s" and "t"
+                    out.extend(values)
+                    continue
+                have = seen.setdefault(quantity, set())
+                for value, seq, at in zip(values, q_seqs, q_times, strict=True):
+                    if (seq, at) in have:
+                        self.stats.duplicates += count
+                        continue
+                    have.add((seq, at))
+                    out.append(value)
+            for quantity, last in piece["l"].items():
+                kept = merged["l"].get(quantity)
+                if kept is None or last[0] >= kept[0]:
+                    merged["l"][quantity] = last
+            for model in piece["m"]:
+                if model not in merged["m"]:
+                    merged["m"].append(model)
+        return merged
+
     # ------------------------------------------------------------------ base window
 
     def _close_base(
@@ -312,6 +369,10 @@ class ZoneWindows:
         self.stats.windows += 1
         we = ws + self.size_us
         out: list[KpiValue | None] = []
+        slot = {
+            kind: {d: self._merged(pieces, kind == "dev") for d, pieces in slot[kind].items()}
+            for kind in ("dev", "ref")
+        }
         devices: dict[str, DevicePartial] = slot["dev"]
         zone_acc: dict[str, _Acc] = {}
         zone_models: set[str] = set()

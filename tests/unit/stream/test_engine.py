@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from climastream.contract import KpiValue, Quantity, Reading
 from climastream.quantities import CANONICAL_UNITS
 from stream.config import StreamConfig
 from stream.pipeline import Replay, replay
-from stream.windows import DeviceWindows
+from stream.windows import DeviceWindows, to_us
+from stream.zones import ZoneWindows, routing_keys
 
 T0 = datetime(2024, 7, 1, 10, 0, tzinfo=UTC)  # 12:00 in Brussels (CEST)
 
@@ -269,3 +271,148 @@ def test_kpi_filter_and_unknown_id() -> None:
     assert {k.kpi_id for k in kpis} == {"stat.max"}
     with pytest.raises(ValueError, match="unknown KPI"):
         replay([], cfg(), only_kpi="nope")
+
+
+# ------------------------------------------------------------------ roaming devices
+
+
+def _reading(device: str, gateway: str, seq: int, value: float, at: datetime) -> Reading:
+    return Reading(
+        device_id=device, gateway_id=gateway, seq=seq, quantity=Quantity.TEMPERATURE,
+        value=value, unit="Cel", event_time=at, ingest_time=at, zone="centre",
+    )  # fmt: skip
+
+
+def _two_partitions(
+    config: StreamConfig, per_partition: list[list[Reading]], zones: ZoneWindows | None = None
+) -> tuple[list[KpiValue], ZoneWindows]:
+    """The live layout: one stage-1 engine per ``readings`` partition, one zone stage."""
+    zones = zones or ZoneWindows(config, sources=len(per_partition))
+    for index, readings in enumerate(per_partition):
+        engine = DeviceWindows(config.window, config.grace)
+        engine.add(readings)
+        for partial in engine.close(now=T0 + timedelta(minutes=5)):
+            for key, reference in routing_keys(partial, config):
+                zones.add(key, partial, reference)
+        horizon = engine.horizon()
+        assert horizon is not None
+        zones.advance(f"p{index}", horizon)
+    return zones.close(), zones
+
+
+def test_a_device_heard_by_two_gateways_in_one_window_counts_both() -> None:
+    """LoRaWAN names the best-signal gateway per uplink, and readings are partitioned by
+    gateway: one device's window can come from two stage-1 partitions. The second partial
+    used to replace the first (mean 24, count 1)."""
+    config = cfg(devices={"d": {"cadence": "5s", "zone": "centre"}})
+    kpis, _ = _two_partitions(config, [
+        [_reading("d", "gw1", 1, 20.0, T0 + timedelta(seconds=1))],
+        [_reading("d", "gw2", 2, 24.0, T0 + timedelta(seconds=6))],
+    ])  # fmt: skip
+    first = [k for k in kpis if k.window_start == T0]
+    for scope in ({"device_id": "d"}, {"device_id": None}):
+        mean = pick(first, "stat.mean", **scope)[0]
+        assert (mean.value, mean.sample_count, mean.completeness) == (22.0, 2, 1.0)
+        assert pick(first, "stat.min", **scope)[0].value == 20.0
+        assert pick(first, "stat.max", **scope)[0].value == 24.0
+        assert pick(first, "stat.p95", **scope)[0].value == pytest.approx(23.8)
+    completeness = pick(first, "completeness", device_id="d")[0]
+    assert (completeness.value, completeness.sample_count) == (1.0, 2)
+
+
+def test_a_roaming_reading_for_a_window_the_first_gateway_closed_joins_it() -> None:
+    """One replay: gw1's watermark closes the device's window, then a reading of the same
+    window arrives through gw2 (not late for gw2): it must join, not replace, the first."""
+    s = Seq()
+    run = Replay(cfg())
+    run.add(
+        [
+            s.reading("d", "temperature", 20.0, T0 + timedelta(seconds=1), gateway="gw1"),
+            s.reading("x", "temperature", 30.0, T0 + timedelta(seconds=1), gateway="gw2"),
+        ]
+    )
+    run.add([s.reading("d", "temperature", 22.0, T0 + timedelta(seconds=12), gateway="gw1")])
+    run.add([s.reading("d", "temperature", 24.0, T0 + timedelta(seconds=6), gateway="gw2")])
+    result = run.finish()
+    mean = pick(result.kpis, "stat.mean", device_id="d", window_start=T0)[0]
+    assert (mean.value, mean.sample_count) == (22.0, 2)
+    assert (len(result.late), result.duplicates) == (0, 0)
+
+
+def test_the_same_reading_through_two_gateways_counts_once() -> None:
+    """A failed LoRaWAN deduplication: one uplink (same seq, same event time) through two
+    gateways. Whether the gateways share a partition or not, it counts once, and the
+    copy is counted as a duplicate."""
+    config = cfg()
+    at = T0 + timedelta(seconds=3)
+    one, two = _reading("d", "gw1", 7, 21.0, at), _reading("d", "gw2", 7, 21.0, at)
+    other = _reading("d", "gw1", 8, 23.0, at + timedelta(seconds=1))
+    kpis, zones = _two_partitions(config, [[one, other], [two]])
+    count = pick(kpis, "stat.count", device_id="d", window_start=T0)[0]
+    assert count.value == 2.0
+    assert zones.stats.duplicates == 1
+    result = replay([one, two, other], config)  # one partition: still counted once
+    assert pick(result.kpis, "stat.count", device_id="d", window_start=T0)[0].value == 2.0
+    assert result.duplicates == 1
+
+
+def test_merged_partials_survive_a_checkpoint_and_a_stage_1_replay() -> None:
+    """Stage 2 keeps a device's partials per gateway: restored from a checkpoint, it still
+    merges them, and a partial sent again (stage 1 replaying after a crash) replaces its
+    own copy instead of counting twice."""
+    config = cfg(devices={"d": {"cadence": "5s", "zone": "centre"}})
+    gw1 = [_reading("d", "gw1", 1, 20.0, T0 + timedelta(seconds=1)),
+           _reading("d", "gw1", 3, 21.0, T0 + timedelta(seconds=7))]  # fmt: skip
+    gw2 = [_reading("d", "gw2", 2, 24.0, T0 + timedelta(seconds=6))]
+    partials = {}
+    for gateway, readings in (("gw1", gw1), ("gw2", gw2)):
+        engine = DeviceWindows(config.window, config.grace)
+        engine.add(readings)
+        partials[gateway] = orjson.loads(orjson.dumps(engine.flush()[0]))
+    zones = ZoneWindows(config, sources=2)
+    zones.add("centre", partials["gw1"], False)
+    restored = ZoneWindows(config, sources=2)
+    restored.restore(orjson.loads(orjson.dumps(zones.snapshot())))
+    restored.add("centre", partials["gw2"], False)
+    restored.add("centre", partials["gw1"], False)  # sent again after a stage-1 crash
+    for source in ("p0", "p1"):
+        restored.advance(source, to_us(T0 + timedelta(seconds=10)))
+    kpis = restored.close()
+    mean = pick(kpis, "stat.mean", device_id="d")[0]
+    assert (mean.value, mean.sample_count) == (pytest.approx(65.0 / 3), 3)
+    completeness = pick(kpis, "completeness", device_id="d")[0]
+    assert (completeness.value, completeness.completeness, completeness.sample_count) == (
+        1.0, 1.0, 3,
+    )  # fmt: skip
+    assert restored.stats.duplicates == 0
+
+
+def test_a_roaming_device_is_deduplicated_per_gateway() -> None:
+    """A device alternating between two gateways, its readings grouped by gateway (as an
+    export, or two partitions consumed one after the other): the second gateway's readings
+    are not taken for redeliveries of numbers the first one already passed."""
+    engine = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    readings = [_reading("d", f"gw{seq % 2}", seq, 20.0, T0 + timedelta(seconds=seq))
+                for seq in range(60)]  # fmt: skip
+    engine.add([r for r in readings if r.gateway_id == "gw0"])
+    engine.add([r for r in readings if r.gateway_id == "gw1"])
+    assert (engine.stats.added, engine.stats.duplicates) == (60, 0)
+
+
+def test_a_zone_checkpoint_from_before_partials_per_gateway_is_restored() -> None:
+    config = cfg()
+    engine = DeviceWindows(config.window, config.grace)
+    engine.add([_reading("d", "gw1", 1, 20.0, T0 + timedelta(seconds=1))])
+    partial = engine.flush()[0]
+    old = {"src": {}, "keys": {"centre": {
+        **ZoneWindows(config, sources=1)._key_state("centre", "centre"),
+        "next": None, "pending": [[partial["ws"], {"dev": {"d": partial}, "ref": {}}]],
+        "known": {"d": [5_000_000, ["temperature"]]}, "eaqi": {}, "eaqi_means": {},
+    }}}  # fmt: skip
+    zones = ZoneWindows(config, sources=1)
+    zones.restore(orjson.loads(orjson.dumps(old)))
+    zones.add("centre", {**partial, "g": "gw2", "q": {"temperature": [24.0]}, "s": {}, "t": {}},
+              False)  # fmt: skip
+    zones.advance("replay", to_us(T0 + timedelta(seconds=10)))
+    mean = pick(zones.close(), "stat.mean", device_id="d")[0]
+    assert (mean.value, mean.sample_count) == (22.0, 2)

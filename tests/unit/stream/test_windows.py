@@ -99,7 +99,8 @@ def test_a_checkpoint_without_newest_times_keeps_treating_repeats_as_duplicates(
     windows = DeviceWindows(size=10 * S, grace=2 * S)
     windows.add([reading(seq, T0 + seq * S) for seq in range(3)])
     snap = windows.snapshot()
-    snap["seen"] = {d: v[:2] for d, v in snap["seen"].items()}  # the older layout
+    # the older layout (and the one before memories per gateway: {device: state})
+    snap["seen"] = {d: v[:2] for d, v in snap["seen"]["gw-1"].items()}
     snap["stats"] = snap["stats"][:3]
     again = DeviceWindows(size=10 * S, grace=2 * S)
     again.restore(snap)
@@ -130,8 +131,8 @@ def test_counter_numbered_devices_keep_a_bounded_memory_and_checkpoint() -> None
         windows.close()
     assert windows.stats.added == 2400
     # only the newest uplink is inside one window plus grace of the newest reading
-    assert windows._seen.remembered() <= 4
-    seen = windows.snapshot()["seen"]["lora-1"]
+    assert windows.remembered() <= 4
+    seen = windows.snapshot()["seen"]["gw-1"]["lora-1"]
     assert len(seen[1]) <= 4
     assert len(seen[4]) == len(seen[1])
 
@@ -153,12 +154,13 @@ def test_a_checkpoint_without_seq_times_folds_them_one_horizon_later() -> None:
     windows = DeviceWindows(size=60 * S, grace=10 * S)
     windows.add(uplink(0, L0) + uplink(1, L0 + 30 * S))
     snap = windows.snapshot()
-    snap["seen"] = {d: v[:4] for d, v in snap["seen"].items()}  # the layout before times
+    # the layout before times (and before memories per gateway)
+    snap["seen"] = {d: v[:4] for d, v in snap["seen"]["gw-1"].items()}
     again = DeviceWindows(size=60 * S, grace=10 * S)
     again.restore(snap)
-    assert again._seen.remembered() == 4  # 256..259, above the floor 3
+    assert again.remembered() == 4  # 256..259, above the floor 3
     again.add(uplink(2, L0 + 200 * S))  # the restored ones are now past the horizon
-    assert again._seen.remembered() <= 4
+    assert again.remembered() <= 4
     again.add(uplink(1, L0 + 30 * S))
     assert again.stats.duplicates == 4
 
@@ -193,7 +195,7 @@ def test_folding_old_numbers_never_changes_what_reaches_a_window(
     """
     bounded = DeviceWindows(size=60 * S, grace=10 * S)
     unbounded = DeviceWindows(size=60 * S, grace=10 * S)
-    unbounded._seen = SeenSeqs(cap=10**9, horizon_us=None)
+    unbounded.new_seen = lambda: SeenSeqs(cap=10**9, horizon_us=None)  # type: ignore[method-assign]
     for engine in (bounded, unbounded):
         for device, counter, t in uplinks:
             engine.add(uplink(counter, T0 + t * S, device=f"lora-{device}", size=3))
@@ -206,3 +208,15 @@ def test_folding_old_numbers_never_changes_what_reaches_a_window(
     assert windows_of(bounded) == windows_of(unbounded)
     assert stats.added + stats.duplicates + stats.late == 3 * len(uplinks)
     assert stats.added == unbounded.stats.added
+
+
+def test_a_window_checkpointed_before_seqs_were_kept_takes_more_readings() -> None:
+    windows = DeviceWindows(size=10 * S, grace=2 * S)
+    windows.add([reading(0, T0)])
+    snap = windows.snapshot()
+    for partial in snap["partials"]:  # the layout before "s" and "t"
+        del partial["s"], partial["t"]
+    again = DeviceWindows(size=10 * S, grace=2 * S)
+    again.restore(snap)
+    again.add([reading(1, T0 + S)])
+    assert [p["q"]["temperature"] for p in again.flush()] == [[20.0, 21.0]]
