@@ -500,9 +500,11 @@ class ZoneWindows:
                         acc4[2] += ref_total
                         acc4[3] += ref_count
         if _NOISE in zone_acc or any(_NOISE in p["q"] for p in devices.values()):
-            shifted = self._local(ws - 7 * 3600 * US)
-            lden_day = shifted.date().isoformat()
+            # the Lden day runs from 07:00 to 07:00 *local clock time*, whatever the UTC
+            # offset does in between: the night of a DST change is 7 or 9 hours long
             hour = local.hour
+            lden_date = local.date() - timedelta(days=1) if hour < 7 else local.date()
+            lden_day = lden_date.isoformat()
             noise_period = "d" if 7 <= hour < 19 else ("e" if 19 <= hour < 23 else "n")
             scopes = [(device_id, p["q"][_NOISE]) for device_id, p in devices.items()
                       if _NOISE in p["q"]]  # fmt: skip

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -416,3 +418,70 @@ def test_a_zone_checkpoint_from_before_partials_per_gateway_is_restored() -> Non
     zones.advance("replay", to_us(T0 + timedelta(seconds=10)))
     mean = pick(zones.close(), "stat.mean", device_id="d")[0]
     assert (mean.value, mean.sample_count) == (22.0, 2)
+
+
+# ------------------------------------------------------------------ Lden across DST
+
+
+def _hourly_noise(start: datetime, end: datetime) -> list[Reading]:
+    """One reading per hour (at :30) of device "n": 55 dB by day and evening; the night
+    of 24-25 Oct 2026 at 40 dB, every other night at 60 dB (local clock, Brussels)."""
+    s, out, at = Seq(), [], start
+    while at < end:
+        local = at.astimezone(ZoneInfo("Europe/Brussels"))
+        night_of = (local.replace(tzinfo=None) - timedelta(hours=7)).date()
+        level = 55.0 if 7 <= local.hour < 23 else (40.0 if str(night_of) == "2026-10-24" else 60.0)
+        out.append(s.reading("n", "noise_laeq", level, at + timedelta(minutes=30)))
+        at += timedelta(hours=1)
+    return out
+
+
+def _lden_run(readings: list[Reading], one_at_a_time: bool) -> list[KpiValue]:
+    config = cfg(window="1h", grace="0s", kpis=["noise.lden", "noise.lnight"])
+    run = Replay(config, clock=lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    for batch in [[r] for r in readings] if one_at_a_time else [readings]:
+        run.add(batch)
+    return [k for k in run.finish().kpis if k.device_id == "n"]
+
+
+@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["batch", "one-at-a-time"])
+def test_lden_days_and_nights_follow_the_local_clock_in_autumn(one_at_a_time: bool) -> None:
+    """25 Oct 2026, Brussels: 03:00 CEST becomes 02:00 CET. The night of 24-25 Oct runs
+    from 23:00 CEST to 07:00 CET (9 hours), the next one 8 hours (Directive 2002/49/EC:
+    periods in local time)."""
+    kpis = _lden_run(
+        _hourly_noise(datetime(2026, 10, 24, 5, tzinfo=UTC), datetime(2026, 10, 26, 6, tzinfo=UTC)),
+        one_at_a_time,
+    )
+    nights = [(k.window_start, k.window_end, k.sample_count, round(k.value, 3))
+              for k in pick(kpis, "noise.lnight")]  # fmt: skip
+    assert nights == [
+        (datetime(2026, 10, 24, 21, tzinfo=UTC), datetime(2026, 10, 25, 6, tzinfo=UTC), 9, 40.0),
+        (datetime(2026, 10, 25, 22, tzinfo=UTC), datetime(2026, 10, 26, 6, tzinfo=UTC), 8, 60.0),
+    ]
+    lden = pick(kpis, "noise.lden")
+    assert [(k.window_start, k.sample_count) for k in lden] == [
+        (datetime(2026, 10, 24, 5, tzinfo=UTC), 25),
+        (datetime(2026, 10, 25, 6, tzinfo=UTC), 24),
+    ]
+    # 25 Oct: 12 h day and 4 h evening at 55 dB, 8 h night at 60 dB
+    expected = 10 * math.log10((12 * 10**5.5 + 4 * 10**6.0 + 8 * 10**7.0) / 24)
+    assert lden[1].value == pytest.approx(expected, abs=1e-9)
+    assert round(lden[1].value, 3) == 65.633
+    assert lden[1].attributes == {"lday": "55.00", "levening": "55.00", "lnight": "60.00"}
+
+
+@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["batch", "one-at-a-time"])
+def test_lden_days_and_nights_follow_the_local_clock_in_spring(one_at_a_time: bool) -> None:
+    """29 Mar 2026, Brussels: 02:00 CET becomes 03:00 CEST. The Lden day of 28 Mar is 23
+    hours long, 29 Mar 24; no hour is lost when readings come one at a time."""
+    readings = _hourly_noise(
+        datetime(2026, 3, 28, 6, tzinfo=UTC), datetime(2026, 3, 30, 5, tzinfo=UTC)
+    )
+    kpis = _lden_run(readings, one_at_a_time)
+    assert [(k.window_start, k.window_end, k.sample_count) for k in pick(kpis, "noise.lden")] == [
+        (datetime(2026, 3, 28, 6, tzinfo=UTC), datetime(2026, 3, 29, 5, tzinfo=UTC), 23),
+        (datetime(2026, 3, 29, 5, tzinfo=UTC), datetime(2026, 3, 30, 5, tzinfo=UTC), 24),
+    ]
+    assert [k.sample_count for k in pick(kpis, "noise.lnight")] == [7, 8]
+    assert sum(k.sample_count for k in pick(kpis, "noise.lden")) == len(readings)
