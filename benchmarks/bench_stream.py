@@ -139,7 +139,7 @@ async def floor(bootstrap: str, topic: str, total: int, config_path: str) -> dic
                 engine.add(readings)
                 for partial in engine.close():
                     for key, reference in routing_keys(partial, config):
-                        zones.add(key, partial, reference)
+                        zones.add(key, partial, reference, str(tp.partition))
                 horizon = engine.horizon()
                 if horizon is not None:
                     zones.advance(str(tp.partition), horizon)

@@ -471,10 +471,11 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
             p = event.message.partition
             record = orjson.loads(event.value)
             engine: ZoneWindows = part.engine
+            source = str(record["src"])
             for key, reference, partial in record["items"]:
-                engine.add(key, partial, reference)
+                engine.add(key, partial, reference, source)
             if record["wm"] is not None:
-                engine.advance(str(record["src"]), record["wm"])
+                engine.advance(source, record["wm"])
                 for kpi in engine.close():
                     await send(Topics.KPI.name, kpi.key, encode(kpi), None, None)
                     metrics.kpis += 1
@@ -518,6 +519,19 @@ class EngineCollector:
             "counter_resets": (
                 "device counters seen to restart (their readings are kept)",
                 sum(part.engine.stats.counter_resets for part in stage1.values()),
+            ),
+            "stale_partials": (
+                "device windows dropped by the zone stage: their zone window had closed",
+                sum(part.engine.stats.stale_partials for part in stage2.values()),
+            ),
+            "stale_readings": (
+                "readings in the device windows dropped as stale by the zone stage",
+                sum(part.engine.stats.stale_readings for part in stage2.values()),
+            ),
+            "replayed_partials": (
+                "device windows sent again by a restarted stage-1 partition (already "
+                "counted, skipped)",
+                sum(part.engine.stats.replayed_partials for part in stage2.values()),
             ),
         }
         for name, (help_text, value) in counters.items():

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,8 +23,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Reads one Reading JSON per line (the wire contract) and prints one "
         "KpiValue JSON per line. Windows close on event time; at the end of the input "
         "every window with data is closed, and every hour or day window that has ended by "
-        "the wall clock (minus grace). Bad lines are reported with their line number "
-        "on stderr and counted; exit status 1 if any.",
+        "the wall clock (minus grace). The input is read twice (stdin is spooled): first "
+        "for its gateways, as zone windows close once every gateway has passed them, so "
+        "the order of gateways in the file does not change the KPIs. Bad lines are "
+        "reported with their line number on stderr and counted; exit status 1 if any. The "
+        "last stderr line counts readings left out of KPIs by reason (late, duplicates, "
+        "stale).",
         epilog='A reading line: {"device_id": "t1", "gateway_id": "gw1", '
         '"seq": 1, "quantity": "temperature", "value": 21.5, "unit": "Cel", '
         '"event_time": "2026-07-01T21:00:00Z", "ingest_time": '
@@ -54,16 +61,22 @@ def _eval(args: argparse.Namespace) -> int:
     from climastream.contract import ContractError, Reading, decode, encode
     from stream.config import StreamConfig, StreamConfigError
     from stream.pipeline import Replay
+    from stream.registry import enabled
 
     try:
         config = _config(args.config)
         assert isinstance(config, StreamConfig)
-        run = Replay(config, args.kpi)
+        enabled(config, args.kpi)  # an unknown --kpi is refused before reading the input
     except (StreamConfigError, ValueError) as exc:
         print(f"kpi eval: {exc}", file=sys.stderr)
         return 2
     bad = 0
-    stream = sys.stdin if str(args.input) == "-" else args.input.open()
+    stream = _rewound(sys.stdin) if str(args.input) == "-" else args.input.open()
+    # the zone stage waits for every gateway of the input, as the live one waits for every
+    # partition: the same readings give the same KPIs however the file orders gateways
+    gateways = _gateways(stream)
+    stream.seek(0)
+    run = Replay(config, args.kpi, gateways=gateways)
     batch: list[Reading] = []
     out = sys.stdout.buffer
     with stream:
@@ -89,7 +102,8 @@ def _eval(args: argparse.Namespace) -> int:
         out.write(encode(kpi) + b"\n")
     out.flush()
     print(
-        f"kpi eval: late={len(result.late)} duplicates={result.duplicates} bad_lines={bad}",
+        f"kpi eval: late={len(result.late)} duplicates={result.duplicates} "
+        f"stale={result.stale_readings} bad_lines={bad}",
         file=sys.stderr,
     )
     if config.reference is None and (args.kpi is None or args.kpi.startswith("uhi")):
@@ -99,6 +113,29 @@ def _eval(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if bad else 0
+
+
+def _rewound(source: IO[str]) -> IO[str]:
+    """stdin copied to a temporary file, which can be read twice."""
+    spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (the caller's)
+    shutil.copyfileobj(source, spool)
+    spool.seek(0)
+    return spool
+
+
+def _gateways(stream: IO[str]) -> set[str]:
+    """The gateway ids of a JSONL file of readings (bad lines are left to the decoder)."""
+    import orjson
+
+    gateways: set[str] = set()
+    for line in stream:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and isinstance(value.get("gateway_id"), str):
+            gateways.add(value["gateway_id"])
+    return gateways
 
 
 def _list(args: argparse.Namespace) -> int:

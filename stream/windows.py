@@ -11,6 +11,10 @@ Times are integer microseconds since the epoch (UTC) inside the engine, for spee
   passes its end. The wall clock counts only when the caller says the partition is caught
   up (no backlog), so a replay after a crash closes windows exactly as the first run did,
   while a quiet sensor's window still closes on time.
+* A gateway the engine has not heard before starts with its windows closed up to the
+  horizon already handed downstream (:meth:`DeviceWindows.horizon`, which therefore never
+  goes back): the zone stage may have closed those zone windows, so its older readings
+  are late (counted and routed) instead of being sent on and dropped there.
 * A reading for a closed window is *late*: returned to the caller, which counts it and
   routes it to ``late-readings``. It is never dropped silently.
 * ``(device_id, seq)`` already seen *from the same gateway*: a duplicate, counted and
@@ -32,7 +36,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -204,7 +208,21 @@ class SeenSeqs:
 class DeviceWindows:
     """Per-device tumbling windows over one partition (or one offline replay)."""
 
-    def __init__(self, size: timedelta, grace: timedelta) -> None:
+    def __init__(
+        self,
+        size: timedelta,
+        grace: timedelta,
+        *,
+        gateways: Collection[str] | None = None,
+        withhold: bool = False,
+    ) -> None:
+        """``gateways`` and ``withhold`` are for offline replays, where a file may hold one
+        gateway's readings after another's (an export grouped by gateway), while the live
+        job reads each partition at its own pace and its zone stage waits for all of them.
+        ``gateways``: the gateways of the whole input; :meth:`horizon` is None until each
+        has been heard. ``withhold``: they are not known; :meth:`horizon` is always None
+        (the caller closes zone windows at the end).
+        """
         if size <= timedelta(0) or grace < timedelta(0):
             raise ValueError("window size must be positive and grace non-negative")
         self.size_us = size // timedelta(microseconds=1)
@@ -217,6 +235,8 @@ class DeviceWindows:
         self._max_event: dict[str, int] = {}  # gateway -> newest event time
         self._closed: dict[str, int] = {}  # gateway -> windows ending at/before are closed
         self._wall_horizon: int | None = None
+        self._expected = None if gateways is None else frozenset(gateways)
+        self._withhold = withhold
         self.stats = WindowStats()
 
     def add(self, readings: Iterable[Reading]) -> list[Reading]:
@@ -237,7 +257,13 @@ class DeviceWindows:
             if verdict is Seen.RESET:
                 self.stats.counter_resets += 1
             start = event_us - event_us % size
-            closed = self._closed.get(gateway, self._wall_horizon)
+            closed = self._closed.get(gateway)
+            if closed is None:
+                # a gateway not heard before: its windows are closed as far as the horizon
+                # this engine has handed downstream (the zone stage may have closed them)
+                closed = self.horizon()
+                if closed is not None:
+                    self._closed[gateway] = closed
             if closed is not None and start + size <= closed:
                 self.stats.late += 1
                 late.append(reading)
@@ -323,7 +349,14 @@ class DeviceWindows:
 
     def horizon(self) -> int | None:
         """Every window ending at or before this has been closed and handed out, and any
-        later reading for one will be late: the watermark this stage passes downstream."""
+        later reading for one will be late, whatever its gateway (one not heard yet
+        starts there): the watermark this stage passes downstream. It never goes back."""
+        if self._withhold:
+            return None
+        if self._expected is not None:
+            if not self._expected <= self._closed.keys():
+                return self._wall_horizon
+            self._expected = None  # every gateway of the input has been heard
         if not self._closed:
             return self._wall_horizon
         low = min(self._closed.values())

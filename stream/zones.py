@@ -17,14 +17,26 @@ values concatenated in gateway order, a reading that came through two gateways (
 seq and event time, a failed network-server deduplication) kept once and counted in
 ``duplicates``.
 
+A partial for a zone window already closed cannot be merged any more. A stage-1 source
+hands out a window before the watermark that covers it, and a reading for a window behind
+its watermark is late there (counted and routed), so such a partial is either one the
+source sends *again* after a restart (its window ends at or before the source's
+watermark: already merged, skipped and counted in ``replayed_partials``) or a broken
+promise: dropped, counted in ``stale_partials``/``stale_readings``, logged (at most once a
+minute) and exported as a metric. A zone's first window is only fixed when a window of it
+closes, from the data it has by then: a zone first heard from a fast partition still
+takes the earlier windows of a slower one.
+
 The same class runs offline in ``climastream kpi eval`` with a single source.
 """
 
 from __future__ import annotations
 
+import logging
+import time as _time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -47,6 +59,10 @@ _SUMMED = {
 _EAQI = [p.value for p in f.EAQI_POLLUTANTS]
 #: at most this many empty base windows are synthesised per zone on one watermark jump
 MAX_GAP_WINDOWS = 10_000
+#: stale partials are logged at most this often (each time with the counts so far)
+STALE_LOG_INTERVAL_S = 60.0
+
+log = logging.getLogger(__name__)
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -78,7 +94,11 @@ def declared_zones(config: StreamConfig) -> list[str]:
 @dataclass
 class ZoneStats:
     partials: int = 0
-    stale_partials: int = 0  # arrived after their zone window closed (counted, logged)
+    # arrived after their zone window closed, not sent again: dropped (counted, logged)
+    stale_partials: int = 0
+    stale_readings: int = 0  # the readings in them
+    # sent again by a stage-1 source replaying after a restart: already merged, skipped
+    replayed_partials: int = 0
     windows: int = 0
     kpis: int = 0
     skipped_windows: int = 0
@@ -118,6 +138,7 @@ class ZoneWindows:
         self.stats = ZoneStats()
         self._src_wm: dict[str, int] = {}
         self._final_limit = 0
+        self._stale_log_at = 0.0  # monotonic time before which no stale partial is logged
         # key -> state; see _key_state for the layout
         self._keys: dict[str, dict[str, Any]] = {}
         for device_id, device in config.devices.items():
@@ -164,10 +185,11 @@ class ZoneWindows:
                 "eaqi": {p: ws_items(v) for p, v in st["eaqi"].items()},
                 "eaqi_means": {p: ws_items(v) for p, v in st["eaqi_means"].items()},
             }
-        return {"src": self._src_wm, "keys": keys}
+        return {"src": self._src_wm, "keys": keys, "stats": asdict(self.stats)}
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._src_wm = dict(snap["src"])
+        self.stats = ZoneStats(**snap.get("stats", {}))
         for key, st in snap["keys"].items():
             st["pending"] = {int(k): v for k, v in st["pending"]}
             for slot in st["pending"].values():
@@ -184,16 +206,22 @@ class ZoneWindows:
 
     # ------------------------------------------------------------------ input
 
-    def add(self, key: str, partial: DevicePartial, reference: bool) -> None:
-        """One closed device window, routed here by :func:`routing_keys`."""
+    def add(
+        self, key: str, partial: DevicePartial, reference: bool, source: str | None = None
+    ) -> None:
+        """One closed device window, routed here by :func:`routing_keys`, from the stage-1
+        ``source`` (the one :meth:`advance` names; None: not known)."""
         self.stats.partials += 1
+        if source is not None and partial["we"] <= self._src_wm.get(source, -1):
+            # the source's watermark already covered this window, so it was sent before:
+            # the source is replaying after a restart, and the first copy is in
+            self.stats.replayed_partials += 1
+            return
         state = self._key_state(key, partial["z"] if not reference else key)
         ws = partial["ws"]
         if state["next"] is not None and ws < state["next"]:
-            self.stats.stale_partials += 1
+            self._stale(key, partial, source)
             return
-        if state["next"] is None:
-            state["next"] = ws
         slot = state["pending"].setdefault(ws, {"dev": {}, "ref": {}})
         # per gateway: a partial sent again (stage 1 replaying after a crash) replaces its
         # copy; another gateway's partial of the same device and window joins it
@@ -207,6 +235,28 @@ class ZoneWindows:
             for quantity in partial["q"]:
                 if quantity not in entry[1]:
                     entry[1].append(quantity)
+
+    def _stale(self, key: str, partial: DevicePartial, source: str | None) -> None:
+        readings = sum(len(values) for values in partial["q"].values())
+        self.stats.stale_partials += 1
+        self.stats.stale_readings += readings
+        now = _time.monotonic()
+        if now >= self._stale_log_at:
+            self._stale_log_at = now + STALE_LOG_INTERVAL_S
+            log.warning(
+                "dropped a device window for a zone window already closed: key=%s device=%s "
+                "gateway=%s window_start=%s source=%s readings=%d (so far %d windows, %d "
+                "readings; logged at most every %.0f s)",
+                key,
+                partial["d"],
+                partial["g"],
+                from_us(partial["ws"]).isoformat(),
+                source,
+                readings,
+                self.stats.stale_partials,
+                self.stats.stale_readings,
+                STALE_LOG_INTERVAL_S,
+            )
 
     def advance(self, source: str, horizon: int) -> None:
         """A stage-1 source has closed (and sent) every window ending at or before
@@ -246,9 +296,17 @@ class ZoneWindows:
                     emitted.extend(self._close_long(key, state, state["next"], final))
                 continue
             if state["next"] is None:
-                if not state["known"]:
+                # fixed only now, not by the first partial: a zone first heard from a fast
+                # partition still takes the earlier windows a slower one sends later
+                if state["pending"]:
+                    first = min(state["pending"])
+                    if first + self.size_us > limit:
+                        continue  # nothing to close yet; an earlier window may still come
+                    state["next"] = first
+                elif state["known"]:
+                    state["next"] = limit - limit % self.size_us - self.size_us
+                else:
                     continue
-                state["next"] = limit - limit % self.size_us - self.size_us
             pending = state["pending"]
             while state["next"] + self.size_us <= limit:
                 ws = state["next"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -393,12 +394,13 @@ def test_a_roaming_device_is_deduplicated_per_gateway() -> None:
     """A device alternating between two gateways, its readings grouped by gateway (as an
     export, or two partitions consumed one after the other): the second gateway's readings
     are not taken for redeliveries of numbers the first one already passed."""
-    engine = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    # (both gateways expected, as in kpi eval: gw1 is not late for having started after gw0)
+    engine = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2), gateways={"gw0", "gw1"})
     readings = [_reading("d", f"gw{seq % 2}", seq, 20.0, T0 + timedelta(seconds=seq))
                 for seq in range(60)]  # fmt: skip
     engine.add([r for r in readings if r.gateway_id == "gw0"])
     engine.add([r for r in readings if r.gateway_id == "gw1"])
-    assert (engine.stats.added, engine.stats.duplicates) == (60, 0)
+    assert (engine.stats.added, engine.stats.duplicates, engine.stats.late) == (60, 0, 0)
 
 
 def test_a_zone_checkpoint_from_before_partials_per_gateway_is_restored() -> None:
@@ -438,7 +440,8 @@ def _hourly_noise(start: datetime, end: datetime) -> list[Reading]:
 
 def _lden_run(readings: list[Reading], one_at_a_time: bool) -> list[KpiValue]:
     config = cfg(window="1h", grace="0s", kpis=["noise.lden", "noise.lnight"])
-    run = Replay(config, clock=lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    # with the input's gateways known, zone windows close as the readings come
+    run = Replay(config, clock=lambda: datetime(2026, 12, 1, tzinfo=UTC), gateways={"gw1"})
     for batch in [[r] for r in readings] if one_at_a_time else [readings]:
         run.add(batch)
     return [k for k in run.finish().kpis if k.device_id == "n"]
@@ -485,3 +488,134 @@ def test_lden_days_and_nights_follow_the_local_clock_in_spring(one_at_a_time: bo
     ]
     assert [k.sample_count for k in pick(kpis, "noise.lnight")] == [7, 8]
     assert sum(k.sample_count for k in pick(kpis, "noise.lden")) == len(readings)
+
+
+# ------------------------------------------------------------------ input order, stale partials
+
+
+def _two_gateways(minutes: int) -> tuple[list[Reading], list[Reading]]:
+    """d1 behind gw1, d2 behind gw2, and r roaming between them, one reading a minute."""
+    s = Seq()
+    rows: dict[str, list[Reading]] = {"gw1": [], "gw2": []}
+    for minute in range(minutes):
+        at = T0 + timedelta(minutes=minute)
+        rows["gw1"].append(s.reading("d1", "temperature", 20.0 + minute % 3, at, gateway="gw1"))
+        rows["gw2"].append(s.reading("d2", "temperature", 30.0 + minute % 5, at, gateway="gw2"))
+        roam = "gw1" if minute % 3 else "gw2"
+        rows[roam].append(s.reading("r", "temperature", 25.0, at + timedelta(seconds=30),
+                                    gateway=roam))  # fmt: skip
+    return rows["gw1"], rows["gw2"]
+
+
+def test_kpi_eval_gives_the_same_kpis_whatever_the_order_of_gateways(
+    tmp_path: object, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An export grouped by gateway holds the same readings as one in time order, and the
+    live job may see either (two partitions read one after the other). The zone stage used
+    to close windows on the first gateway's watermark and drop the second's as stale, with
+    no count anywhere: 498 of 600 readings vanished."""
+    from pathlib import Path
+
+    from climastream.cli import main
+    from climastream.contract import encode
+
+    gw1, gw2 = _two_gateways(120)
+    by_time = sorted(gw1 + gw2, key=lambda r: r.event_time)
+    config = cfg(window="1m", grace="5s", kpis=["stat.count"])
+    clock = lambda: T0 + timedelta(days=1)  # noqa: E731
+    expected = replay(by_time, config, clock=clock)
+    assert sum(k.value for k in pick(expected.kpis, "stat.count", device_id="d2")) == 120
+    assert sum(k.value for k in pick(expected.kpis, "stat.count", device_id="r")) == 120
+    for order in (gw1 + gw2, gw2 + gw1):
+        got = replay(order, config, clock=clock)
+        assert got.kpis == expected.kpis
+        assert (len(got.late), got.duplicates, got.stale_readings) == (0, 0, 0)
+    # the command line, which reads the file once for its gateways
+    path = Path(str(tmp_path))
+    (path / "stream.yaml").write_text("window: 1m\ngrace: 5s\nkpis: [stat.count]\n")
+    outputs = []
+    for name, order in (("by_time", by_time), ("by_gateway", gw1 + gw2)):
+        (path / f"{name}.jsonl").write_bytes(b"".join(encode(r) + b"\n" for r in order))
+        args = ["kpi", "eval", "--input", str(path / f"{name}.jsonl"),
+                "--config", str(path / "stream.yaml")]  # fmt: skip
+        assert main(args) == 0
+        out, err = capfd.readouterr()
+        assert "late=0 duplicates=0 stale=0 bad_lines=0" in err
+        outputs.append(sorted(out.splitlines()))
+    assert outputs[0] == outputs[1]
+    assert sum('"device_id":"d2"' in line for line in outputs[1]) == 120
+
+
+def test_a_gateway_first_heard_behind_the_horizon_is_late_and_the_horizon_holds() -> None:
+    """Live, one partition: a gateway whose first records come after another gateway moved
+    the partition's horizon (handed to the zone stage) on. Its older readings are late
+    (counted, routed), not partials the zone stage would drop; the horizon does not go
+    back."""
+    engine = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    engine.add([_reading("a", "gw1", i, 20.0, T0 + timedelta(seconds=i)) for i in range(60)])
+    engine.close()
+    horizon = engine.horizon()
+    assert horizon == to_us(T0 + timedelta(seconds=57))
+    old = _reading("b", "gw2", 0, 20.0, T0 + timedelta(seconds=5))
+    fresh = _reading("b", "gw2", 1, 20.0, T0 + timedelta(seconds=58))
+    assert engine.add([old, fresh]) == [old]
+    assert engine.stats.late == 1
+    engine.close()
+    assert engine.horizon() == horizon
+
+
+def test_a_zone_first_heard_from_a_fast_partition_keeps_a_slow_ones_earlier_window() -> None:
+    """A zone not declared in the config: its first partial (window 10-20 s) comes from a
+    fast partition, then the slow one sends window 0-10 s (its watermark had not passed
+    it). The zone's first window used to be fixed by the first partial: 0-10 s dropped."""
+    config = cfg()
+    fast, slow = (
+        DeviceWindows(config.window, config.grace),
+        DeviceWindows(config.window, config.grace),
+    )
+    zones = ZoneWindows(config, sources=2)
+    fast.add([_reading("f", "gw1", 1, 20.0, T0 + timedelta(seconds=15)),
+              _reading("f", "gw1", 2, 20.0, T0 + timedelta(seconds=25))])  # fmt: skip
+    slow.add([_reading("s", "gw2", 1, 30.0, T0 + timedelta(seconds=5))])
+    for source, engine in (("fast", fast), ("slow", slow)):
+        for partial in engine.close():
+            zones.add("centre", partial, False, source)
+        horizon = engine.horizon()
+        assert horizon is not None
+        zones.advance(source, horizon)
+    assert zones.close() == []  # the slow partition has not passed 10 s yet
+    slow.add([_reading("s", "gw2", 2, 30.0, T0 + timedelta(seconds=21))])
+    for partial in slow.close():
+        zones.add("centre", partial, False, "slow")
+    zones.advance("slow", slow.horizon() or 0)
+    kpis = zones.close()
+    count = pick(kpis, "stat.count", device_id="s", window_start=T0)
+    assert [k.value for k in count] == [1.0]
+    assert zones.stats.stale_partials == 0
+
+
+def test_stale_and_replayed_partials_are_counted_apart_and_stale_ones_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = cfg()
+    engine = DeviceWindows(config.window, config.grace)
+    engine.add([_reading("d", "gw1", i, 20.0, T0 + timedelta(seconds=3 * i)) for i in range(9)])
+    partials = engine.close()  # windows 0-10 and 10-20 s
+    zones = ZoneWindows(config, sources=1)
+    for partial in partials:
+        zones.add("centre", partial, False, "p0")
+    zones.advance("p0", engine.horizon() or 0)
+    assert zones.close()
+    with caplog.at_level(logging.WARNING, logger="stream.zones"):
+        for partial in partials:  # sent again by a restarted stage 1: skipped, not lost
+            zones.add("centre", partial, False, "p0")
+        assert (zones.stats.replayed_partials, zones.stats.stale_partials) == (2, 0)
+        for partial in partials:  # from nowhere the watermark covered: dropped, counted
+            zones.add("centre", partial, False, "p9")
+    assert (zones.stats.stale_partials, zones.stats.stale_readings) == (2, 7)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1  # rate-limited
+    assert "key=centre device=d gateway=gw1" in warnings[0]
+    restored = ZoneWindows(config, sources=1)
+    restored.restore(orjson.loads(orjson.dumps(zones.snapshot())))
+    assert restored.stats == zones.stats  # counters move with the partition

@@ -145,12 +145,16 @@ async def test_a_catch_up_that_closes_many_windows_is_split_into_bounded_records
             await ctx.put(key=b"gw", value=batch_of(readings))
         partials = sent.values("t-kpi-partials")
         async with _agent(app, "zones").test_context() as ctx:
-            for raw in partials:
-                await ctx.put(key=b"0", value=raw)
+            # each record to the partition it was sent to (a source's watermark in one
+            # partition covers only the items that partition got before it)
+            for topic, _, raw, target in sent.records:
+                if topic == "t-kpi-partials":
+                    await ctx.put(key=b"0", value=raw, partition=target)
             end = to_us(T0 + timedelta(seconds=60))
             for src in range(1, 4):  # the other stage-1 partitions' watermarks
                 mark = {"src": src, "wm": end, "items": []}
-                await ctx.put(key=b"0", value=orjson.dumps(mark))
+                for target in range(4):
+                    await ctx.put(key=b"0", value=orjson.dumps(mark), partition=target)
         kpis = sorted(
             f"{k.kpi_id} {k.zone} {k.device_id} {k.window_start} {k.value} {k.sample_count}"
             for k in (decode(raw, KpiValue) for raw in sent.values("kpi"))
@@ -241,3 +245,32 @@ async def test_a_checkpoint_bigger_than_a_part_is_stored_in_parts_and_restored(
         await ctx.put(key=b"gw", value=first)  # redelivered after the "crash"
         engine = stage1[0].engine
         assert (engine.stats.added, engine.stats.duplicates) == (restored_before, 20)
+
+
+async def test_stale_and_replayed_partials_are_metrics(app: Any, sent: Sent) -> None:
+    """A device window for a zone window already closed is dropped under a named reason,
+    exported: ``stale`` (lost readings) apart from ``replayed`` (sent again by a restarted
+    stage-1 partition, already counted)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stream.app import EngineCollector
+
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(app))
+    partial = {"d": "d1", "g": "gw", "z": "centre", "ws": to_us(T0),
+               "we": to_us(T0 + timedelta(seconds=10)), "q": {"temperature": [20.0, 21.0]},
+               "l": {}, "m": []}  # fmt: skip
+    item = orjson.dumps({"src": 0, "wm": None, "items": [["centre", False, partial]]})
+    async with _agent(app, "zones").test_context() as ctx:
+        await ctx.put(key=b"0", value=item)
+        for src in range(4):
+            mark = {"src": src, "wm": partial["we"], "items": []}
+            await ctx.put(key=b"0", value=orjson.dumps(mark))
+        assert sent.values("kpi")
+        await ctx.put(key=b"0", value=item)  # stage-1 partition 0 replaying: skipped
+        _, stage2 = app.climastream_stages
+        stage2[0].engine.add("centre", partial, False)  # from no known source: stale
+    text = generate_latest(registry).decode()
+    assert "climastream_stream_replayed_partials_total 1.0" in text
+    assert "climastream_stream_stale_partials_total 1.0" in text
+    assert "climastream_stream_stale_readings_total 2.0" in text
