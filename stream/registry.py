@@ -135,7 +135,7 @@ REGISTRY: tuple[KpiDef, ...] = (
     KpiDef("heat.dew_point", "1", "heat", (_T, _RH), _BOTH, WindowRef.BASE,
            "Magnus formula on window means", "Cel",
            "Dew point by the Magnus formula, b=17.62, c=243.12 °C (WMO-No. 8; Sonntag 1990)."),
-    KpiDef("heat.heat_index", "1", "heat", (_T, _RH), _BOTH, WindowRef.BASE,
+    KpiDef("heat.heat_index", "2", "heat", (_T, _RH), _BOTH, WindowRef.BASE,
            "NOAA Rothfusz regression on window means", "Cel",
            "NWS heat index: simple formula below 80 °F, else Rothfusz regression with the "
            "low/high humidity adjustments (NWS SR 90-23; NOAA WPC)."),
@@ -152,11 +152,11 @@ REGISTRY: tuple[KpiDef, ...] = (
     KpiDef("noise.laeq", "1", "noise", (Quantity.NOISE_LAEQ,), _BOTH, WindowRef.BASE,
            "energetic mean", "dB(A)",
            "LAeq = 10*log10(mean(10^(Li/10))) of equal-duration levels (ISO 1996-1)."),
-    KpiDef("noise.lden", "1", "noise", (Quantity.NOISE_LAEQ,), _BOTH, WindowRef.LDEN_DAY,
+    KpiDef("noise.lden", "2", "noise", (Quantity.NOISE_LAEQ,), _BOTH, WindowRef.LDEN_DAY,
            "day-evening-night level", "dB(A)",
            "Lden per Directive 2002/49/EC Annex I, day 07-19, evening 19-23 (+5 dB), night "
            "23-07 (+10 dB), over one 07:00-07:00 local day."),
-    KpiDef("noise.lnight", "1", "noise", (Quantity.NOISE_LAEQ,), _BOTH, WindowRef.LNIGHT,
+    KpiDef("noise.lnight", "2", "noise", (Quantity.NOISE_LAEQ,), _BOTH, WindowRef.LNIGHT,
            "energetic mean 23:00-07:00", "dB(A)",
            "Lnight per Directive 2002/49/EC Annex I: LAeq over 23:00-07:00 local."),
     # ------------------------------------------------------------- mobility
