@@ -149,8 +149,11 @@ def _utc_bounded(value: datetime, info: ValidationInfo) -> datetime:
 SafeId = Annotated[str, Strict(), Field(pattern=SAFE_ID_PATTERN)]
 SafeText = Annotated[str, Strict(), Field(max_length=300), AfterValidator(_single_line)]
 LongText = Annotated[str, Strict(), Field(max_length=8000), AfterValidator(_no_nul)]
-# Aware timestamps; strict, so JSON must carry RFC 3339 strings (pydantic's lax mode would
-# read the number 0 as 1970-01-01) and Python code must pass datetime objects. The bounds
+# Aware timestamps; strict, so a JSON number is refused (pydantic's lax mode would read the
+# number 0 as 1970-01-01) and Python code must pass datetime objects. A JSON *string* of
+# digits is still read as Unix time ("1795000000" as seconds, above ~2e10 as milliseconds):
+# pydantic-core's strict mode allows that, and refusing it would cost a Python validator
+# per timestamp on the stream's decode path; the bounds below still apply to it. The bounds
 # are checked in Python (they depend on the clock).
 _RawTime = Annotated[AwareDatetime, Strict()]
 UtcTime = Annotated[_RawTime, AfterValidator(_utc_bounded)]
