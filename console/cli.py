@@ -59,6 +59,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--secure-cookies", action="store_true", help="mark the session cookie Secure (HTTPS)"
     )
     console.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="the console is only reachable through a reverse proxy that appends the "
+        "client's address to X-Forwarded-For: failed logins are then counted per client "
+        "(the last address in that header), not for the proxy's address, which all users "
+        "share",
+    )
+    console.add_argument(
         "--hash-password",
         action="store_true",
         help="read a password from stdin, print its hash for the auth file, and exit",
@@ -131,6 +139,7 @@ def _run_console(args: argparse.Namespace) -> int:
         coalesce_interval_s=args.coalesce,
         reference_zone=args.reference_zone,
         secure_cookies=args.secure_cookies,
+        behind_proxy=args.behind_proxy,
         stale_after=timedelta(seconds=60),
     )
 

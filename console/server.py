@@ -29,6 +29,7 @@ class ConsoleSettings:
     coalesce_interval_s: float = 0.5
     reference_zone: str | None = None
     secure_cookies: bool = False
+    behind_proxy: bool = False
     spark_window: timedelta = timedelta(minutes=5)
     stale_after: timedelta = timedelta(seconds=60)
     feed: FeedSettings = field(default_factory=FeedSettings)
@@ -67,7 +68,13 @@ async def serve(settings: ConsoleSettings, credentials: Credentials, stop: async
         state,
     )
     actions = KafkaActionSink(settings.bootstrap_servers)
-    console = ConsoleApp(hub, credentials, actions, secure_cookies=settings.secure_cookies)
+    console = ConsoleApp(
+        hub,
+        credentials,
+        actions,
+        secure_cookies=settings.secure_cookies,
+        behind_proxy=settings.behind_proxy,
+    )
     quiet_malformed_requests()
     runner = web.AppRunner(console.build(), access_log=None, shutdown_timeout=2.0)
     await runner.setup()

@@ -162,6 +162,7 @@ class ConsoleApp:
         sessions: SessionStore | None = None,
         throttle: LoginThrottle | None = None,
         secure_cookies: bool = False,
+        behind_proxy: bool = False,
         keepalive_s: float = 15.0,
     ) -> None:
         self.hub = hub
@@ -170,6 +171,7 @@ class ConsoleApp:
         self.sessions = sessions or SessionStore()
         self.throttle = throttle or LoginThrottle()
         self.secure_cookies = secure_cookies
+        self.behind_proxy = behind_proxy
         self.keepalive_s = keepalive_s
         self.actions_sent = 0
         self._openapi = orjson.dumps(openapi_document())
@@ -287,8 +289,22 @@ class ConsoleApp:
     async def login_page(self, request: web.Request) -> web.Response:
         return web.Response(body=_static("login.html"), content_type="text/html")
 
+    def _client(self, request: web.Request) -> str:
+        """The address failed logins are counted for.
+
+        Behind a reverse proxy every request comes from the proxy's address, so ten bad
+        logins by anyone would lock every operator out; with ``behind_proxy`` it is the
+        last X-Forwarded-For entry, the one the proxy appended (earlier entries are the
+        client's own words). Only for a console no client can reach but through the proxy.
+        """
+        if self.behind_proxy:
+            forwarded = request.headers.get("X-Forwarded-For", "").rsplit(",", 1)[-1].strip()
+            if forwarded:
+                return forwarded
+        return request.remote or "unknown"
+
     async def login(self, request: web.Request) -> web.Response:
-        client = request.remote or "unknown"
+        client = self._client(request)
         if not self._same_origin(request):
             raise web.HTTPForbidden(text="cross-origin login refused")
         if self.throttle.blocked(client):

@@ -160,6 +160,29 @@ async def test_viewer_cannot_act(setup: tuple[TestClient, ListActionSink]) -> No
     assert sink.actions == []
 
 
+@pytest.mark.parametrize("behind_proxy", [False, True])
+async def test_behind_a_proxy_failed_logins_count_per_forwarded_client(behind_proxy: bool) -> None:
+    credentials = Credentials()
+    credentials.add_token(OP_TOKEN, Principal("olga", Role.OPERATOR))
+    app = ConsoleApp(
+        Hub(LiveState()), credentials, ListActionSink(), behind_proxy=behind_proxy
+    ).build()
+    async with TestClient(TestServer(app)) as client:
+
+        async def login(token: str, client_address: str) -> int:
+            # a client's own X-Forwarded-For entries come first; the proxy appends the last
+            forwarded = {"X-Forwarded-For": f"10.9.9.9, {client_address}"}
+            response = await client.post(
+                "/login", data={"token": token}, headers=forwarded, allow_redirects=False
+            )
+            return response.status
+
+        assert [await login("wrong-token-xxxxxxxx", "203.0.113.66") for _ in range(11)][-1] == 429
+        # another user, all through the same proxy address: throttled too only without
+        # --behind-proxy
+        assert await login(OP_TOKEN, "198.51.100.7") == (302 if behind_proxy else 429)
+
+
 async def test_wrong_token_fails_and_is_throttled(
     setup: tuple[TestClient, ListActionSink], caplog: pytest.LogCaptureFixture
 ) -> None:
