@@ -4,7 +4,9 @@ Pure and synchronous: the Faust agent and ``climastream kpi eval`` drive the sam
 Times are integer microseconds since the epoch (UTC) inside the engine, for speed.
 
 * A reading belongs to the tumbling window ``[start, start + size)`` of its event time.
-* Each gateway has its own event-time watermark (its newest event time): a gateway's
+* Each gateway has its own event-time watermark (its newest event time, each reading's
+  capped at the time its gateway received it, ``ingest_time``: a device whose clock runs
+  ahead does not make the others late): a gateway's
   records are ordered within its partition, so lateness is decided per gateway and does not
   depend on which other gateways share the partition (``kpi eval`` gives the same answer).
 * A window of a gateway is *closed* once ``max(gateway event time, wall clock) - grace``
@@ -232,7 +234,8 @@ class DeviceWindows:
         # gateway -> its seqs, remembered one by one for as long as a reading could still
         # land in an open window (see SeenSeqs)
         self._seen: dict[str, SeenSeqs] = {}
-        self._max_event: dict[str, int] = {}  # gateway -> newest event time
+        # gateway -> newest event time, each capped at its reading's ingest time
+        self._max_event: dict[str, int] = {}
         self._closed: dict[str, int] = {}  # gateway -> windows ending at/before are closed
         self._wall_horizon: int | None = None
         self._expected = None if gateways is None else frozenset(gateways)
@@ -302,11 +305,16 @@ class DeviceWindows:
                 partial["m"].append(reading.model_id)
             if event_us > self._max_event.get(gateway, -1):
                 # the event-time watermark moves at once, so lateness does not depend on
-                # how often close() is called (stream and replay agree)
-                self._max_event[gateway] = event_us
-                horizon = event_us - self.grace_us
-                if closed is None or horizon > closed:
-                    self._closed[gateway] = horizon
+                # how often close() is called (stream and replay agree). A reading moves it
+                # at most to when its gateway received it: a device whose clock runs ahead
+                # (the contract accepts up to an hour) must not make every other device
+                # behind that gateway late.
+                mark_us = min(event_us, to_us(reading.ingest_time))
+                if mark_us > self._max_event.get(gateway, -1):
+                    self._max_event[gateway] = mark_us
+                    horizon = mark_us - self.grace_us
+                    if closed is None or horizon > closed:
+                        self._closed[gateway] = horizon
             self.stats.added += 1
         return late
 

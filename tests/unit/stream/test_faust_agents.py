@@ -21,10 +21,11 @@ T0 = datetime(2024, 7, 1, 10, 0, tzinfo=UTC)
 def temperature(
     device: str, seq: int, seconds: float, *, value: float = 20.0, zone: str = "centre"
 ) -> Reading:
-    """A temperature reading of gateway "gw", made ``seconds`` after T0."""
+    """A temperature reading of gateway "gw", made (and received) ``seconds`` after T0."""
+    at = T0 + timedelta(seconds=seconds)
     return Reading(device_id=device, gateway_id="gw", seq=seq, quantity=Quantity.TEMPERATURE,
-                   value=value, unit="Cel", event_time=T0 + timedelta(seconds=seconds),
-                   ingest_time=T0, zone=zone)  # fmt: skip
+                   value=value, unit="Cel", event_time=at, ingest_time=at,
+                   zone=zone)  # fmt: skip
 
 
 def batch_of(readings: list[Reading]) -> bytes:

@@ -57,6 +57,21 @@ def test_a_reading_after_its_window_closed_is_late_and_returned() -> None:
     assert windows.stats.late == 1
 
 
+def test_a_device_clock_running_ahead_does_not_make_its_neighbours_late() -> None:
+    windows = DeviceWindows(size=60 * S, grace=5 * S)
+    received = T0 + 600 * S
+    fast = reading(0, received + 50 * 60 * S, device="fast").model_copy(
+        update={"ingest_time": received}
+    )
+    windows.add([fast])
+    windows.close(now=None)
+    # same gateway, a correct clock: its window is open, as the gateway's own clock says
+    assert windows.add([reading(0, received - S, device="ok")]) == []
+    assert windows.stats.late == 0
+    # the fast device's reading keeps its own (future) window; the wall clock closes it
+    assert [p["d"] for p in windows.close(now=received + 52 * 60 * S)] == ["ok", "fast"]
+
+
 def test_a_redelivered_reading_is_a_duplicate() -> None:
     windows = DeviceWindows(size=10 * S, grace=2 * S)
     windows.add([reading(0, T0), reading(1, T0 + S), reading(2, T0 + 2 * S)])
