@@ -42,7 +42,8 @@ less, as SQLite stores it.
 Sequence numbers for devices without their own counter come from :meth:`Buffer.next_seqs`
 and are written in the same transaction as the records; they are also leased ahead durably,
 so even a power cut that loses the last unsynced transactions never makes the gateway reuse
-a ``(device, seq)`` that may already be in Kafka.
+a ``(device, seq)`` that may already be in Kafka. The readings such a power cut loses are
+counted whoever numbered them (:class:`SqliteBuffer`).
 
 Methods block. The agent calls them from one worker thread, off the event loop.
 """
@@ -76,6 +77,11 @@ CHUNK_RECORDS = 2000
 CHUNK_BYTES = 1024 * 1024
 #: a clean shutdown writes this into the counters table; its absence at open means a crash
 _CLEAN = "clean_shutdown"
+#: counters rows: readings ever offered to :meth:`SqliteBuffer.append` (stored or counted as
+#: dropped by it), written with each append; and the synced allowance, an upper bound of
+#: that count at any moment (see :meth:`SqliteBuffer.sync`)
+_APPENDED = "readings_appended"
+_ALLOWANCE = "readings_allowed"
 #: devices in the sequence-number journal row before it is folded into ``device_seq``
 _JOURNAL_MAX = 1000
 #: old one-row-per-record rows moved into chunks per transaction at open
@@ -624,11 +630,25 @@ class SqliteBuffer:
     of the process at once and :meth:`sync` (called every window) puts it on the disk.
 
     After a power cut (unclean shutdown *and* a new boot id) the transactions after the last
-    sync may be gone. Gateway-assigned sequence numbers are leased ahead with a synced
-    write, so the agent continues after the lease and never reuses a number; the numbers
-    between what survived and the lease end are counted under ``power_cut_unsynced``: an
-    upper bound of what was lost (at most one lease per device were never issued).
-    Downstream the exact gaps are visible per (device, seq).
+    sync may be gone (SQLite keeps a prefix of the commits). Two durable records make that
+    visible:
+
+    * Readings, whoever numbers them (gateway seq, LoRaWAN fCnt, framed-protocol seq): each
+      append adds the readings it was given (stored, or counted as dropped) to a counter in
+      its own transaction, and an *allowance*, an upper bound of that counter, is on the
+      disk before any append passes it: :meth:`sync` writes the count so far plus the
+      readings of the interval just ended, and an append that would pass it writes a new
+      one and fsyncs before it returns. At open after a power cut, allowance minus the
+      counter that survived is counted as ``power_cut_unsynced``: every reading of the lost
+      commits, plus the allowance left unused, which is at most the readings of one sync
+      interval (the one before the allowance was written, or the current one so far). An
+      upper bound: a reading of a lost commit may also have been sent before the cut. With
+      ``fsync_window_s`` 0 every commit is on the disk and nothing is allowed ahead: 0.
+    * Gateway-assigned sequence numbers are leased ahead with a synced write, so the agent
+      continues after the lease and never reuses a ``(device, seq)`` that may be in Kafka.
+      The numbers skipped are not readings and are not counted. After a run with
+      ``fsync_window_s`` 0 the high-water marks written with each append are on the disk,
+      so nothing is skipped.
 
     A file written by the earlier one-row-per-record layout (table ``records``) is moved
     into chunks at open, in one transaction, in record order; a file with a newer layout
@@ -685,6 +705,13 @@ class SqliteBuffer:
         self._dirty: set[str] = set()
         # devices whose high-water mark is in the journal row, not yet in device_seq
         self._journal: set[str] = set()
+        # readings offered to append so far (the counter row), and the allowance on the
+        # disk (None: none needed, every commit is synced)
+        self._appended = 0
+        self._allowed: int | None = None
+        # the counter at the last sync, and the readings appended in the interval before it
+        self._appended_at_sync = 0
+        self._interval = 0
         self.recovered: str = "clean"
         #: records moved from the one-row-per-record layout at open
         self.migrated = 0
@@ -755,31 +782,44 @@ class SqliteBuffer:
         self._migrate()
         counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
         fresh = not counters and db.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() is None
-        last_boot = db.execute("SELECT value FROM meta WHERE name = 'boot_id'").fetchone()
+        meta = dict(
+            db.execute("SELECT name, value FROM meta WHERE name IN ('boot_id', 'sync_mode')")
+        )
+        appended = int(counters.get(_APPENDED, 0))
         with self._tx():
             self._fold_journal()
             rows = db.execute("SELECT device_id, next_seq, lease_end FROM device_seq").fetchall()
             if not fresh and not counters.get(_CLEAN, 0):
-                same_boot = last_boot is not None and last_boot[0] == this_boot
-                if same_boot:
+                if meta.get("boot_id") == this_boot:
                     # the process died, the kernel kept every committed page: nothing lost
                     self.recovered = "crash"
                 else:
                     self.recovered = "power_cut"
-                    gap = sum(max(0, lease - nxt) for _, nxt, lease in rows)
-                    self._bump(DropReason.POWER_CUT, gap)
-                    db.execute("UPDATE device_seq SET next_seq = MAX(next_seq, lease_end)")
-            db.execute(
-                "INSERT INTO counters(name, value) VALUES (?, 0) "
-                "ON CONFLICT(name) DO UPDATE SET value = 0",
-                (_CLEAN,),
+                    if _ALLOWANCE in counters:
+                        lost = max(0, int(counters[_ALLOWANCE]) - appended)
+                    else:  # a file of an agent before the allowance: its seq lease gaps
+                        lost = sum(max(0, lease - nxt) for _, nxt, lease in rows)
+                    self._bump(DropReason.POWER_CUT, lost)
+                    if meta.get("sync_mode") != "FULL":
+                        # seqs past the surviving marks may be in Kafka: continue after them
+                        db.execute("UPDATE device_seq SET next_seq = MAX(next_seq, lease_end)")
+            db.executemany(
+                "INSERT INTO counters(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                [(_CLEAN, 0), (_APPENDED, appended), (_ALLOWANCE, appended)],
             )
             db.executemany(
                 "INSERT INTO meta(name, value) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                [("boot_id", this_boot), ("schema_version", str(SCHEMA_VERSION))],
+                [
+                    ("boot_id", this_boot),
+                    ("schema_version", str(SCHEMA_VERSION)),
+                    ("sync_mode", self._sync_mode),
+                ],
             )
         self._full_sync()
+        self._appended = self._appended_at_sync = appended
+        self._allowed = appended if self._sync_mode != "FULL" else None
         if self.migrated:
             db.execute("PRAGMA incremental_vacuum")
         for device_id, nxt, lease in db.execute(
@@ -824,9 +864,25 @@ class SqliteBuffer:
                     os.close(fd)
 
     def sync(self) -> None:
-        """Put every committed append on the disk (called every ``fsync_window_s``)."""
-        if self._sync_mode != "FULL":
-            self._full_sync()
+        """Put every committed append on the disk (called every ``fsync_window_s``).
+
+        With it goes the allowance of readings for the next interval: the count so far plus
+        as many as the interval just ended brought (an append past it syncs first).
+        """
+        if self._sync_mode == "FULL":
+            return
+        appended = self._appended
+        self._interval = appended - self._appended_at_sync
+        self._appended_at_sync = appended
+        allowed = appended + self._interval
+        if allowed != self._allowed:
+            with self._tx():
+                self._set_counter(_ALLOWANCE, allowed)
+        self._full_sync()
+        self._allowed = allowed
+
+    def _set_counter(self, name: str, value: int) -> None:
+        self._db.execute("UPDATE counters SET value = ? WHERE name = ?", (value, name))
 
     def close(self) -> None:
         """Mark a clean shutdown; idempotent."""
@@ -930,6 +986,14 @@ class SqliteBuffer:
         held = self._bytes
         removed: dict[Kind, int] = {}
         number = self._next
+        appended = self._appended + list(map(_kind_of, records)).count(Kind.READING)
+        allowance: int | None = None  # a new one, on the disk before this append returns
+        if self._allowed is not None and appended > self._allowed:
+            # as many again as the last interval brought, or this one before this append:
+            # a burst after a quiet interval syncs a logarithmic number of times, not once
+            # per append, and a lone append after one is allowed nothing ahead
+            ahead = max(self._interval, self._appended - self._appended_at_sync)
+            allowance = appended + ahead
         with self._tx():
             if oldest_first and held + incoming > self.max_bytes:
                 freed, removed = self._evict(held + incoming - self.max_bytes, dropped)
@@ -966,6 +1030,14 @@ class SqliteBuffer:
                 self._write_journal({d: seqs[d][0] for d in journal})
             for reason, n in dropped.items():
                 self._bump(reason, n)
+            if appended != self._appended:
+                self._set_counter(_APPENDED, appended)
+            if allowance is not None:
+                self._set_counter(_ALLOWANCE, allowance)
+        if allowance is not None:
+            self._full_sync()
+            self._allowed = allowance
+        self._appended = appended
         # committed: now the in-memory view follows
         self._journal = journal
         self._dirty = set()

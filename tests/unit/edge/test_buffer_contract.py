@@ -255,9 +255,91 @@ def test_sqlite_power_cut_counts_the_unsynced_window_and_never_reuses_seqs(
     )
     assert after.recovered == "power_cut"
     assert seqs(after.take(Kind.READING, 10)) == [0, 1, 2, 3]
-    # lease: 4 issued + 10 ahead = 14; 4 survived -> 10 counted (3 lost, 7 never issued)
-    assert after.dropped() == {DropReason.POWER_CUT: 10}
+    # the allowance synced with the last sync: 4 so far + the 4 of that interval = 8;
+    # 4 survived -> 4 counted: the 3 lost and 1 allowed but never appended. The seq
+    # numbers skipped (lease end 14) are not readings and are not counted.
+    assert after.dropped() == {DropReason.POWER_CUT: 4}
     assert after.next_seqs({"d1": 1}) == {"d1": 14}  # past every number ever handed out
+    after.close()
+
+
+def _disk_image(directory: Path) -> Path:
+    """What the disk holds now (call it right after a sync)."""
+    image = directory / "disk"
+    shutil.rmtree(image, ignore_errors=True)
+    image.mkdir()
+    for name in ("b.db", "b.db-wal"):
+        if (directory / name).exists():
+            shutil.copy(directory / name, image / name)
+    return image
+
+
+def _power_cut(buffer: SqliteBuffer, image: Path) -> None:
+    """The power goes: no clean-shutdown mark, and the disk is as it was at ``image``."""
+    buffer._db.close()
+    directory = image.parent
+    for name in ("b.db", "b.db-wal", "b.db-shm"):
+        (directory / name).unlink(missing_ok=True)
+        if (image / name).exists():
+            shutil.copy(image / name, directory / name)
+
+
+def test_sqlite_power_cut_counts_readings_numbered_by_the_device(tmp_path: Path) -> None:
+    """LoRaWAN fCnt and framed-protocol readings carry their own seq (no next_seqs): their
+    loss is counted all the same."""
+    path = tmp_path / "b.db"
+    buffer = SqliteBuffer(path, max_bytes=room(1000), max_age_s=60, fsync_window_s=5)
+    buffer.append([rec(i) for i in range(10)])
+    buffer.sync()  # on the disk, and 10 more allowed (the readings of the interval)
+    image = _disk_image(tmp_path)
+    buffer.append([rec(10 + i) for i in range(5)])  # accepted, never synced
+    _power_cut(buffer, image)
+    after = SqliteBuffer(
+        path, max_bytes=room(1000), max_age_s=60, fsync_window_s=5, boot_id_fn=lambda: "boot-2"
+    )
+    assert after.recovered == "power_cut"
+    assert after.stats().depth == 10
+    # the 5 lost and the 5 allowed but never appended: an upper bound, by at most the
+    # readings of one sync interval
+    assert after.dropped() == {DropReason.POWER_CUT: 10}
+    after.close()
+
+
+def test_sqlite_power_cut_counts_nothing_that_was_on_the_disk(tmp_path: Path) -> None:
+    """After a quiet interval nothing is allowed ahead: the next append is synced before it
+    returns, and a power cut right after it has lost nothing and counts nothing."""
+    path = tmp_path / "b.db"
+    buffer = SqliteBuffer(path, max_bytes=room(1000), max_age_s=60, fsync_window_s=5)
+    buffer.append([rec(i) for i in range(10)])
+    buffer.sync()
+    buffer.sync()  # an interval without readings
+    buffer.append([rec(10 + i) for i in range(5)])  # past the allowance: synced now
+    _power_cut(buffer, _disk_image(tmp_path))
+    after = SqliteBuffer(
+        path, max_bytes=room(1000), max_age_s=60, fsync_window_s=5, boot_id_fn=lambda: "boot-2"
+    )
+    assert after.recovered == "power_cut"
+    assert after.stats().depth == 15
+    assert after.dropped() == {}
+    after.close()
+
+
+def test_sqlite_power_cut_with_every_commit_synced_counts_nothing(tmp_path: Path) -> None:
+    """``fsync_window_s`` 0: every append is on the disk when it returns. A power cut loses
+    nothing, counts nothing, and the gateway seqs go on without a gap."""
+    path = tmp_path / "b.db"
+    buffer = SqliteBuffer(path, max_bytes=room(1000), max_age_s=60, fsync_window_s=0)
+    for device in ("a", "b", "c"):
+        first = buffer.next_seqs({device: 10})[device]
+        buffer.append([rec(first + i, device) for i in range(10)])
+    _power_cut(buffer, _disk_image(tmp_path))  # the disk holds every commit
+    after = SqliteBuffer(
+        path, max_bytes=room(1000), max_age_s=60, fsync_window_s=0, boot_id_fn=lambda: "boot-2"
+    )
+    assert after.recovered == "power_cut"
+    assert after.stats().depth == 30
+    assert after.dropped() == {}
+    assert after.next_seqs({"a": 1, "b": 1, "c": 1}) == {"a": 10, "b": 10, "c": 10}
     after.close()
 
 
