@@ -9,8 +9,11 @@ Contract (every backend; ``tests/unit/edge/test_buffer_contract.py`` checks it o
 * Overflow ``drop_oldest`` evicts gateway-status records first (each is superseded by the
   next one; counted as ``status_evicted``), then the oldest readings (``buffer_full``);
   ``drop_newest`` refuses the incoming readings. Records ever handed out by
-  :meth:`Buffer.take` and not yet acked are never evicted, even after :meth:`release` (a send
-  that timed out may still land in Kafka), so a record is never both dropped and sent.
+  :meth:`Buffer.take` and not yet acked are never evicted nor expired, even after
+  :meth:`release` (a send that timed out may still land in Kafka), so a record is never both
+  dropped and sent. :class:`SqliteBuffer` keeps that across restarts: the mark is committed
+  before take returns, and after a power cut (which may lose it) every stored record counts
+  as handed out.
 * :meth:`Buffer.take` hands out the oldest records of a kind not already handed out, in
   append order; :meth:`Buffer.ack` removes them after Kafka acknowledged them;
   :meth:`Buffer.release` returns every handed-out record for a retry (the next take starts
@@ -82,6 +85,13 @@ _CLEAN = "clean_shutdown"
 #: that count at any moment (see :meth:`SqliteBuffer.sync`)
 _APPENDED = "readings_appended"
 _ALLOWANCE = "readings_allowed"
+
+
+def _attempted(kind: Kind) -> str:
+    """The counters row of the highest record number of ``kind`` ever handed out."""
+    return f"attempted:{int(kind)}"
+
+
 #: devices in the sequence-number journal row before it is folded into ``device_seq``
 _JOURNAL_MAX = 1000
 #: old one-row-per-record rows moved into chunks per transaction at open
@@ -698,7 +708,8 @@ class SqliteBuffer:
         self._db.executescript(_SCHEMA)
         self._taken_upto: dict[Kind, int] = dict.fromkeys(Kind, 0)
         # highest record number ever handed out: those records may be in Kafka already (a
-        # send that timed out may still land), so they are never evicted, only acked
+        # send that timed out may still land), so they are never evicted, only acked; it
+        # is committed before take returns them, so it outlives the process (see _open)
         self._attempted_upto: dict[Kind, int] = dict.fromkeys(Kind, 0)
         self._seqs: dict[str, tuple[int, int]] = {}
         # devices whose next_seq moved since the last append, which writes them
@@ -803,10 +814,26 @@ class SqliteBuffer:
                     if meta.get("sync_mode") != "FULL":
                         # seqs past the surviving marks may be in Kafka: continue after them
                         db.execute("UPDATE device_seq SET next_seq = MAX(next_seq, lease_end)")
+            # Records handed out may be in Kafka: never evict them, after a restart either.
+            # The mark is committed before take returns them, so it survives a crash; a
+            # power cut may lose its last moves (it is not fsynced), so then every record
+            # still buffered counts as handed out.
+            last = dict(db.execute("SELECT kind, MAX(last) FROM chunks GROUP BY kind"))
+            for kind in Kind:
+                mark = int(counters.get(_attempted(kind), 0))
+                if self.recovered == "power_cut":
+                    mark = max(mark, int(last.get(int(kind), 0)))
+                # a mark past every stored record would cover the numbers of new ones
+                self._attempted_upto[kind] = min(mark, int(last.get(int(kind), 0)))
             db.executemany(
                 "INSERT INTO counters(name, value) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                [(_CLEAN, 0), (_APPENDED, appended), (_ALLOWANCE, appended)],
+                [
+                    (_CLEAN, 0),
+                    (_APPENDED, appended),
+                    (_ALLOWANCE, appended),
+                    *((_attempted(k), self._attempted_upto[k]) for k in Kind),
+                ],
             )
             db.executemany(
                 "INSERT INTO meta(name, value) VALUES (?, ?) "
@@ -1138,8 +1165,27 @@ class SqliteBuffer:
             cursor.close()
         if out:
             self._taken_upto[kind] = out[-1].last
-            self._attempted_upto[kind] = max(self._attempted_upto[kind], out[-1].last)
+            if out[-1].last > self._attempted_upto[kind]:
+                self._mark_attempted(kind, out[-1].last)
         return out
+
+    def _mark_attempted(self, kind: Kind, mark: int) -> None:
+        """Commit the never-evict mark before the records go out: a crash keeps it.
+
+        Not fsynced, even with ``synchronous=FULL`` (an fsync per batch sent would double
+        the default mode's): the next synced commit takes it to the disk, and after a
+        power cut the buffer treats every stored record as handed out (see _open).
+        """
+        full = self._sync_mode == "FULL"
+        if full:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._tx():
+                self._set_counter(_attempted(kind), mark)
+        finally:
+            if full:
+                self._db.execute("PRAGMA synchronous=FULL")
+        self._attempted_upto[kind] = mark
 
     def ack(self, kind: Kind, up_to: int) -> int:
         with self._tx():

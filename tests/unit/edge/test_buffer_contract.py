@@ -263,6 +263,49 @@ def test_sqlite_power_cut_counts_the_unsynced_window_and_never_reuses_seqs(
     after.close()
 
 
+def test_sqlite_records_handed_out_before_a_crash_are_still_never_evicted(
+    tmp_path: Path, crash: Callable[[SqliteBuffer], None]
+) -> None:
+    """A send in flight when the process died may have landed: after the restart those
+    records are resent, never dropped for room or age."""
+    path = tmp_path / "b.db"
+    clock = FakeClock()
+    settings = {"max_bytes": room(4, 4), "max_age_s": 60, "chunk_records": 1, "clock": clock}
+    buffer = SqliteBuffer(path, **settings)  # type: ignore[arg-type]
+    buffer.append([rec(i) for i in range(4)])  # full: four chunks of one
+    buffer.take(Kind.READING, 2)  # 0 and 1 handed to the producer
+    crash(buffer)
+    again = SqliteBuffer(path, **settings)  # type: ignore[arg-type]
+    assert again.recovered == "crash"
+    admission = again.append([rec(4), rec(5)])
+    assert admission.dropped == {DropReason.BUFFER_FULL: 2}  # 2 and 3, never handed out
+    clock.now += 61
+    assert again.expire() == {DropReason.MAX_AGE: 2}  # 4 and 5; 0 and 1 wait to be resent
+    assert seqs(again.take(Kind.READING, 10)) == [0, 1]
+    again.close()
+
+
+def test_sqlite_after_a_power_cut_every_record_left_may_have_been_sent(tmp_path: Path) -> None:
+    """The never-evict mark is committed, not fsynced, before take returns: after a power
+    cut it may be behind, so every record still buffered is treated as handed out."""
+    path = tmp_path / "b.db"
+    settings = {"max_bytes": room(4, 4), "max_age_s": 60, "chunk_records": 1}
+    buffer = SqliteBuffer(path, fsync_window_s=5, **settings)  # type: ignore[arg-type]
+    buffer.append([rec(i) for i in range(4)])
+    buffer.sync()
+    image = _disk_image(tmp_path)
+    buffer.take(Kind.READING, 2)  # its mark never reached the disk
+    _power_cut(buffer, image)
+    after = SqliteBuffer(  # type: ignore[arg-type]
+        path, fsync_window_s=5, boot_id_fn=lambda: "boot-2", **settings
+    )
+    assert after.recovered == "power_cut"
+    admission = after.append([rec(4)])
+    assert admission.dropped == {DropReason.BUFFER_FULL: 1}  # the new one, not 0..3
+    assert seqs(after.take(Kind.READING, 10)) == [0, 1, 2, 3]
+    after.close()
+
+
 def _disk_image(directory: Path) -> Path:
     """What the disk holds now (call it right after a sync)."""
     image = directory / "disk"
@@ -603,11 +646,15 @@ def test_sqlite_moves_a_one_row_per_record_file_into_chunks(tmp_path: Path, clea
     assert buffer.stats().bytes == room(2) + room(1) + room(3)
     assert buffer.stats().oldest_age_s == pytest.approx(40.0)
     assert buffer.dropped() == {DropReason.BUFFER_FULL: 7}  # counters carried over
-    taken = buffer.take(Kind.READING, 10)
+    buffer.close()
+    # records handed out are never expired, after a restart either: take from a copy
+    shutil.copy(path, tmp_path / "copy.db")
+    copy = SqliteBuffer(tmp_path / "copy.db", max_bytes=room(100), max_age_s=60, clock=clock)
+    taken = copy.take(Kind.READING, 10)
     assert [p.count for p in taken] == [2, 3]  # one chunk per old append
     assert seqs(taken) == [0, 1, 2, 3, 4]
-    assert [p.payloads() for p in buffer.take(Kind.STATUS, 10)] == [[status.payload]]
-    buffer.close()
+    assert [p.payloads() for p in copy.take(Kind.STATUS, 10)] == [[status.payload]]
+    copy.close()
     clock.now = t0 + 70
     again = SqliteBuffer(path, max_bytes=room(100), max_age_s=60, clock=clock)
     assert again.migrated == 0
