@@ -18,7 +18,9 @@ Contract (every backend; ``tests/unit/edge/test_buffer_contract.py`` checks it o
   append order; :meth:`Buffer.ack` removes them after Kafka acknowledged them;
   :meth:`Buffer.release` returns every handed-out record for a retry (the next take starts
   again from the oldest).
-* :meth:`Buffer.expire` drops records older than ``max_age`` (reason ``max_age``).
+* :meth:`Buffer.expire` drops records older than ``max_age`` (reason ``max_age``; a
+  gateway-status record ``status_evicted``, like one evicted or too large: only readings
+  count under the readings' reasons).
 * Drop counters are stored with the records, so they survive restarts exactly.
 
 Every clause holds per record, although records are stored in *chunks*: one chunk holds
@@ -110,7 +112,8 @@ class DropReason:
     MAX_AGE = "max_age"
     POWER_CUT = "power_cut_unsynced"
     TOO_LARGE = "record_too_large"
-    #: a buffered gateway-status record evicted for room (not a reading; a newer one follows)
+    #: a gateway-status record dropped for room, age or size (not a reading: counted apart
+    #: from them; a newer one follows)
     STATUS_EVICTED = "status_evicted"
 
 
@@ -195,9 +198,10 @@ class Buffer(Protocol):
     def close(self) -> None: ...
 
 
-def _reason(kind: Kind) -> str:
-    """Readings dropped for room are ``buffer_full``; status records ``status_evicted``."""
-    return DropReason.STATUS_EVICTED if kind is Kind.STATUS else DropReason.BUFFER_FULL
+def _reason(kind: Kind, reading: str = DropReason.BUFFER_FULL) -> str:
+    """A dropped reading counts under ``reading`` (``buffer_full`` unless said); a status
+    record, whatever the cause, under ``status_evicted``: it is not a reading."""
+    return DropReason.STATUS_EVICTED if kind is Kind.STATUS else reading
 
 
 def _count(dropped: dict[str, int], reason: str, n: int) -> None:
@@ -298,7 +302,9 @@ def _group(
     largest = max_bytes - RECORD_OVERHEAD - CHUNK_OVERHEAD
     if max(lengths) > largest:
         keep = [i for i, length in enumerate(lengths) if length <= largest]
-        _count(dropped, DropReason.TOO_LARGE, len(lengths) - len(keep))
+        for i, length in enumerate(lengths):
+            if length > largest:
+                _count(dropped, _reason(kinds[i], DropReason.TOO_LARGE), 1)
         payloads = [payloads[i] for i in keep]
         lengths = [lengths[i] for i in keep]
         kinds = [kinds[i] for i in keep]
@@ -553,7 +559,7 @@ class MemoryBuffer:
                 kept.extend(rest)
                 self._bytes -= chunk.size - sum(part.size for part in rest)
                 self._depth[kind] -= len(chunk.lengths) - start
-                _count(dropped, DropReason.MAX_AGE, len(chunk.lengths) - start)
+                _count(dropped, _reason(kind, DropReason.MAX_AGE), len(chunk.lengths) - start)
             self._chunks[kind] = kept
         for reason, n in dropped.items():
             _count(self._dropped, reason, n)
@@ -1139,14 +1145,13 @@ class SqliteBuffer:
                         freed += self._replace(chunk, chunk.without(start, len(chunk.lengths)))
                         removed[kind] += len(chunk.lengths) - start
                 self._db.executemany("DELETE FROM chunks WHERE last = ?", whole)
-            total = sum(removed.values())
-            if total:
-                dropped[DropReason.MAX_AGE] = total
-                self._bump(DropReason.MAX_AGE, total)
+                _count(dropped, _reason(kind, DropReason.MAX_AGE), removed[kind])
+            for reason, n in dropped.items():
+                self._bump(reason, n)
         self._bytes -= freed
         for kind, n in removed.items():
             self._depth[kind] -= n
-        if total:
+        if dropped:
             self._db.execute("PRAGMA incremental_vacuum")
         return dropped
 

@@ -194,6 +194,22 @@ def test_record_larger_than_the_buffer_is_counted(make_buffer: MakeBuffer) -> No
     assert admission == type(admission)(0, {DropReason.TOO_LARGE: 1})
 
 
+def test_status_records_are_never_counted_under_a_readings_reason(
+    make_buffer: MakeBuffer,
+) -> None:
+    """A gateway-status record is not a reading: too large or expired, it counts as
+    ``status_evicted`` like one evicted for room."""
+    clock = FakeClock()
+    buffer = make_buffer(max_records=1, max_age_s=60.0, clock=clock)
+    too_large = Record("gw", 0, b"s" * (REC * 2), Kind.STATUS)
+    assert buffer.append([too_large]).dropped == {DropReason.STATUS_EVICTED: 1}
+    buffer.append([rec(0, "gw", Kind.STATUS)])
+    clock.now += 61
+    assert buffer.expire() == {DropReason.STATUS_EVICTED: 1}
+    assert buffer.dropped() == {DropReason.STATUS_EVICTED: 2}
+    assert buffer.stats().status_depth == 0
+
+
 def test_next_seqs_are_consecutive_per_device(make_buffer: MakeBuffer) -> None:
     buffer = make_buffer()
     assert buffer.next_seqs({"a": 3, "b": 1}) == {"a": 0, "b": 0}
@@ -658,7 +674,8 @@ def test_sqlite_moves_a_one_row_per_record_file_into_chunks(tmp_path: Path, clea
     clock.now = t0 + 70
     again = SqliteBuffer(path, max_bytes=room(100), max_age_s=60, clock=clock)
     assert again.migrated == 0
-    assert again.expire() == {DropReason.MAX_AGE: 3}  # enqueued_at kept: 0, 1 and the status
+    # enqueued_at kept: 0, 1 and the status (not a reading: counted apart) expire
+    assert again.expire() == {DropReason.MAX_AGE: 2, DropReason.STATUS_EVICTED: 1}
     assert seqs(again.take(Kind.READING, 10)) == [2, 3, 4]
     assert again.next_seqs({"d1": 1}) == {"d1": 5}
     again.close()
