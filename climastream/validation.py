@@ -7,7 +7,7 @@ chooses its own prefix, separator and how many problems to show.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -35,10 +35,15 @@ def error_lines(
     errors = [e for e in exc.errors(include_url=False) if not _only_echoes_items(e)]
     for error in errors[:limit]:
         path = [p for p in error["loc"] if p not in drop]
-        where = ".".join(_segment(p) for p in path)
+        where = key_path(path)
         suffix = key_lines.suffix(path) if key_lines is not None else ""
         lines.append(f"{where or root}: {error['msg']}{suffix}")
     return lines
+
+
+def key_path(path: Sequence[object]) -> str:
+    """``sources.1.baudrate``: a key's path as error messages name it."""
+    return ".".join(_segment(p) for p in path)
 
 
 _PLAIN_SEGMENT = re.compile(r"[A-Za-z0-9_.:\-\[\]]{1,64}")

@@ -28,12 +28,13 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from climastream.contract import Location, Quantity, SafeId
-from climastream.validation import error_lines
+from climastream.validation import error_lines, key_path
 from climastream.yamlfile import ExpansionError, YamlFileError, expand_secrets, load_yaml
 
 Seconds = Annotated[float, Field(gt=0, le=86400)]
@@ -479,6 +480,49 @@ class GatewayConfig(_Frozen):
             raise ValueError(f"models: each id must be unique; repeated: {repeated}")
         return self
 
+    @model_validator(mode="after")
+    def _unique_device_ids(self, info: ValidationInfo) -> GatewayConfig:
+        """Two devices under one id would share ``(device_id, seq)`` numbers (a framed node
+        or LoRaWAN device numbers its own) and mix their series: refused, naming both keys.
+
+        A simulated device and a serial source's ``device_id`` name a device of their own;
+        an MQTT source's ``devices`` key names a device that publishes there (a LoRaWAN
+        device by its DevEUI, which readings carry in lower case). The same key in two MQTT
+        sources is no collision: it can be one device heard through both.
+        """
+        key_lines = (info.context or {}).get("key_lines")
+
+        def where(path: tuple[Any, ...]) -> str:
+            return key_path(path) + (key_lines.suffix(path) if key_lines is not None else "")
+
+        owners: dict[str, tuple[tuple[Any, ...], bool]] = {}
+        problems: list[str] = []
+
+        def claim(device_id: str, path: tuple[Any, ...], own: bool) -> None:
+            first = owners.setdefault(device_id, (path, own))
+            if first[0] != path and (own or first[1]):
+                problems.append(
+                    f"device id {device_id!r} is given to two devices, at {where(first[0])} "
+                    f"and at {where(path)}: their readings would share (device_id, seq); give "
+                    "each device its own id"
+                )
+
+        for index, source in enumerate(self.sources):
+            at: tuple[Any, ...] = ("sources", index)
+            if isinstance(source, SimulatedSourceConfig):
+                for position, device in enumerate(source.devices):
+                    claim(device.device_id, (*at, "devices", position, "device_id"), True)
+            elif isinstance(source, SerialSourceConfig):
+                if source.device_id is not None:
+                    claim(source.device_id, (*at, "device_id"), True)
+            else:
+                lorawan = source.format in ("chirpstack", "tts")
+                for key in source.devices:
+                    claim(key.lower() if lorawan else key, (*at, "devices", key), False)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -527,7 +571,7 @@ def load_config(
         node[leaf] = value
         key_lines.overridden(dotted.split("."))
     try:
-        return GatewayConfig.model_validate(raw)
+        return GatewayConfig.model_validate(raw, context={"key_lines": key_lines})
     except ValidationError as exc:
         # drop pydantic's union-tag segment ("serial") so the key path reads like YAML
         problems = error_lines(

@@ -48,6 +48,10 @@ each source once and prints a few decoded readings.
   file (relative to the config file), one trailing newline removed. Secrets are never
   logged. The secret keys: %s.
 * Durations (`max_age`) are ISO 8601 (`P7D`, `PT12H`) or a number of seconds.
+* One device id names one device: a simulated device, a serial source's `device_id` and
+  an MQTT source's `devices` key (a DevEUI, in lower case) may not name the same id; the
+  error names both keys. The same key in two MQTT sources is allowed (one device, heard
+  through both).
 """
 
 

@@ -140,6 +140,62 @@ def test_ambiguous_configs_are_refused_not_guessed(tmp_path: Path) -> None:
         load_config(path)
 
 
+_SIM = "  - {kind: simulated, devices: [{device_id: %s, quantities: [temperature]}]}\n"
+_FRAMED = "  - {kind: serial, name: %s, port: /dev/%s, codec: framed, device_id: %s}\n"
+_MQTT = "  - {kind: mqtt, name: %s, topics: [t/%s], format: %s, %sdevices: {%s: {zone: z}}}\n"
+_LORA = "lorawan_codec: cayenne, "
+
+
+@pytest.mark.parametrize(
+    ("sources", "first", "second"),
+    [
+        (  # two framed nodes told to be node-1: both number their frames 7 -> seq 1792
+            _FRAMED % ("a", "ttyUSB0", "node-1") + _FRAMED % ("b", "ttyUSB1", "node-1"),
+            r"sources\.0\.device_id \(line 3\)",
+            r"sources\.1\.device_id \(line 4\)",
+        ),
+        (
+            _SIM % "node-1" + _FRAMED % ("b", "ttyUSB1", "node-1"),
+            r"sources\.0\.devices\.0\.device_id \(line 3\)",
+            r"sources\.1\.device_id \(line 4\)",
+        ),
+        (  # a device of its own on a serial port, and the same id publishing over MQTT
+            _FRAMED % ("a", "ttyUSB0", "node-1") + _MQTT % ("m", "a", "senml", "", "node-1"),
+            r"sources\.0\.device_id \(line 3\)",
+            r"sources\.1\.devices\.node-1 \(line 4\)",
+        ),
+        (  # a LoRaWAN device's readings carry its DevEUI in lower case
+            _MQTT % ("m", "a", "chirpstack", _LORA, "A84041000181C23E")
+            + _FRAMED % ("a", "ttyUSB0", "a84041000181c23e"),
+            r"sources\.0\.devices\.A84041000181C23E \(line 3\)",
+            r"sources\.1\.device_id \(line 4\)",
+        ),
+    ],
+)
+def test_one_device_id_for_two_devices_is_refused_naming_both(
+    tmp_path: Path, sources: str, first: str, second: str
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text("gateway_id: gw1\nsources:\n" + sources)
+    with pytest.raises(
+        ConfigError, match=rf"'[\w-]+' is given to two devices, at {first} and at {second}"
+    ):
+        load_config(path)
+
+
+def test_one_device_in_two_sources_that_only_hear_it_is_allowed(tmp_path: Path) -> None:
+    """Two MQTT sources listing one DevEUI: one device that both may hear, not two."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nsources:\n"
+        + _MQTT % ("m1", "a", "chirpstack", _LORA, "a84041000181c23e")
+        + _MQTT % ("m2", "b", "tts", _LORA, "a84041000181c23e")
+        + _FRAMED % ("a", "ttyUSB0", "node-1")
+        + _SIM % "sim-1"
+    )
+    assert len(load_config(path).sources) == 4
+
+
 def test_a_secret_file_that_is_not_text_is_named(tmp_path: Path) -> None:
     (tmp_path / "pw").write_bytes(b"ab\xff")
     path = tmp_path / "gw.yaml"
