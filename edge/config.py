@@ -409,11 +409,28 @@ class ModelOutputConfig(_Frozen):
         return self
 
 
+#: longest model id: every reading a model touches carries ``<id>:<12 hex of the file's
+#: SHA-256>`` (or ``<id>:unreadable``) as its ``model_id``, an id of at most 128 characters
+MODEL_ID_MAX = 128 - len(":") - 12
+
+
 class ModelConfig(_Frozen):
     """An ONNX model applied to the readings of a device group."""
 
     id: SafeId
-    """Model id, recorded with the model's hash on every reading it touched."""
+    """Model id (at most 115 characters), recorded with the model's hash on every reading
+    it touched: `model_id` is `<id>:<12 hex of the file's SHA-256>`."""
+
+    @field_validator("id")
+    @classmethod
+    def _fits_in_model_id(cls, value: str) -> str:
+        if len(value) > MODEL_ID_MAX:
+            raise ValueError(
+                f"at most {MODEL_ID_MAX} characters, got {len(value)}: every reading the model "
+                "touches carries model_id '<id>:<12 hex of the file's hash>', at most 128"
+            )
+        return value
+
     path: Path
     """The ONNX file."""
     devices: Annotated[tuple[str, ...], Field(min_length=1)] = ("*",)

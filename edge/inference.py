@@ -15,7 +15,9 @@ runner
 
 Sessions use one intra-op and one inter-op thread with spinning off, so an idle gateway
 uses no CPU for inference. A model that fails to load or run never stops the readings:
-they flow on flagged ``model_failed`` and the failure is counted in :attr:`failures`.
+they flow on flagged ``model_failed`` and the failure is counted in :attr:`failures`. No
+model output makes a reading invalid either: a bad output value, or a derived device id
+the contract would refuse, flags the reading instead.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ import fnmatch
 import hashlib
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from climastream.contract import QualityFlag
+from climastream.contract import SAFE_ID_PATTERN, QualityFlag
 from climastream.quantities import CANONICAL_UNITS, SPECS, Quantity
 from edge.config import ModelConfig, ModelOutputConfig
 
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 ReadingDict = dict[str, Any]
 
 _FAILED = QualityFlag.MODEL_FAILED.value
+_safe_id = re.compile(SAFE_ID_PATTERN).fullmatch
 _ANOMALY = QualityFlag.ANOMALY.value
 _CORRECTED = QualityFlag.CORRECTED.value
 
@@ -96,6 +100,7 @@ class ModelRunner:
         self._clock = clock
         self._patterns = config.devices
         self._group: dict[str, bool] = {}
+        self._derived_ids: dict[str, bool] = {}
         self._latest: dict[tuple[str, str], tuple[float, float]] = {}
         self._windows: dict[tuple[str, str], deque[float]] = {}
         self._window_len = max(f.window for f in config.inputs)
@@ -262,11 +267,24 @@ class ModelRunner:
                     reading["value"] = values[index]
                     reading["model_id"] = ref
                     _add_flag(reading, _CORRECTED)
-                else:
+                elif self._derivable(reading["device_id"] + spec.device_suffix):
                     derived.append(self._derive(reading, spec, values[index]))
+                elif _safe_id(reading["device_id"]):
+                    # the derived device's id would be too long for the contract: derive
+                    # nothing rather than a reading that could only be refused
+                    self._fail("derive_id")
+                    _add_flag(reading, _FAILED)
+                    reading["model_id"] = ref
         if bad:
             self._fail("bad_output", bad)
         return derived
+
+    def _derivable(self, device_id: str) -> bool:
+        """Whether a derived device may have this id (the contract's id: up to 128)."""
+        ok = self._derived_ids.get(device_id)
+        if ok is None:
+            ok = self._derived_ids[device_id] = _safe_id(device_id) is not None
+        return ok
 
     def _derive(self, reading: ReadingDict, spec: ModelOutputConfig, value: float) -> ReadingDict:
         quantity = spec.quantity or Quantity(reading["quantity"])

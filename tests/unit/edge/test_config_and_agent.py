@@ -540,3 +540,66 @@ def test_a_json_mapping_template_that_cannot_work_is_refused_at_load(tmp_path: P
         ConfigError, match=r"sources\.0\.mapping: Value error, topic: variable '\{zone-id\}'"
     ):
         load_config(path)
+
+
+class _Constant:
+    """A session that scores every row 0.25 (one output column)."""
+
+    def get_inputs(self) -> list[Any]:
+        class Input:
+            name = "x"
+            shape = (None, 1)
+
+        return [Input()]
+
+    def run(self, _outputs: Any, feeds: dict[str, Any]) -> Any:
+        import numpy as np
+
+        return [np.full((len(feeds["x"]), 1), 0.25, np.float32)]
+
+
+def test_a_model_id_the_config_accepts_always_fits_the_readings(tmp_path: Path) -> None:
+    """``model_id`` is ``<id>:<12 hex>``: an id the config accepts never makes the readings
+    it touches invalid; a longer one is refused naming the key."""
+    path = tmp_path / "gw.yaml"
+    (tmp_path / "m.onnx").write_bytes(b"any bytes: the session is a stand-in")
+    model = "models:\n  - {id: %s, path: " + str(tmp_path / "m.onnx")
+    model += ", quantity: temperature, inputs: [{}], outputs: [{kind: score}]}\n"
+    source = "sources: [{kind: simulated, devices: [{device_id: d, quantities: [temperature]}]}]\n"
+    path.write_text("gateway_id: gw1\n" + model % ("m" * 116) + source)
+    with pytest.raises(ConfigError, match=r"models\.0\.id: Value error, at most 115 .* \(line 3\)"):
+        load_config(path)
+    path.write_text("gateway_id: gw1\n" + model % ("m" * 115) + source)
+    (config,) = load_config(path).models
+    runner = ModelRunner(config, session_factory=lambda _p: _Constant())
+    agent = _agent(_config(), [runner])
+    assert agent.ingest([_sample(d, Quantity.TEMPERATURE, 20.0, "Cel") for d in "ab"]) == 2
+    assert agent.counters.dropped == {}
+    assert [len(r.model_id or "") for r in _stored(agent)] == [128, 128]
+
+
+def test_a_derived_id_too_long_for_the_contract_flags_instead_of_dropping() -> None:
+    config = ModelConfig.model_validate(
+        {
+            "id": "m",
+            "path": "none.onnx",
+            "quantity": "pm2_5",
+            "inputs": [{}],
+            "outputs": [{"kind": "derive", "quantity": "pm2_5"}],
+        }
+    )
+    runner = ModelRunner(config, session_factory=lambda _p: _Constant())
+    agent = _agent(_config(), [runner])
+    long_id = "p" * 120  # + ".corrected": 130 characters, past the contract's 128
+    agent.ingest(
+        [
+            _sample(long_id, Quantity.PM2_5, 20.0, "ug/m3"),
+            _sample("pm", Quantity.PM2_5, 20.0, "ug/m3"),
+        ]
+    )
+    got = {r.device_id: r for r in _stored(agent)}
+    assert agent.counters.dropped == {}
+    assert set(got) == {long_id, "pm", "pm.corrected"}
+    assert got[long_id].quality == (QualityFlag.MODEL_FAILED,)
+    assert got[long_id].model_id == runner.ref
+    assert runner.failures == {"derive_id": 1}
