@@ -42,6 +42,10 @@ class StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key written twice in one mapping."""
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key written twice; its message quotes the key, never a value."""
+
+
 def _unique_keys(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: dict[Any, int] = {}
     for key_node, _value in node.value:
@@ -51,7 +55,7 @@ def _unique_keys(loader: StrictLoader, node: yaml.MappingNode, deep: bool = Fals
         except TypeError:  # an unhashable key: construct_mapping says what is wrong
             break
         if first is not None:  # also on one line: "{path: a, path: b}"
-            raise yaml.constructor.ConstructorError(
+            raise _DuplicateKey(
                 "while reading a mapping",
                 node.start_mark,
                 f"found key {key!r} a second time (first on line {first + 1})",
@@ -135,23 +139,41 @@ def _index(
             _index(item, (*path, position), out, loader)
 
 
-def parse_yaml(text: str, where: str = "<yaml>") -> tuple[Any, KeyLines]:
-    """Parse ``text``; raise :class:`YamlFileError` naming ``where`` and the line."""
-    loader = StrictLoader(text)
+def parse_yaml(
+    text: str, where: str = "<yaml>", *, secret_keys: Collection[str] = ()
+) -> tuple[Any, KeyLines]:
+    """Parse ``text``; raise :class:`YamlFileError` naming ``where`` and the line.
+
+    The error shows the offending line with a caret, as PyYAML does, except a line that may
+    hold a secret: one with a key in ``secret_keys`` (block or flow style, or in a comment)
+    and the lines indented below it (a value continued there). For such a line it gives the
+    line and column only, and hides what PyYAML's message quotes of the document (an alias,
+    a tag, a character), so a secret in a broken file is never printed.
+    """
+    try:
+        loader = StrictLoader(text)  # refuses a character YAML does not allow
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise YamlFileError(
+            f"{where}: not valid YAML: character #x{exc.character:04x} is not allowed "
+            f"(line {line}, column {column})"
+        ) from None
     try:
         node = loader.get_single_node()
         document = loader.construct_document(node) if node is not None else None
         lines = KeyLines.of(node, loader)
     except yaml.YAMLError as exc:
-        detail = str(exc).replace('"<unicode string>", ', "")  # the file is named in front
+        detail = _describe(exc, _secret_lines(text, secret_keys))
         raise YamlFileError(f"{where}: not valid YAML: {detail}") from None
     finally:
         loader.dispose()
     return document, lines
 
 
-def load_yaml(path: Path | str) -> tuple[Any, KeyLines]:
-    """Read and parse a YAML file; raise :class:`YamlFileError` naming the file."""
+def load_yaml(path: Path | str, *, secret_keys: Collection[str] = ()) -> tuple[Any, KeyLines]:
+    """Read and parse a YAML file; raise :class:`YamlFileError` naming the file (and never
+    printing a line with one of ``secret_keys``: :func:`parse_yaml`)."""
     target = Path(path)
     try:
         text = target.read_text(encoding="utf-8")
@@ -159,7 +181,75 @@ def load_yaml(path: Path | str) -> tuple[Any, KeyLines]:
         raise YamlFileError(f"{target}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise YamlFileError(f"{target}: not UTF-8 text (byte {exc.start})") from None
-    return parse_yaml(text, str(target))
+    return parse_yaml(text, str(target), secret_keys=secret_keys)
+
+
+def _secret_lines(text: str, secret_keys: Collection[str]) -> set[int]:
+    """0-based numbers of the lines that may hold a secret value.
+
+    A line with a secret key followed by ``:`` (``password:``, ``"password":``, inside
+    ``{...}``, or commented out), and every line after it that is blank or indented deeper
+    than it (a multi-line value). Generous on purpose: a hidden line costs a caret.
+    """
+    if not secret_keys:
+        return set()
+    keys = "|".join(re.escape(k) for k in sorted(secret_keys, key=len, reverse=True))
+    key = re.compile(rf"(?<![\w.-])[\"']?(?:{keys})[\"']?\s*:")
+    hidden: set[int] = set()
+    depth: int | None = None  # indentation of the secret line whose value may continue
+    for number, line in enumerate(text.splitlines()):
+        indent = len(line) - len(line.lstrip(" \t"))
+        if depth is not None and (not line.strip() or indent > depth):
+            hidden.add(number)
+            continue
+        depth = None
+        if key.search(line):
+            hidden.add(number)
+            depth = indent
+    return hidden
+
+
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def _describe(exc: yaml.YAMLError, hidden: set[int]) -> str:
+    """PyYAML's message, its marks as ``line N, column M``; the snippet of a line only when
+    it is not in ``hidden``, and the document's text quoted in it hidden there too."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return str(exc).replace('"<unicode string>", ', "")  # the file is named in front
+    context, problem = exc.context_mark, exc.problem_mark
+    # what follows a secret context (a quoted value left open, say) may be the secret too
+    after_secret = context is not None and context.line in hidden
+
+    def secret(mark: Any) -> bool:
+        return mark is not None and (mark.line in hidden or after_secret)
+
+    def text(message: str, mark: Any) -> str:
+        if secret(mark) and not isinstance(exc, _DuplicateKey):  # that one quotes a key
+            return _QUOTED.sub("'...'", message)
+        return message
+
+    def at(mark: Any) -> str:
+        where = f"  in line {mark.line + 1}, column {mark.column + 1}"
+        if secret(mark):
+            return f"{where} (a line with a secret: not shown)"
+        snippet = mark.get_snippet()
+        return f"{where}:\n{snippet}" if snippet else where
+
+    parts = []
+    if exc.context is not None:
+        parts.append(text(exc.context, context if context is not None else problem))
+    if context is not None and (
+        problem is None or (context.line, context.column) != (problem.line, problem.column)
+    ):
+        parts.append(at(context))
+    if exc.problem is not None:
+        parts.append(text(exc.problem, problem))
+    if problem is not None:
+        parts.append(at(problem))
+    if exc.note is not None:
+        parts.append(exc.note)
+    return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------- secrets

@@ -556,7 +556,7 @@ def load_config(
     environment variables and secret files need not exist where they run.
     """
     try:
-        raw, key_lines = load_yaml(path)  # a duplicate key is refused, naming both lines
+        raw, key_lines = load_yaml(path, secret_keys=SECRET_KEYS)  # a key twice: refused
     except YamlFileError as exc:
         raise ConfigError(str(exc)) from None
     if not isinstance(raw, dict):

@@ -250,7 +250,7 @@ def config_from_mapping(
 def load_config(path: Path | str) -> NotifyConfig:
     target = Path(path)
     try:
-        document, key_lines = load_yaml(target)
+        document, key_lines = load_yaml(target, secret_keys=SECRET_KEYS)
     except YamlFileError as exc:
         raise ConfigError(str(exc)) from None
     try:

@@ -175,3 +175,43 @@ def test_a_sink_setting_from_the_command_line_has_no_line(tmp_path: Path) -> Non
         load_sink(path, {"influx": {"batch_lines": 0}})
     assert "influx.batch_lines: Input should be greater than or equal to 1" in str(caught.value)
     assert "(line" not in str(caught.value)  # not line 3: the bad value is not the file's
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("kafka:\n  sasl_password: old-s3cret\n  sasl_password: new-s3cret\n", 3),
+        ("kafka:\n  sasl_password: s3cret: tail\n", 2),
+        ('kafka:\n  sasl_password: "s3cret-left-open\n  linger_ms: 5\n', 2),
+        ("kafka: {sasl_password: *s3cret}\n", 1),
+        ("kafka:\n  sasl_password: !s3cret x\n", 2),
+        ("kafka:\n  sasl_password: s3cret\n    more-s3cret: x\n", 3),
+        ("sources:\n  - password: s3cret\n    password: s3cret-too\n", 3),
+    ],
+)
+def test_an_error_never_prints_a_line_that_holds_a_secret(text: str, line: int) -> None:
+    with pytest.raises(YamlFileError) as caught:
+        parse_yaml(text, "gw.yaml", secret_keys={"sasl_password", "password"})
+    message = str(caught.value)
+    assert "s3cret" not in message
+    assert f"line {line}, column" in message
+    assert "(a line with a secret: not shown)" in message
+
+
+def test_an_error_elsewhere_still_shows_its_line() -> None:
+    text = "kafka:\n  sasl_password: s3cret\n  sasl_password_file: pw\nsources: [1, 2\nnext: 3\n"
+    with pytest.raises(YamlFileError) as caught:
+        parse_yaml(text, "gw.yaml", secret_keys={"sasl_password"})
+    message = str(caught.value)
+    assert "s3cret" not in message
+    assert "sources: [1, 2" in message  # the lines without a secret keep their caret
+    assert "    next: 3\n        ^" in message
+    with pytest.raises(YamlFileError, match=r"found key 'c' a second time"):
+        parse_yaml("c: 1\nc: 2\n", secret_keys={"sasl_password"})
+
+
+def test_a_character_yaml_does_not_allow_is_named_by_line() -> None:
+    with pytest.raises(
+        YamlFileError, match=r"gw.yaml: .*#x0001 is not allowed \(line 2, column 6\)"
+    ):
+        parse_yaml('a: 1\nb: "x\x01"\n', "gw.yaml")

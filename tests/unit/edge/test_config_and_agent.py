@@ -196,6 +196,23 @@ def test_one_device_in_two_sources_that_only_hear_it_is_allowed(tmp_path: Path) 
     assert len(load_config(path).sources) == 4
 
 
+@pytest.mark.parametrize(
+    "kafka",
+    [
+        "kafka:\n  sasl_password: hunter2-old\n  sasl_password: hunter2-new\n",
+        "kafka:\n  sasl_password: hunter2: tail\n",
+        "kafka:\n  ssl_password: 'hunter2\n  linger_ms: 5\n",
+    ],
+)
+def test_a_yaml_error_never_prints_a_secret(tmp_path: Path, kafka: str) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text("gateway_id: gw1\n" + kafka)
+    with pytest.raises(ConfigError, match=r"gw.yaml: not valid YAML") as caught:
+        load_config(path)
+    assert "hunter2" not in str(caught.value)
+    assert "line 3, column" in str(caught.value)
+
+
 def test_a_secret_file_that_is_not_text_is_named(tmp_path: Path) -> None:
     (tmp_path / "pw").write_bytes(b"ab\xff")
     path = tmp_path / "gw.yaml"
