@@ -378,7 +378,10 @@ class FeatureSpec(_Frozen):
     window: Annotated[int, Field(ge=1, le=256)] = 1
     """Feed the last N values of the series, oldest first, ending with the current one."""
     max_age_s: Annotated[float, Field(gt=0)] = 900.0
-    """A value older than this is missing: the model is not run on that reading."""
+    """A value older than this is missing: the model is not run on that reading. With a
+    `window`, no value of it may be older than this when the next came (nor the newest
+    now): a longer gap restarts the series, and the model runs again once `window` values
+    followed it."""
 
 
 class ModelOutputConfig(_Frozen):

@@ -103,6 +103,8 @@ class ModelRunner:
         self._derived_ids: dict[str, bool] = {}
         self._latest: dict[tuple[str, str], tuple[float, float]] = {}
         self._windows: dict[tuple[str, str], deque[float]] = {}
+        #: per windowed series: the time between each value and the one before it
+        self._gaps: dict[tuple[str, str], deque[float]] = {}
         self._window_len = max(f.window for f in config.inputs)
         #: per input column: (quantity, fixed device or None, window, max age)
         self._inputs = [
@@ -150,12 +152,21 @@ class ModelRunner:
         for quantity, device, width, max_age_s in self._inputs:
             key = (device or device_id, quantity)
             if width > 1:
+                # fresh like a single value (newest), and no value older than max_age_s
+                # when the next one came: a longer gap restarts the series
                 window = self._windows.get(key)
                 if window is None or len(window) < width:
                     return None
-                if width == len(window):
+                if now - self._latest[key][1] > max_age_s:
+                    return None
+                gaps = self._gaps[key]
+                if len(gaps) == width - 1:
+                    if max(gaps) > max_age_s:
+                        return None
                     row += window
                 else:
+                    if max(list(gaps)[1 - width :]) > max_age_s:
+                        return None
                     row += list(window)[-width:]
                 continue
             latest = self._latest.get(key)
@@ -184,12 +195,15 @@ class ModelRunner:
                 continue
             device_id = reading["device_id"]
             key = (device_id, quantity)
-            latest[key] = (reading["value"], now)
             if windows is not None:
                 window = windows.get(key)
                 if window is None:
                     window = windows[key] = deque(maxlen=self._window_len)
+                    self._gaps[key] = deque(maxlen=self._window_len - 1)
+                else:
+                    self._gaps[key].append(now - latest[key][1])
                 window.append(reading["value"])
+            latest[key] = (reading["value"], now)
             if quantity != own:
                 continue
             member = group.get(device_id)

@@ -620,3 +620,52 @@ def test_a_derived_id_too_long_for_the_contract_flags_instead_of_dropping() -> N
     assert got[long_id].quality == (QualityFlag.MODEL_FAILED,)
     assert got[long_id].model_id == runner.ref
     assert runner.failures == {"derive_id": 1}
+
+
+def test_a_window_with_a_gap_longer_than_max_age_is_missing() -> None:
+    """Three values, then one three days later: the window is not those four (max_age_s
+    900). The series starts again after the gap, and runs once it is a window long."""
+    fed: list[list[float]] = []
+
+    class Recording:
+        def get_inputs(self) -> list[Any]:
+            class Input:
+                name = "x"
+                shape = (None, 4)
+
+            return [Input()]
+
+        def run(self, _outputs: Any, feeds: dict[str, Any]) -> Any:
+            import numpy as np
+
+            fed.extend(feeds["x"].tolist())
+            return [np.zeros((len(feeds["x"]), 1), np.float32)]
+
+    now = [0.0]
+    config = ModelConfig.model_validate(
+        {
+            "id": "m",
+            "path": "none.onnx",
+            "quantity": "temperature",
+            "inputs": [{"window": 4, "max_age_s": 900}],
+            "outputs": [{"kind": "score"}],
+        }
+    )
+    runner = ModelRunner(config, session_factory=lambda _p: Recording(), clock=lambda: now[0])
+
+    def reading(value: float) -> dict[str, Any]:
+        return {"device_id": "a", "quantity": "temperature", "value": value, "seq": None}
+
+    for value in (10.0, 10.5, 11.0):
+        runner.process([reading(value)])
+        now[0] += 60.0
+    now[0] = 3 * 86400.0
+    runner.process([reading(25.0)])
+    assert fed == []  # not [10.0, 10.5, 11.0, 25.0]
+    for value in (25.5, 26.0, 26.5):
+        now[0] += 600.0
+        runner.process([reading(value)])
+    assert fed == [[25.0, 25.5, 26.0, 26.5]]
+    now[0] += 901.0  # 26.5 was older than max_age_s when 27.0 came: missing again
+    runner.process([reading(27.0)])
+    assert len(fed) == 1
