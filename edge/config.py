@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -37,7 +38,18 @@ from climastream.contract import Location, Quantity, SafeId
 from climastream.validation import error_lines, key_path
 from climastream.yamlfile import ExpansionError, YamlFileError, expand_secrets, load_yaml
 
-Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+def _not_a_boolean(value: Any) -> Any:
+    """``batch_max_readings: true`` is a slip, not 1 (pydantic would read it as 1). A number
+    written as a string stays accepted: ``${PORT}`` expands to one."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {str(value).lower()}")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_a_boolean)]
+Float = Annotated[float, BeforeValidator(_not_a_boolean)]
+Seconds = Annotated[Float, Field(gt=0, le=86400)]
 
 #: keys that hold secrets; each also accepts ``<key>_file``
 SECRET_KEYS = frozenset({"sasl_password", "password", "ssl_password"})
@@ -86,7 +98,7 @@ class SimulatedSourceConfig(_Frozen):
     """Name of this source in logs, metrics and the gateway status."""
     cadence_s: Seconds = 1.0
     """Seconds between two samples of each device and quantity."""
-    seed: int = 0
+    seed: Int = 0
     """Random seed: the same seed gives the same readings."""
     devices: Annotated[tuple[SimulatedDevice, ...], Field(min_length=1)]
     """The simulated devices."""
@@ -105,7 +117,7 @@ class SerialSourceConfig(_Frozen):
     """Name of this source in logs, metrics and the gateway status (unique)."""
     port: str
     """Serial device path; prefer `/dev/serial/by-id/...`, which survives replugging."""
-    baudrate: Annotated[int, Field(gt=0)] = 9600
+    baudrate: Annotated[Int, Field(gt=0)] = 9600
     """Line speed (SDS011 and PMS5003: 9600)."""
     codec: Literal["sds011", "pms5003", "textline", "framed"]
     """Wire format of the device, a firmware_bridge stream decoder."""
@@ -116,11 +128,11 @@ class SerialSourceConfig(_Frozen):
     """Zone of the readings (default: the gateway's `zone`)."""
     location: Location | None = None
     """Position of the device, `{lat, lon}` in degrees."""
-    read_timeout_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    read_timeout_s: Annotated[Float, Field(gt=0, le=60)] = 0.2
     """Longest wait of one read of the port; shutdown waits at most this long."""
-    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    reconnect_min_s: Annotated[Float, Field(gt=0, le=60)] = 0.5
     """First delay before reopening a port that failed or was unplugged."""
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    reconnect_max_s: Annotated[Float, Field(gt=0, le=3600)] = 30.0
     """The delay doubles on each failed reopen, up to this."""
 
     @model_validator(mode="after")
@@ -136,7 +148,7 @@ class MqttBrokerConfig(_Frozen):
 
     host: str = "127.0.0.1"
     """Broker host name or address."""
-    port: Annotated[int, Field(gt=0, lt=65536)] = 1883
+    port: Annotated[Int, Field(gt=0, lt=65536)] = 1883
     """Broker port (8883 is usual with `tls: true`)."""
     username: str | None = None
     """User name, if the broker asks for one."""
@@ -148,7 +160,7 @@ class MqttBrokerConfig(_Frozen):
     """CA certificate to verify the broker with (default: the system's CAs)."""
     client_id: str | None = None
     """MQTT client id (default: `climastream-<gateway_id>-<source name>`)."""
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    keepalive_s: Annotated[Int, Field(ge=5, le=3600)] = 30
     """MQTT keepalive: a dead connection is noticed within about 1.5 times this."""
 
 
@@ -191,9 +203,9 @@ class MqttSourceConfig(_Frozen):
     fields)."""
     devices: dict[SafeId, MqttDeviceMeta] = Field(default_factory=dict)
     """Per device id (or DevEUI): its `zone` and `location`."""
-    reconnect_min_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    reconnect_min_s: Annotated[Float, Field(gt=0, le=60)] = 0.5
     """First delay before reconnecting to a lost broker."""
-    reconnect_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    reconnect_max_s: Annotated[Float, Field(gt=0, le=3600)] = 30.0
     """The delay doubles on each failed reconnect, up to this."""
 
     @field_validator("mapping")
@@ -251,20 +263,20 @@ class KafkaConfig(_Frozen):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     """Kafka brokers, `host:port[,host:port...]` (not a URL)."""
-    linger_ms: Annotated[int, Field(ge=0, le=10000)] = 20
+    linger_ms: Annotated[Int, Field(ge=0, le=10000)] = 20
     """How long the producer waits to fill a batch."""
-    max_batch_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
+    max_batch_bytes: Annotated[Int, Field(ge=1024, le=16 * 1024 * 1024)] = 1024 * 1024
     """Largest `readings` record; a record holds as many readings as fit."""
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "zstd"
     """Compression of record batches. `zstd` (Kafka 2.1 or newer) compresses as well as
     `gzip` for a twentieth of its CPU; `gzip` is for older brokers. The edge extra installs
     the codecs (cramjam)."""
-    request_timeout_ms: Annotated[int, Field(ge=1000)] = 10000
+    request_timeout_ms: Annotated[Int, Field(ge=1000)] = 10000
     """How long to wait for the broker to answer one request."""
     idempotent: Literal["auto", "on", "off"] = "auto"
     """`auto` turns the idempotent producer on when the broker supports it
     (InitProducerId)."""
-    max_in_flight: Annotated[int, Field(ge=1, le=16)] = 4
+    max_in_flight: Annotated[Int, Field(ge=1, le=16)] = 4
     """Records sent before the first is acknowledged; order per partition is kept."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How to connect: plain, TLS, SASL, or SASL over TLS."""
@@ -329,10 +341,10 @@ class BufferConfig(_Frozen):
     """`sqlite` (durable, for gateways) or `memory` (tests: lost on restart)."""
     path: Path = Path("/var/lib/climastream/buffer.db")
     """SQLite file of the buffer (WAL mode)."""
-    max_bytes: Annotated[int, Field(ge=64 * 1024)] = 512 * 1024 * 1024
+    max_bytes: Annotated[Int, Field(ge=64 * 1024)] = 512 * 1024 * 1024
     """Bound of the buffer: each reading counts its payload + 8 bytes, and each chunk
     (ingest batch) 64 bytes."""
-    max_age: timedelta = timedelta(days=7)
+    max_age: Annotated[timedelta, BeforeValidator(_not_a_boolean)] = timedelta(days=7)
     """Readings older than this are dropped, counted as `max_age` (ISO 8601 such as
     `P7D`, or seconds)."""
 
@@ -346,13 +358,13 @@ class BufferConfig(_Frozen):
     overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
     """When full: `drop_oldest` evicts gateway-status records first, then the oldest
     readings; `drop_newest` refuses new readings. Every drop is counted by reason."""
-    fsync_window_s: Annotated[float, Field(ge=0, le=60)] = 0.0
+    fsync_window_s: Annotated[Float, Field(ge=0, le=60)] = 0.0
     """0: each append is fsynced before it counts as accepted (nothing accepted is lost
     on a power cut). > 0: appends survive a process crash at once and reach the disk
     within this window (at most 1 s apart); a power cut loses at most the window, counted
     as `power_cut_unsynced` on restart: an upper bound, by at most one sync interval's
     readings (edge/README.md, Power cut)."""
-    seq_lease: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    seq_lease: Annotated[Int, Field(ge=1, le=1_000_000)] = 1000
     """Gateway-assigned sequence numbers are leased this many ahead, durably, so a power
     cut never makes the agent reuse a (device, seq) that Kafka may already hold. After a
     power cut with `fsync_window_s` > 0 the agent continues after the lease; the numbers
@@ -375,9 +387,9 @@ class FeatureSpec(_Frozen):
     device: SafeId | None = None
     """Take it from this device instead of the reading's own (e.g. a neighbouring RH
     sensor)."""
-    window: Annotated[int, Field(ge=1, le=256)] = 1
+    window: Annotated[Int, Field(ge=1, le=256)] = 1
     """Feed the last N values of the series, oldest first, ending with the current one."""
-    max_age_s: Annotated[float, Field(gt=0)] = 900.0
+    max_age_s: Annotated[Float, Field(gt=0)] = 900.0
     """A value older than this is missing: the model is not run on that reading. With a
     `window`, no value of it may be older than this when the next came (nor the newest
     now): a longer gap restarts the series, and the model runs again once `window` values
@@ -396,9 +408,9 @@ class ModelOutputConfig(_Frozen):
     """`score`: the reading's `score` (flag `anomaly` at or above `threshold`);
     `correct`: replaces the value (flag `corrected`); `derive`: a new reading of
     `quantity` on device `<device_id><device_suffix>` (flag `derived`)."""
-    column: Annotated[int, Field(ge=0)] = 0
+    column: Annotated[Int, Field(ge=0)] = 0
     """Which column of the model's output this is."""
-    threshold: float | None = None
+    threshold: Annotated[Float, Field(allow_inf_nan=False)] | None = None
     """With `kind: score`: flag `anomaly` at or above this."""
     quantity: Quantity | None = None
     """With `kind: derive`: the quantity of the new reading (required)."""
@@ -458,7 +470,7 @@ class MetricsConfig(_Frozen):
         if value is None:
             return None
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not _is_port(port):
+        if not sep or not _HOST.fullmatch(host) or not _is_port(port):
             raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {value!r}")
         return value
 
@@ -475,7 +487,7 @@ class GatewayConfig(_Frozen):
     """The uplink."""
     buffer: BufferConfig = BufferConfig()
     """The durable store-and-forward queue between the sources and Kafka."""
-    batch_max_readings: Annotated[int, Field(ge=1, le=5000)] = 500
+    batch_max_readings: Annotated[Int, Field(ge=1, le=5000)] = 500
     """Most readings in one ingest batch (and buffer chunk)."""
     batch_max_wait_s: Seconds = 0.2
     """When idle, the forwarder looks for new buffered readings at least this often."""

@@ -90,6 +90,16 @@ def test_errors_name_the_offending_key(tmp_path: Path) -> None:
         ("buffer: {max_age: 0}\n", "buffer.max_age: Value error, must be a positive duration"),
         ("metrics: {listen: localhost}\n", "metrics.listen: Value error, expected host:port"),
         ("buffer: [a]\n", "buffer: Input should be a valid dictionary"),
+        # true is not 1, nor a NaN a threshold, nor 'foo bar' a host
+        ("batch_max_readings: true\n", "batch_max_readings: Value error, expected a number, got"),
+        ("buffer: {fsync_window_s: false}\n", "buffer.fsync_window_s: Value error, expected a"),
+        ("buffer: {max_age: true}\n", "buffer.max_age: Value error, expected a number, got true"),
+        ("metrics: {listen: 'foo bar:80'}\n", r"metrics.listen: Value error, expected host:port"),
+        (
+            "models: [{id: m, path: m.onnx, quantity: temperature, inputs: [{}], "
+            "outputs: [{kind: score, threshold: .nan}]}]\n",
+            r"models.0.outputs.0.threshold: Input should be a finite number \(line 4\)",
+        ),
     ],
 )
 def test_more_bad_keys_are_named(tmp_path: Path, extra: str, message: str) -> None:
@@ -100,6 +110,21 @@ def test_more_bad_keys_are_named(tmp_path: Path, extra: str, message: str) -> No
     )
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_a_number_written_as_a_string_is_still_a_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``${VAR}`` expands to a string: a number given that way stays accepted."""
+    monkeypatch.setenv("GW_TEST_BAUD", "115200")
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nbatch_max_readings: '250'\nsources:\n  - {kind: serial, name: s, "
+        "port: /dev/x, codec: framed, baudrate: '${GW_TEST_BAUD}'}\n"
+    )
+    config = load_config(path)
+    assert config.batch_max_readings == 250
+    assert config.sources[0].baudrate == 115200  # type: ignore[union-attr]
 
 
 def test_overriding_inside_a_section_that_is_not_a_mapping_names_it(tmp_path: Path) -> None:
