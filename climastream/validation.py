@@ -27,14 +27,20 @@ def error_lines(
     """``key.path: message`` for each error (the first ``limit``).
 
     ``root`` names an error of the whole document (empty path); ``drop`` removes path
-    segments that are not keys the user wrote, such as a tagged union's tag. With the
+    segments that are not keys the user wrote: a tagged union's tag, right after a list
+    item's index (``sources.0.serial.baudrate`` reads ``sources.0.baudrate``). With the
     ``key_lines`` of the YAML file, each line ends with `` (line N)``: the key's line, or
     for a missing key the line of the section that lacks it.
     """
     lines = []
     errors = [e for e in exc.errors(include_url=False) if not _only_echoes_items(e)]
     for error in errors[:limit]:
-        path = [p for p in error["loc"] if p not in drop]
+        loc = error["loc"]
+        # a tag comes right after the item's index: a key of that name elsewhere (an MQTT
+        # device called "serial") is the user's, and stays
+        path = [
+            p for i, p in enumerate(loc) if not (p in drop and i and isinstance(loc[i - 1], int))
+        ]
         where = key_path(path)
         suffix = key_lines.suffix(path) if key_lines is not None else ""
         lines.append(f"{where or root}: {error['msg']}{suffix}")

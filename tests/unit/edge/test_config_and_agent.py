@@ -112,6 +112,19 @@ def test_more_bad_keys_are_named(tmp_path: Path, extra: str, message: str) -> No
         load_config(path)
 
 
+@pytest.mark.parametrize("device", ["serial", "mqtt", "simulated"])
+def test_a_device_named_like_a_source_kind_keeps_its_key_in_errors(
+    tmp_path: Path, device: str
+) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nsources:\n  - kind: mqtt\n    name: m\n    topics: [a]\n"
+        f"    format: senml\n    devices:\n      {device}: {{zone: 'bad zone'}}\n"
+    )
+    with pytest.raises(ConfigError, match=rf"sources\.0\.devices\.{device}\.zone: .* \(line 8\)"):
+        load_config(path)
+
+
 def test_a_number_written_as_a_string_is_still_a_number(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
