@@ -421,6 +421,17 @@ class ModelOutputConfig(_Frozen):
     def _derive_quantity(self) -> ModelOutputConfig:
         if self.kind == "derive" and self.quantity is None:
             raise ValueError("a derive output needs the quantity it produces")
+        # a key the kind does not use would be silently ignored (or, for a correct
+        # output's quantity, check its values against another quantity's range)
+        used = {"threshold": "score", "quantity": "derive", "device_suffix": "derive"}
+        unused = sorted(
+            k for k, kind in used.items() if k in self.model_fields_set and kind != self.kind
+        )
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)}: not used by a {self.kind} output "
+                "(threshold is for score, quantity and device_suffix for derive)"
+            )
         return self
 
 

@@ -707,3 +707,20 @@ def test_a_window_with_a_gap_longer_than_max_age_is_missing() -> None:
     now[0] += 901.0  # 26.5 was older than max_age_s when 27.0 came: missing again
     runner.process([reading(27.0)])
     assert len(fed) == 1
+
+
+@pytest.mark.parametrize(
+    ("output", "unused"),
+    [
+        ({"kind": "correct", "threshold": 0.5, "quantity": "pm2_5"}, "quantity, threshold"),
+        ({"kind": "score", "device_suffix": ".x"}, "device_suffix"),
+        ({"kind": "derive", "quantity": "pm2_5", "threshold": 0.9}, "threshold"),
+    ],
+)
+def test_an_output_key_its_kind_does_not_use_is_refused(
+    output: dict[str, Any], unused: str
+) -> None:
+    with pytest.raises(ValidationError, match=rf"{unused}: not used by a {output['kind']} output"):
+        ModelConfig.model_validate(
+            {"id": "m", "path": "m.onnx", "quantity": "pm2_5", "inputs": [{}], "outputs": [output]}
+        )
