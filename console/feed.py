@@ -210,7 +210,7 @@ def load_site(gateway_configs: list[Path]) -> list[DeviceInfo]:
         config = load_config(path, read_secrets=False)  # never the gateway's secrets
         for source in config.sources:
             if isinstance(source, MqttSourceConfig):  # device id -> metadata
-                for device_id, meta in source.devices.items():
+                for device_id, meta in source.device_meta().items():
                     add(config.gateway_id, device_id, meta, config.zone)
             elif isinstance(source, SimulatedSourceConfig):
                 for device in source.devices:

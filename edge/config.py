@@ -202,11 +202,35 @@ class MqttSourceConfig(_Frozen):
     """With `format: json`: the firmware_bridge field mapping (topic template and
     fields)."""
     devices: dict[SafeId, MqttDeviceMeta] = Field(default_factory=dict)
-    """Per device id (or DevEUI): its `zone` and `location`."""
+    """Per device id (or DevEUI): its `zone` and `location`. With `chirpstack` or `tts` a
+    key is a DevEUI in any case (`70B3D57ED0000001`): readings carry it in lower case."""
     reconnect_min_s: Annotated[Float, Field(gt=0, le=60)] = 0.5
     """First delay before reconnecting to a lost broker."""
     reconnect_max_s: Annotated[Float, Field(gt=0, le=3600)] = 30.0
     """The delay doubles on each failed reconnect, up to this."""
+
+    @field_validator("devices")
+    @classmethod
+    def _dev_euis(
+        cls, devices: dict[str, MqttDeviceMeta], info: ValidationInfo
+    ) -> dict[str, MqttDeviceMeta]:
+        """A DevEUI is matched in any case (:meth:`device_meta`), so two keys that differ
+        only in case would be one device given twice."""
+        if info.data.get("format") in ("chirpstack", "tts"):
+            seen: set[str] = set()
+            for key in devices:
+                if key.lower() in seen:
+                    raise ValueError(f"DevEUI {key!r} is given twice (keys differ only in case)")
+                seen.add(key.lower())
+        return devices
+
+    def device_meta(self) -> dict[str, MqttDeviceMeta]:
+        """``devices`` keyed as readings name the devices: LoRaWAN readings carry the DevEUI
+        in lower case, and an upper-case key (as network servers' consoles print them) must
+        still give the device its zone and location."""
+        if self.format in ("chirpstack", "tts"):
+            return {key.lower(): meta for key, meta in self.devices.items()}
+        return dict(self.devices)
 
     @field_validator("mapping")
     @classmethod

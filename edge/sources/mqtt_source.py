@@ -52,6 +52,7 @@ class MqttSource:
 
         self.name = config.name
         self._config = config
+        self._devices = config.device_meta()  # as readings name them (DevEUIs lower case)
         self._clock = clock
         layout = None
         if config.layout is not None:
@@ -88,11 +89,11 @@ class MqttSource:
         return self._errors
 
     def _zone(self, device: str) -> str | None:
-        meta = self._config.devices.get(device)
+        meta = self._devices.get(device)
         return meta.zone if meta else None
 
     def _location(self, device: str) -> Location | None:
-        meta = self._config.devices.get(device)
+        meta = self._devices.get(device)
         return meta.location if meta else None
 
     async def start(self) -> None:

@@ -13,7 +13,14 @@ from pydantic import ValidationError
 from climastream.contract import QualityFlag, Quantity, Reading, ReadingBatch, decode
 from edge.agent import Agent
 from edge.buffer import Kind, MemoryBuffer
-from edge.config import ConfigError, GatewayConfig, KafkaConfig, ModelConfig, load_config
+from edge.config import (
+    ConfigError,
+    GatewayConfig,
+    KafkaConfig,
+    ModelConfig,
+    MqttSourceConfig,
+    load_config,
+)
 from edge.inference import ModelRunner
 from edge.sources import Sample
 
@@ -218,6 +225,24 @@ def test_one_device_id_for_two_devices_is_refused_naming_both(
     with pytest.raises(
         ConfigError, match=rf"'[\w-]+' is given to two devices, at {first} and at {second}"
     ):
+        load_config(path)
+
+
+def test_a_dev_eui_key_matches_the_readings_in_any_case(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nsources:\n" + _MQTT % ("m", "a", "tts", _LORA, "A84041000181C23E")
+    )
+    (source,) = load_config(path).sources
+    assert isinstance(source, MqttSourceConfig)
+    assert list(source.devices) == ["A84041000181C23E"]  # errors name it as written
+    assert source.device_meta()["a84041000181c23e"].zone == "z"  # readings name it so
+    path.write_text(
+        "gateway_id: gw1\nsources:\n  - {kind: mqtt, name: m, topics: [t], format: tts, "
+        + _LORA
+        + "devices: {A84041000181C23E: {zone: z}, a84041000181c23e: {zone: y}}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"DevEUI 'a84041000181c23e' is given twice"):
         load_config(path)
 
 
