@@ -29,6 +29,15 @@ def test_dew_point_magnus() -> None:
         f.dew_point(20.0, 0.0)
 
 
+def _rothfusz(t: float, rh: float) -> float:
+    """The Rothfusz regression (°F), written out here as NWS publishes it."""
+    return (
+        -42.379 + 2.04901523 * t + 10.14333127 * rh - 0.22475541 * t * rh
+        - 0.00683783 * t * t - 0.05481717 * rh * rh + 0.00122874 * t * t * rh
+        + 0.00085282 * t * rh * rh - 0.00000199 * t * t * rh * rh
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("t_f", "rh", "hi_f"),
     [
@@ -53,11 +62,7 @@ def test_heat_index_switches_to_the_regression_on_the_simple_value_itself() -> N
     # so the NWS calculator uses the regression (83.15 °F = 28.41 °C). Averaging the
     # simple value with T once more (79.94 °F) would have kept the simple 81.08 °F.
     t, rh = 78.8, 100.0
-    reg = (
-        -42.379 + 2.04901523 * t + 10.14333127 * rh - 0.22475541 * t * rh
-        - 0.00683783 * t * t - 0.05481717 * rh * rh + 0.00122874 * t * t * rh
-        + 0.00085282 * t * rh * rh - 0.00000199 * t * t * rh * rh
-    )  # fmt: skip
+    reg = _rothfusz(t, rh)
     # (no high-humidity adjustment: that one is for 80..87 °F)
     assert f.heat_index(26.0, rh) == pytest.approx(_c(reg))
     assert f.heat_index(26.0, rh) == pytest.approx(28.41, abs=0.01)
@@ -72,20 +77,12 @@ def test_heat_index_is_the_temperature_at_or_below_40f() -> None:
 def test_heat_index_adjustments() -> None:
     # low humidity: T=100 °F, RH=10: regression minus ((13-10)/4)*sqrt((17-5)/17)
     t, rh = 100.0, 10.0
-    reg = (
-        -42.379 + 2.04901523 * t + 10.14333127 * rh - 0.22475541 * t * rh
-        - 0.00683783 * t * t - 0.05481717 * rh * rh + 0.00122874 * t * t * rh
-        + 0.00085282 * t * rh * rh - 0.00000199 * t * t * rh * rh
-    )  # fmt: skip
+    reg = _rothfusz(t, rh)
     expected = reg - 0.75 * math.sqrt(12.0 / 17.0)
     assert f.heat_index(_c(t), rh) == pytest.approx(_c(expected))
     # high humidity: T=85 °F, RH=90: plus ((90-85)/10)*((87-85)/5) = 0.2 °F
     t, rh = 85.0, 90.0
-    reg = (
-        -42.379 + 2.04901523 * t + 10.14333127 * rh - 0.22475541 * t * rh
-        - 0.00683783 * t * t - 0.05481717 * rh * rh + 0.00122874 * t * t * rh
-        + 0.00085282 * t * rh * rh - 0.00000199 * t * t * rh * rh
-    )  # fmt: skip
+    reg = _rothfusz(t, rh)
     assert f.heat_index(_c(t), rh) == pytest.approx(_c(reg + 0.2))
 
 
