@@ -33,6 +33,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -77,8 +78,10 @@ class StreamSettings:
         return f"{self.app_id}-kpi-state-changelog"
 
     @classmethod
-    def from_env(cls) -> StreamSettings:
-        config_path = os.environ.get("CLIMASTREAM_STREAM_CONFIG")
+    def from_env(cls, config_path: str | Path | None = None) -> StreamSettings:
+        """Settings from the environment; the stream config from ``config_path`` if given
+        (``--config``), else ``CLIMASTREAM_STREAM_CONFIG``. Raises StreamConfigError."""
+        config_path = config_path or os.environ.get("CLIMASTREAM_STREAM_CONFIG")
         return cls(
             bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             app_id=os.environ.get("CLIMASTREAM_STREAM_APP_ID", "climastream-kpi"),

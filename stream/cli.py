@@ -63,20 +63,17 @@ def _worker(args: argparse.Namespace) -> int:
         create_worker,
         ensure_topics,
     )
+    from stream.config import StreamConfigError
 
-    settings = StreamSettings.from_env()
+    try:  # --config, or else CLIMASTREAM_STREAM_CONFIG: one error line either way
+        settings = StreamSettings.from_env(args.config)
+    except StreamConfigError as exc:
+        print(f"stream worker: {exc}", file=sys.stderr)
+        return 2
     if args.kafka:
         settings = replace(settings, bootstrap_servers=args.kafka)
     if args.app_id:
         settings = replace(settings, app_id=args.app_id)
-    if args.config:
-        from stream.config import StreamConfig, StreamConfigError
-
-        try:
-            settings = replace(settings, config=StreamConfig.load(args.config))
-        except StreamConfigError as exc:
-            print(f"stream worker: {exc}", file=sys.stderr)
-            return 2
     settings = replace(settings, data_dir=args.data_dir, store=args.store)
     if args.checkpoint_part_bytes is not None:
         if args.checkpoint_part_bytes < 1:

@@ -69,3 +69,32 @@ def test_missing_extra_names_the_pip_command() -> None:
 
     with pytest.raises(MissingExtraError, match=r"pip install 'climastream\[edge\]'"):
         require("climastream_no_such_module", "edge")
+
+
+@pytest.mark.parametrize("given", ["flag", "env", "env-and-good-flag"])
+def test_a_bad_stream_config_is_one_error_line_however_it_is_given(
+    given: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("window: 1m\nwindwo: 5s\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("window: 1m\n")
+    args = ["stream", "worker", "--kafka", "127.0.0.1:1"]
+    if given == "flag":
+        args += ["--config", str(bad)]
+    else:
+        monkeypatch.setenv("CLIMASTREAM_STREAM_CONFIG", str(bad))
+    if given == "env-and-good-flag":
+        # --config wins over the environment: the good file is used, and the worker goes
+        # on to Kafka (unreachable here: exit 1, not the config's 2)
+        assert main([*args, "--config", str(good)]) == 1
+        assert "cannot reach Kafka" in capsys.readouterr().err
+        return
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("stream worker: ")
+    assert "windwo" in err
+    assert "Traceback" not in err
