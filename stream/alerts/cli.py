@@ -24,7 +24,9 @@ ACTIVE_STATES = ("pending", "firing", "acknowledged", "silenced")
 
 
 def _kafka(args: argparse.Namespace) -> str:
-    return str(args.kafka or os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
+    # the same default as every other command (the local stack's port was the default here,
+    # so `alerts ack` went to another broker than an `alerts engine` started without --kafka)
+    return str(args.kafka or os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p.add_argument(
             "--kafka",
             metavar="HOST:PORT",
-            help="bootstrap servers (env CLIMASTREAM_KAFKA_BOOTSTRAP)",
+            help="bootstrap servers (default: env CLIMASTREAM_KAFKA_BOOTSTRAP, else "
+            "127.0.0.1:9092)",
         )
 
     engine = actions.add_parser(

@@ -98,3 +98,19 @@ def test_a_bad_stream_config_is_one_error_line_however_it_is_given(
     assert err.startswith("stream worker: ")
     assert "windwo" in err
     assert "Traceback" not in err
+
+
+def test_every_command_defaults_to_the_same_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from stream.alerts.app import AlertsSettings
+    from stream.alerts.cli import _kafka
+    from stream.app import StreamSettings
+
+    monkeypatch.delenv("CLIMASTREAM_KAFKA_BOOTSTRAP", raising=False)
+    defaults = {
+        _kafka(argparse.Namespace(kafka=None)),  # alerts list/ack/silence/history/notify
+        AlertsSettings.from_env().bootstrap_servers,  # alerts engine
+        StreamSettings.from_env().bootstrap_servers,  # stream worker
+    }
+    assert defaults == {"127.0.0.1:9092"}
