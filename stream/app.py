@@ -172,9 +172,19 @@ async def start_admin(bootstrap_servers: str) -> Any:
     return admin
 
 
+class TopicMismatch(RuntimeError):
+    """The input topic does not have the contract's partition count."""
+
+
 async def ensure_topics(settings: StreamSettings) -> None:
     """Create the internal topics with the contract's partition count (Tansu would
-    auto-create them with its own default, and Faust's co-partitioning needs equal counts)."""
+    auto-create them with its own default, and Faust's co-partitioning needs equal counts).
+
+    An existing ``readings`` topic with another count (a broker's auto-create default, say
+    6) is :class:`TopicMismatch`: the job's table and internal topics have the contract's
+    count, Faust refuses to write state for such a source, and the zone stage would wait
+    for the wrong number of partitions.
+    """
     from aiokafka.admin import NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -182,6 +192,15 @@ async def ensure_topics(settings: StreamSettings) -> None:
     admin = await start_admin(settings.bootstrap_servers)
     try:
         existing = set(await admin.list_topics())
+        if settings.readings_topic in existing:
+            (described,) = await admin.describe_topics([settings.readings_topic])
+            found = len(described.get("partitions", ()))
+            if found and found != partitions:
+                raise TopicMismatch(
+                    f"topic {settings.readings_topic!r} has {found} partitions, the contract "
+                    f"{partitions}: create the topics before the first gateway sends (the "
+                    "production files run 'climastream topics create'), or recreate it"
+                )
         wanted = [
             NewTopic(name, partitions, 1)
             for name in (settings.partials_topic, settings.changelog_topic)

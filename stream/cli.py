@@ -59,6 +59,7 @@ def _worker(args: argparse.Namespace) -> int:
     from stream.app import (
         KafkaUnreachable,
         StreamSettings,
+        TopicMismatch,
         create_app,
         create_worker,
         ensure_topics,
@@ -85,6 +86,9 @@ def _worker(args: argparse.Namespace) -> int:
     except KafkaUnreachable as exc:
         print(f"stream worker: {exc}", file=sys.stderr)
         return 1
+    except TopicMismatch as exc:
+        print(f"stream worker: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     if args.metrics_port:
         from stream.app import serve_metrics

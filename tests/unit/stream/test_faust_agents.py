@@ -275,3 +275,43 @@ async def test_stale_and_replayed_partials_are_metrics(app: Any, sent: Sent) -> 
     assert "climastream_stream_replayed_partials_total 1.0" in text
     assert "climastream_stream_stale_partials_total 1.0" in text
     assert "climastream_stream_stale_readings_total 2.0" in text
+
+
+class _FakeAdmin:
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self.created: list[str] = []
+
+    async def list_topics(self) -> list[str]:
+        return ["readings"]
+
+    async def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        return [{"topic": n, "error_code": 0, "partitions": [{}] * self.partitions} for n in names]
+
+    async def create_topics(self, topics: list[Any]) -> None:
+        self.created += [t.name for t in topics]
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("partitions", [4, 6])
+async def test_a_readings_topic_with_another_partition_count_is_refused(
+    partitions: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stream import app as stream_app
+
+    admin = _FakeAdmin(partitions)
+
+    async def start_admin(_bootstrap: str) -> _FakeAdmin:
+        return admin
+
+    monkeypatch.setattr(stream_app, "start_admin", start_admin)
+    settings = stream_app.StreamSettings(app_id="t")
+    if partitions == 4:
+        await stream_app.ensure_topics(settings)
+        assert admin.created == ["t-kpi-partials", "t-kpi-state-changelog"]
+    else:
+        with pytest.raises(stream_app.TopicMismatch, match="'readings' has 6 partitions"):
+            await stream_app.ensure_topics(settings)
+        assert admin.created == []
