@@ -131,7 +131,9 @@ async def floor(bootstrap: str, topic: str, total: int, config_path: str) -> dic
         for tp, records in batch.items():
             engine = stage1.get(tp.partition)
             if engine is None:
-                engine = stage1[tp.partition] = DeviceWindows(config.window, config.grace)
+                engine = stage1[tp.partition] = DeviceWindows(
+                    config.window, config.grace, zones=config.device_zones
+                )
             for record in records:
                 if seen == 0:
                     cpu0 = cpu()

@@ -304,7 +304,7 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         if part is not None:
             return part
         if prefix == "s1":
-            engine: Any = DeviceWindows(config.window, config.grace)
+            engine: Any = DeviceWindows(config.window, config.grace, zones=config.device_zones)
         else:
             engine = ZoneWindows(config, sources=n, owns=lambda key: partition_for(key, n) == p)
         # read before the partition is registered: after a failed read, no event may

@@ -114,6 +114,11 @@ class StreamConfig(_Frozen):
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    @property
+    def device_zones(self) -> dict[str, str]:
+        """The zone of each device declared with one (it wins over the readings' zone)."""
+        return {device_id: d.zone for device_id, d in self.devices.items() if d.zone}
+
     def cadence_of(self, device_id: str) -> timedelta:
         device = self.devices.get(device_id)
         return device.cadence if device else self.default_cadence

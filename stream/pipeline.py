@@ -52,7 +52,11 @@ class Replay:
         self.config = config
         self.clock = clock
         self.devices = DeviceWindows(
-            config.window, config.grace, gateways=gateways, withhold=gateways is None
+            config.window,
+            config.grace,
+            gateways=gateways,
+            withhold=gateways is None,
+            zones=config.device_zones,
         )
         self.zones = ZoneWindows(config, sources=1, only_kpi=only_kpi)
         self.result = ReplayResult()

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -217,8 +217,13 @@ class DeviceWindows:
         *,
         gateways: Collection[str] | None = None,
         withhold: bool = False,
+        zones: Mapping[str, str] | None = None,
     ) -> None:
-        """``gateways`` and ``withhold`` are for offline replays, where a file may hold one
+        """``zones``: the zone of each device the stream config declares with one; it wins
+        over the zone on the readings, which each gateway stamps (with its own default for
+        a device it does not list), so a device heard by two gateways stays in one zone.
+
+        ``gateways`` and ``withhold`` are for offline replays, where a file may hold one
         gateway's readings after another's (an export grouped by gateway), while the live
         job reads each partition at its own pace and its zone stage waits for all of them.
         ``gateways``: the gateways of the whole input; :meth:`horizon` is None until each
@@ -240,6 +245,7 @@ class DeviceWindows:
         self._wall_horizon: int | None = None
         self._expected = None if gateways is None else frozenset(gateways)
         self._withhold = withhold
+        self._zones = dict(zones or {})
         self.stats = WindowStats()
 
     def add(self, readings: Iterable[Reading]) -> list[Reading]:
@@ -277,7 +283,7 @@ class DeviceWindows:
                 partial = partials[key] = {
                     "d": reading.device_id,
                     "g": gateway,
-                    "z": reading.zone,
+                    "z": self._zones.get(reading.device_id, reading.zone),
                     "ws": start,
                     "we": start + size,
                     "q": {},

@@ -292,7 +292,7 @@ def _two_partitions(
     """The live layout: one stage-1 engine per ``readings`` partition, one zone stage."""
     zones = zones or ZoneWindows(config, sources=len(per_partition))
     for index, readings in enumerate(per_partition):
-        engine = DeviceWindows(config.window, config.grace)
+        engine = DeviceWindows(config.window, config.grace, zones=config.device_zones)
         engine.add(readings)
         for partial in engine.close(now=T0 + timedelta(minutes=5)):
             for key, reference in routing_keys(partial, config):
@@ -319,6 +319,23 @@ def test_a_device_heard_by_two_gateways_in_one_window_counts_both() -> None:
         assert pick(first, "stat.min", **scope)[0].value == 20.0
         assert pick(first, "stat.max", **scope)[0].value == 24.0
         assert pick(first, "stat.p95", **scope)[0].value == pytest.approx(23.8)
+    completeness = pick(first, "completeness", device_id="d")[0]
+    assert (completeness.value, completeness.sample_count) == (1.0, 2)
+
+
+def test_a_declared_device_stays_in_its_zone_whichever_gateway_stamps_another() -> None:
+    """Each gateway stamps a device it does not list with its own default zone: through
+    two gateways in two zones, the device's window was split in two halves (completeness
+    0.5 in each zone, two false data-completeness alerts). The stream config's zone wins."""
+    config = cfg(devices={"d": {"cadence": "5s", "zone": "north"}})
+    north = _reading("d", "gw1", 1, 20.0, T0 + timedelta(seconds=1))
+    south = _reading("d", "gw2", 2, 24.0, T0 + timedelta(seconds=6))
+    kpis, _ = _two_partitions(config, [
+        [north.model_copy(update={"zone": "north"})],
+        [south.model_copy(update={"zone": "south"})],
+    ])  # fmt: skip
+    first = [k for k in kpis if k.window_start == T0]
+    assert {k.zone for k in first} == {"north"}
     completeness = pick(first, "completeness", device_id="d")[0]
     assert (completeness.value, completeness.sample_count) == (1.0, 2)
 
