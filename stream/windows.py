@@ -6,9 +6,9 @@ Times are integer microseconds since the epoch (UTC) inside the engine, for spee
 * A reading belongs to the tumbling window ``[start, start + size)`` of its event time.
 * Each gateway has its own event-time watermark (its newest event time, each reading's
   capped at the time its gateway received it, ``ingest_time``: a device whose clock runs
-  ahead does not make the others late): a gateway's
-  records are ordered within its partition, so lateness is decided per gateway and does not
-  depend on which other gateways share the partition (``kpi eval`` gives the same answer).
+  ahead does not make the others late): a gateway's records are ordered within its
+  partition, so lateness is decided per gateway (except for a gateway first heard late,
+  below).
 * A window of a gateway is *closed* once ``max(gateway event time, wall clock) - grace``
   passes its end. The wall clock counts only when the caller says the partition is caught
   up (no backlog), so a replay after a crash closes windows exactly as the first run did,
@@ -24,9 +24,11 @@ Times are integer microseconds since the epoch (UTC) inside the engine, for spee
   gateway: then the device's counter restarted (:class:`SeenSeqs`), counted in
   ``counter_resets``, and the reading is kept.
 * Everything here is per gateway: the windows (a device heard by two gateways has one
-  window per gateway), the watermark and the deduplication memory. So what a reading
-  becomes does not depend on which other gateways share the partition, or on how their
-  records interleave: ``kpi eval`` over one file gives what the partitioned job gives.
+  window per gateway), the watermark and the deduplication memory. So once a gateway has
+  been heard, what its readings become does not depend on which other gateways share the
+  partition, or on how their records interleave. The exception is a gateway first heard
+  after the partition's horizon moved on: it starts there, so its older readings are late.
+  ``kpi eval`` learns the gateways of its whole input first, so it has no such case.
   The zone stage merges a device's windows from its gateways and drops a reading that
   arrived through two of them (same seq, same event time) there.
 
