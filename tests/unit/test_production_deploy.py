@@ -306,3 +306,35 @@ def test_the_image_copies_every_package_and_installs_the_cloud_extras() -> None:
     (extras,) = re.findall(r'pip install "\.\[([\w,]+)\]"', dockerfile)
     assert set(extras.split(",")) == {"stream", "sinks", "console"}
     assert set(extras.split(",")) <= set(pyproject["project"]["optional-dependencies"])
+
+
+def _image_user() -> tuple[int, int]:
+    """The uid and gid the image runs as: its last USER, which must be numeric."""
+    dockerfile = (PROD / "Dockerfile").read_text()
+    (uid,) = re.findall(r"useradd [^\n]*--uid (\d+)", dockerfile)
+    (gid,) = re.findall(r"groupadd [^\n]*--gid (\d+)", dockerfile)
+    user = re.findall(r"^USER (\S+)$", dockerfile, re.M)[-1]
+    # runAsNonRoot can only verify a numeric user: with a name the kubelet refuses the
+    # pod ("image has non-numeric user ... cannot verify user is non-root")
+    assert re.fullmatch(r"\d+:\d+", user), f"USER {user} is not numeric uid:gid"
+    assert user == f"{uid}:{gid}", f"USER {user} is not the user the image creates"
+    assert int(uid) != 0
+    return int(uid), int(gid)
+
+
+def test_the_image_runs_as_a_numeric_non_root_user() -> None:
+    assert _image_user() == (10001, 10001)
+
+
+@pytest.mark.parametrize(
+    "workload", _workloads(), ids=lambda w: f"{w['kind']}/{w['metadata']['name']}"
+)
+def test_kubernetes_pods_run_as_the_image_user(workload: dict[str, Any]) -> None:
+    uid, gid = _image_user()
+    context = workload["spec"]["template"]["spec"]["securityContext"]
+    assert context.get("runAsNonRoot") is True
+    assert context.get("runAsUser") == uid
+    assert context.get("runAsGroup") == gid
+    if workload["spec"].get("volumeClaimTemplates"):
+        # the volume is written: its files must belong to the pod's group
+        assert context.get("fsGroup") == gid
