@@ -338,3 +338,51 @@ def test_kubernetes_pods_run_as_the_image_user(workload: dict[str, Any]) -> None
     if workload["spec"].get("volumeClaimTemplates"):
         # the volume is written: its files must belong to the pod's group
         assert context.get("fsGroup") == gid
+
+
+#: compose services that read their secrets as root (InfluxDB's entrypoint, before it
+#: steps down to its own user); every other service that mounts one names its ``user``
+ROOT_READERS = {"influxdb"}
+
+
+def _secret_owners() -> dict[str, int]:
+    """secret file -> the uid secrets/README.md says must own it (its owner column)."""
+    rows = re.findall(r"^\| `([\w-]+)` \|.*\| `(\d+)` \|$", SECRETS_README, re.M)
+    return {name: int(uid) for name, uid in rows}
+
+
+def test_compose_services_run_as_the_image_user() -> None:
+    uid, gid = _image_user()
+    for name, spec in _climastream_services().items():
+        assert spec.get("user") == f"{uid}:{gid}", name
+
+
+def test_compose_secrets_are_owned_by_the_one_uid_that_reads_them() -> None:
+    """Compose bind-mounts file secrets with their host owner and mode (0400 here)."""
+    compose = _compose()
+    owners = _secret_owners()
+    readers: dict[str, set[int]] = {name: set() for name in compose["secrets"]}
+    for service, spec in compose["services"].items():
+        for entry in spec.get("secrets", []):
+            source = entry if isinstance(entry, str) else entry["source"]
+            if service in ROOT_READERS:
+                readers[source].add(0)
+            else:
+                assert "user" in spec, f"{service} reads secrets but does not say as whom"
+                readers[source].add(int(str(spec["user"]).split(":")[0]))
+    commands = re.search(r"```sh\n(.*?)```", SECRETS_README, re.S)
+    assert commands is not None
+    script = commands.group(1)
+
+    def lines(start: str) -> list[str]:
+        return [line for line in script.splitlines() if line.startswith(start)]
+
+    for secret, uids in readers.items():
+        file = Path(compose["secrets"][secret]["file"]).name
+        non_root = uids - {0}
+        assert len(non_root) <= 1, f"{secret} is read by uids {sorted(uids)}: give each a copy"
+        expected = non_root.pop() if non_root else 0
+        assert owners.get(file) == expected, f"secrets/README.md: {file} belongs to {expected}"
+        assert any(file in line.split()[2:] for line in lines("chmod 0400")), f"{file}: mode"
+        assert any(file in line.split()[3:] for line in lines(f"sudo chown {expected}:")), file
+    assert lines("chmod 0700 .")
