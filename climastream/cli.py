@@ -19,6 +19,7 @@ from climastream import __version__
 #: modules exposing ``register(subparsers)``, in the order --help lists them
 COMMAND_MODULES: tuple[str, ...] = (
     "climastream.stack",
+    "climastream.topics",
     "firmware_bridge.cli",
     "firmware_bridge.simulators.runner",
     "edge.cli",

@@ -386,3 +386,44 @@ def test_compose_secrets_are_owned_by_the_one_uid_that_reads_them() -> None:
         assert any(file in line.split()[2:] for line in lines("chmod 0400")), f"{file}: mode"
         assert any(file in line.split()[3:] for line in lines(f"sudo chown {expected}:")), file
     assert lines("chmod 0700 .")
+
+
+# ------------------------------------------------------------------------- topics
+
+#: commands that do not talk to Kafka (everything else consumes or produces)
+KAFKA_FREE = {("sink", "init"), ("topics", "create")}
+
+
+def test_compose_creates_the_topics_before_any_kafka_client() -> None:
+    """Else a client's first request auto-creates a topic with the broker's default count."""
+    services = _compose()["services"]
+    init = services["topics-init"]
+    assert init["command"][:2] == ["topics", "create"]
+    assert init["restart"] == "no"
+    assert init["depends_on"]["kafka"] == {"condition": "service_healthy"}
+    for name, spec in _climastream_services().items():
+        if tuple(spec["command"][:2]) in KAFKA_FREE:
+            continue
+        waits = spec.get("depends_on", {}).get("topics-init")
+        assert waits == {"condition": "service_completed_successfully"}, name
+
+
+def test_compose_kafka_auto_creates_with_the_readings_partition_count() -> None:
+    from climastream.contract import Topics
+
+    kafka = _compose()["services"]["kafka"]["environment"]
+    assert int(kafka["KAFKA_NUM_PARTITIONS"]) == Topics.READINGS.partitions
+
+
+@pytest.mark.parametrize(
+    "workload", _workloads(), ids=lambda w: f"{w['kind']}/{w['metadata']['name']}"
+)
+def test_kubernetes_pods_create_the_topics_first(workload: dict[str, Any]) -> None:
+    pod = workload["spec"]["template"]["spec"]
+    first = pod.get("initContainers", [{}])[0]
+    assert first.get("args", [])[:2] == ["topics", "create"]
+    from_maps = [_literals(e["configMapRef"]["name"]) for e in first["envFrom"]]
+    env = ChainMap(*reversed(from_maps))
+    assert env.get("CLIMASTREAM_KAFKA_BOOTSTRAP")
+    # the city's cluster: every topic on three brokers
+    assert env.get("CLIMASTREAM_TOPICS_REPLICATION_FACTOR") == "3"
