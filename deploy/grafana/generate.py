@@ -13,12 +13,19 @@ from typing import Any
 
 OUT = Path(__file__).resolve().parent / "dashboards"
 DATASOURCE = {"type": "influxdb", "uid": "climastream-influx"}
+#: The sink's buckets (sinks/config.py defaults, deploy/production/config/sink.yaml):
+#: readings go to the short-lived raw bucket, KPIs, alerts and gateway status to the
+#: long-lived one. A unit test holds every panel to where the sink writes its measurement.
 BUCKET = "${bucket}"
+RAW_BUCKET = "${raw_bucket}"
+BUCKET_NAMES = {"bucket": "climastream", "raw_bucket": "climastream-raw"}
+MEASUREMENT_BUCKETS = {"reading": RAW_BUCKET}
 
 
 def flux(measurement: str, field: str, *filters: str, agg: str = "mean", group: str = "") -> str:
+    bucket = MEASUREMENT_BUCKETS.get(measurement, BUCKET)
     lines = [
-        f'from(bucket: "{BUCKET}")',
+        f'from(bucket: "{bucket}")',
         "  |> range(start: v.timeRangeStart, stop: v.timeRangeStop)",
         f'  |> filter(fn: (r) => r._measurement == "{measurement}")',
         f'  |> filter(fn: (r) => r._field == "{field}")'
@@ -89,7 +96,8 @@ def dashboard(
     uid: str, title: str, panels: list[dict[str, Any]], zone_var: bool = True
 ) -> dict[str, Any]:
     variables: list[dict[str, Any]] = [
-        {"name": "bucket", "type": "constant", "query": "climastream", "hide": 2},
+        {"name": name, "type": "constant", "query": bucket, "hide": 2}
+        for name, bucket in BUCKET_NAMES.items()
     ]
     if zone_var:
         variables.append(

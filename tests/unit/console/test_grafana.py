@@ -7,6 +7,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -19,15 +20,18 @@ from climastream.contract import (
     KpiValue,
     Quantity,
     Reading,
+    Topics,
 )
+from sinks.config import load_config
 from sinks.lineprotocol import alert_line, gateway_status_line, kpi_line, reading_line
 
 GRAFANA = Path(__file__).resolve().parents[3] / "deploy" / "grafana"
+PRODUCTION_SINK = GRAFANA.parent / "production" / "config" / "sink.yaml"
 EXPECTED = {"city-overview", "air-quality", "urban-heat", "data-quality", "gateway-health"}
 
 
-def _schema() -> dict[str, tuple[set[str], set[str]]]:
-    """measurement -> (tags, fields), read from lines the sink renders for full records."""
+def _sample_lines() -> dict[str, str]:
+    """topic -> the line the sink renders for a full record of that topic."""
     now = datetime.now(UTC)
     lines = [
         reading_line(
@@ -95,8 +99,18 @@ def _schema() -> dict[str, tuple[set[str], set[str]]]:
             )
         ),
     ]
+    topics = [Topics.READINGS, Topics.KPI, Topics.ALERTS, Topics.GATEWAY_STATUS]
+    return {topic.name: line for topic, line in zip(topics, lines, strict=True)}
+
+
+def _measurement(line: str) -> str:
+    return re.split(r"(?<!\\)[ ,]", line, maxsplit=1)[0]
+
+
+def _schema() -> dict[str, tuple[set[str], set[str]]]:
+    """measurement -> (tags, fields), read from lines the sink renders for full records."""
     schema: dict[str, tuple[set[str], set[str]]] = {}
-    for line in lines:
+    for line in _sample_lines().values():
         head, fields, _ts = re.split(r"(?<!\\) ", line)
         measurement, *tags = head.split(",")
         schema[measurement] = (
@@ -134,7 +148,7 @@ def test_panels_query_existing_measurements_and_fields(name: str) -> None:
         assert panel["datasource"]["uid"] == "climastream-influx"
         (target,) = panel["targets"]
         query = target["query"]
-        assert query.startswith('from(bucket: "${bucket}")'), panel["title"]
+        assert re.match(r'from\(bucket: "\$\{\w+\}"\)', query), panel["title"]
         assert "range(start: v.timeRangeStart" in query
         measurements = re.findall(r'r\._measurement == "([^"]+)"', query)
         assert len(measurements) == 1, panel["title"]
@@ -168,3 +182,39 @@ def test_provisioning_files_point_at_flux_and_the_dashboards() -> None:
         (GRAFANA / "provisioning" / "dashboards" / "climastream.yaml").read_text()
     )
     assert providers["providers"][0]["type"] == "file"
+
+
+def _constants(board: dict[str, Any]) -> dict[str, str]:
+    """The dashboard's constant variables: name -> value."""
+    templating = board["templating"]
+    assert isinstance(templating, dict)
+    return {v["name"]: v["query"] for v in templating["list"] if v["type"] == "constant"}
+
+
+@pytest.mark.parametrize("sink_yaml", [None, PRODUCTION_SINK], ids=["defaults", "production"])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_panels_query_the_bucket_the_sink_writes_their_measurement_to(
+    name: str, sink_yaml: Path | None
+) -> None:
+    """A panel on the wrong bucket is always empty: readings go to the raw bucket."""
+    influx = load_config(sink_yaml).influx
+    topic_of = {_measurement(line): topic for topic, line in _sample_lines().items()}
+    board = _boards()[name]
+    constants = _constants(board)
+    panels = board["panels"]
+    assert isinstance(panels, list)
+    for panel in panels:
+        query = panel["targets"][0]["query"]
+        (variable,) = re.findall(r'from\(bucket: "\$\{(\w+)\}"\)', query)
+        (measurement,) = re.findall(r'r\._measurement == "([^"]+)"', query)
+        expected = influx.bucket_for(topic_of[measurement])
+        assert constants[variable] == expected, (
+            f"{name} / {panel['title']}: {measurement} is in bucket {expected}, "
+            f"the panel reads {constants[variable]}"
+        )
+    # the zone picker lists the zones of the KPIs (readings carry the same zones)
+    templating = board["templating"]
+    assert isinstance(templating, dict)
+    for variable in templating["list"]:
+        for bucket in re.findall(r'bucket: "\$\{(\w+)\}"', variable.get("query", "")):
+            assert constants[bucket] == influx.bucket_for(Topics.KPI.name)
