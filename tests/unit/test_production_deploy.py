@@ -85,6 +85,12 @@ def _climastream_services() -> dict[str, dict[str, Any]]:
     return {n: s for n, s in services.items() if str(s.get("image", "")).startswith("climastream")}
 
 
+def _volume(entry: str) -> tuple[str, str]:
+    """(source, target) of a short-syntax volume; source "" for an anonymous volume."""
+    parts = entry.split(":")
+    return ("", parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
 def test_compose_runs_every_cloud_service() -> None:
     commands = {tuple(s["command"][:2]) for s in _climastream_services().values()}
     assert {
@@ -104,7 +110,7 @@ def test_compose_service_commands_parse_and_their_files_exist(service: str) -> N
     args = _parses([str(a) for a in spec["command"]])
     mounts = {}
     for volume in spec.get("volumes", []):
-        source, target = volume.split(":")[:2]
+        source, target = _volume(volume)
         if source.startswith("."):
             assert (PROD / source).exists(), f"{service}: {source} is not in the repository"
             mounts[target] = PROD / source
@@ -427,3 +433,38 @@ def test_kubernetes_pods_create_the_topics_first(workload: dict[str, Any]) -> No
     assert env.get("CLIMASTREAM_KAFKA_BOOTSTRAP")
     # the city's cluster: every topic on three brokers
     assert env.get("CLIMASTREAM_TOPICS_REPLICATION_FACTOR") == "3"
+
+
+# ------------------------------------------------------------------------- scaling
+
+
+def test_compose_services_it_scales_share_no_volume() -> None:
+    """Replicas of one service would share a named volume: Faust forbids a shared data dir."""
+    text = (PROD / "compose.yaml").read_text()
+    scaled = set(re.findall(r"--scale ([\w-]+)=\d+", text))
+    assert "stream-worker" in scaled
+    services = _compose()["services"]
+    for name in scaled:
+        for entry in services[name].get("volumes", []):
+            source, _ = _volume(entry)
+            assert source == "" or source.startswith("."), f"{name} shares {source}"
+            if source.startswith("."):
+                assert entry.endswith(":ro"), f"{name} replicas would write {source}"
+
+
+def test_compose_stream_worker_data_dir_is_its_own_volume() -> None:
+    worker = _compose()["services"]["stream-worker"]
+    args = _parses([str(a) for a in worker["command"]])
+    anonymous = [t for s, t in map(_volume, worker["volumes"]) if s == ""]
+    assert any(Path(args.data_dir).is_relative_to(t) for t in anonymous), args.data_dir
+
+
+def test_compose_named_volumes_have_one_service_each() -> None:
+    users: dict[str, list[str]] = {}
+    for name, spec in _compose()["services"].items():
+        for entry in spec.get("volumes", []):
+            source, _ = _volume(entry)
+            if source and not source.startswith((".", "/")):
+                users.setdefault(source, []).append(name)
+    assert all(len(names) == 1 for names in users.values()), users
+    assert set(users) == set(_compose()["volumes"]), "declared volumes that nothing mounts"
