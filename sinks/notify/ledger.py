@@ -265,15 +265,22 @@ class Ledger:
         )
 
     def mark_failed(
-        self, delivery_id: int, error: str, *, now: datetime, retry_at: datetime | None
+        self,
+        delivery_id: int,
+        error: str,
+        *,
+        now: datetime,
+        retry_at: datetime | None,
+        cancel: bool = False,
     ) -> None:
         """Record an attempt that failed at ``now`` (the first one sets ``failing_since``);
-        ``retry_at`` None means give up (status failed)."""
+        ``retry_at`` None means give up (status failed, or cancelled with ``cancel``: the
+        message is no longer wanted, e.g. its incident resolved while it was being sent)."""
         if retry_at is None:
             self._db.execute(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?, "
                 "failing_since = COALESCE(failing_since, ?) WHERE id = ?",
-                (FAILED, error[:500], _iso(now), delivery_id),
+                (CANCELLED if cancel else FAILED, error[:500], _iso(now), delivery_id),
             )
         else:
             self._db.execute(

@@ -12,6 +12,10 @@ was not told yet.
 
 What staff receive per incident: one firing message per recipient, at most one escalation,
 one resolution to everyone who got the firing message. PENDING records are never sent.
+A firing (or escalation) message still being sent when its incident resolves counts as
+received: the resolution to that recipient waits until the attempt settles, then goes
+after it; if the attempt fails, the message is not retried but cancelled (the incident is
+over), and so is that recipient's resolution.
 """
 
 from __future__ import annotations
@@ -145,7 +149,8 @@ class Notifier:
                 self.channels["alertmanager"] = AlertmanagerChannel(config.alertmanager)
         self.metrics = NotifierMetrics.get()
         self.wake = asyncio.Event()
-        self._in_flight: set[int] = set()
+        #: deliveries being sent, by id
+        self._in_flight: dict[int, Delivery] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ planning
@@ -377,6 +382,55 @@ class Notifier:
             escalated_after=after,
         )
 
+    def _incident_over(self, delivery: Delivery) -> bool:
+        """Whether the incident ``delivery`` is about has resolved (or a newer one replaced
+        it): a firing or escalation message about it is no longer worth retrying."""
+        incident = self.ledger.incident(delivery.fingerprint)
+        return (
+            incident is None
+            or incident.incident != delivery.incident
+            or incident.closed_at is not None
+        )
+
+    def _reached(self, delivery: Delivery) -> bool:
+        """Whether the recipient of ``delivery`` got (or may be getting) a firing or
+        escalation message about its incident, other than ``delivery`` itself."""
+        key = (delivery.fingerprint, delivery.incident, delivery.channel, delivery.recipient)
+        return any(
+            (d.fingerprint, d.incident, d.channel, d.recipient) == key
+            and d.id != delivery.id
+            and d.kind != Kind.RESOLVED
+            and (d.status == SENT or d.id in self._in_flight)
+            for d in self.ledger.deliveries(delivery.fingerprint)
+        )
+
+    def _cancel_resolution(self, delivery: Delivery) -> None:
+        """``delivery`` (a firing or escalation message) failed after its incident closed:
+        its recipient was counted as told when the resolution was planned, so that
+        resolution is cancelled unless the recipient was told by another message."""
+        if self._reached(delivery):
+            return
+        for d in self.ledger.deliveries(delivery.fingerprint):
+            if (
+                d.kind == Kind.RESOLVED
+                and (d.incident, d.channel, d.recipient)
+                == (delivery.incident, delivery.channel, delivery.recipient)
+                and d.id not in self._in_flight
+            ):
+                self.ledger.cancel(d.id)
+
+    def _waits(self, delivery: Delivery) -> bool:
+        """A resolution is not sent while a firing or escalation message to the same
+        recipient about the same incident is in flight: it goes after that message once it
+        is sent, and is cancelled if it fails (see :meth:`_deliver`)."""
+        if delivery.kind != Kind.RESOLVED:
+            return False
+        key = (delivery.fingerprint, delivery.incident, delivery.channel, delivery.recipient)
+        return any(
+            d.kind != Kind.RESOLVED and (d.fingerprint, d.incident, d.channel, d.recipient) == key
+            for d in self._in_flight.values()
+        )
+
     async def _deliver(self, delivery: Delivery) -> None:
         channel = self.channels.get(delivery.channel)
         try:
@@ -397,9 +451,17 @@ class Notifier:
         except DeliveryError as exc:
             now = self.clock()
             attempts = delivery.attempts + 1
-            retry_at = self._retry_at(delivery, attempts, now) if exc.retriable else None
+            # a firing or escalation message whose incident resolved while it was being
+            # sent is not retried: it would arrive after (or instead of) the resolution
+            over = delivery.kind != Kind.RESOLVED and self._incident_over(delivery)
+            retriable = exc.retriable and not over
+            retry_at = self._retry_at(delivery, attempts, now) if retriable else None
             give_up = retry_at is None
-            self.ledger.mark_failed(delivery.id, str(exc), now=now, retry_at=retry_at)
+            self.ledger.mark_failed(
+                delivery.id, str(exc), now=now, retry_at=retry_at, cancel=over and exc.retriable
+            )
+            if over:
+                self._cancel_resolution(delivery)
             outcome = "failed" if give_up else "retry"
             self.metrics.deliveries.labels(delivery.channel, outcome).inc()
             log.warning(
@@ -408,11 +470,13 @@ class Notifier:
                 delivery.channel,
                 delivery.recipient,
                 attempts,
-                outcome,
+                "cancelled (incident resolved)" if over else outcome,
                 exc,
             )
         finally:
-            self._in_flight.discard(delivery.id)
+            self._in_flight.pop(delivery.id, None)
+            if delivery.kind != Kind.RESOLVED:
+                self.wake.set()  # a resolution may have been waiting for this message
 
     def start_due(self) -> int:
         """Start sending every due delivery not already in flight (bounded concurrency)."""
@@ -420,12 +484,14 @@ class Notifier:
         started = 0
         if room <= 0:
             return 0
-        for delivery in self.ledger.due(self.clock(), limit=room + len(self._in_flight)):
-            if delivery.id in self._in_flight:
+        # due rows skipped: those in flight, and at most one resolution waiting per each
+        limit = room + 2 * len(self._in_flight)
+        for delivery in self.ledger.due(self.clock(), limit=limit):
+            if delivery.id in self._in_flight or self._waits(delivery):
                 continue
             if started >= room:
                 break
-            self._in_flight.add(delivery.id)
+            self._in_flight[delivery.id] = delivery
             task = asyncio.create_task(self._deliver(delivery))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -6,6 +6,7 @@ aiohttp receiver); planning logic uses a fake clock and a list channel.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -479,6 +480,142 @@ async def test_a_revived_delivery_starts_its_retries_afresh(
     await run_due(n)
     [row] = n.ledger.deliveries()
     assert (row.status, row.attempts, row.failing_since) == ("pending", 1, clock.now)
+
+
+class HeldChannel:
+    """Each send waits until the test settles it (``settle``): a server that hangs, then
+    accepts the message or fails (a retriable error, as a timeout is)."""
+
+    def __init__(self) -> None:
+        self.held: dict[tuple[str, str], asyncio.Future[bool]] = {}
+        self.sent: list[tuple[str, str]] = []
+
+    async def send(self, notification: Notification, recipient: str, delivery_id: str) -> None:
+        key = (notification.kind.value, recipient)
+        self.held[key] = asyncio.get_running_loop().create_future()
+        try:
+            accepted = await self.held[key]
+        finally:
+            del self.held[key]
+        if not accepted:
+            raise DeliveryError("smtp OSError: connection timed out")
+        self.sent.append(key)
+
+    async def settle(self, kind: str, recipient: str, *, accepted: bool) -> None:
+        self.held[kind, recipient].set_result(accepted)
+        await settle_tasks()
+
+    async def close(self) -> None:
+        return None
+
+
+async def settle_tasks() -> None:
+    """Let started delivery tasks run up to their next wait."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def held(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> tuple[Notifier, Clock, HeldChannel]:
+    clock, email = Clock(), HeldChannel()
+    config = config_from_mapping(OUTAGE_CONFIG)  # retry for 24 h: the defaults
+    return (
+        Notifier(config, ledger_at(tmp_path / "l.db"), {"email": email}, clock=clock),
+        clock,
+        email,
+    )
+
+
+async def start_due(n: Notifier) -> None:
+    n.escalate()
+    n.start_due()
+    await settle_tasks()
+
+
+async def test_a_firing_that_fails_after_the_alert_resolved_is_not_retried(held: Any) -> None:
+    """The resolution was planned because the firing message was in flight; when that
+    attempt fails, neither message is sent: not the firing hours later, nor a resolution
+    of something the recipient was never told about."""
+    n, clock, email = held
+    n.handle(alert())
+    await start_due(n)
+    assert set(email.held) == {("firing", "ops@city.test")}  # the SMTP server hangs
+    clock.now += timedelta(seconds=20)
+    assert n.handle(alert(AlertState.RESOLVED)) == 1  # the firing may yet arrive
+    await start_due(n)
+    assert set(email.held) == {("firing", "ops@city.test")}  # the resolution waits
+    await email.settle("firing", "ops@city.test", accepted=False)
+    await n.drain()
+    assert [(d.kind, d.status, d.attempts) for d in n.ledger.deliveries()] == [
+        ("firing", "cancelled", 1),
+        ("resolved", "cancelled", 0),
+    ]
+    for _ in range(30):  # the server is back; nothing is left to send
+        clock.now += timedelta(minutes=5)
+        await start_due(n)
+        assert email.held == {}
+    assert email.sent == []
+
+
+async def test_a_firing_sent_after_the_alert_resolved_is_followed_by_the_resolution(
+    held: Any,
+) -> None:
+    n, clock, email = held
+    n.handle(alert())
+    await start_due(n)
+    clock.now += timedelta(seconds=20)
+    n.handle(alert(AlertState.RESOLVED))
+    await start_due(n)
+    assert set(email.held) == {("firing", "ops@city.test")}  # not the resolution first
+    await email.settle("firing", "ops@city.test", accepted=True)
+    assert n.wake.is_set()  # the delivery loop goes on to the resolution at once
+    await start_due(n)
+    await email.settle("resolved", "ops@city.test", accepted=True)
+    await n.drain()
+    assert email.sent == [("firing", "ops@city.test"), ("resolved", "ops@city.test")]
+
+
+async def test_an_escalation_failing_after_the_resolution_cancels_only_unreached_ones(
+    tmp_path: Path, ledger_at: Callable[[Path], Ledger]
+) -> None:
+    """duty got the firing message, so duty's resolution stands when its escalation fails;
+    head was only being escalated to, so head's resolution goes with the escalation."""
+    routes = [
+        {"match": {}, "notify": ["duty"], "escalate": {"after": "15m", "to": ["duty", "head"]}}
+    ]
+    config = config_from_mapping({**CONFIG, "routes": routes})
+    clock, email = Clock(), HeldChannel()
+    n = Notifier(config, ledger_at(tmp_path / "l.db"), {"email": email}, clock=clock)
+    n.handle(alert(severity=AlertSeverity.CRITICAL))
+    await start_due(n)
+    await email.settle("firing", "duty@city.test", accepted=True)
+    clock.now += timedelta(minutes=15)
+    await start_due(n)
+    assert set(email.held) == {("escalation", "duty@city.test"), ("escalation", "head@city.test")}
+    clock.now += timedelta(seconds=5)
+    assert n.handle(alert(AlertState.RESOLVED, severity=AlertSeverity.CRITICAL)) == 2
+    await start_due(n)
+    assert len(email.held) == 2  # both resolutions wait for the escalations
+    await email.settle("escalation", "duty@city.test", accepted=False)
+    await email.settle("escalation", "head@city.test", accepted=False)
+    clock.now += timedelta(hours=1)
+    await start_due(n)
+    await email.settle("resolved", "duty@city.test", accepted=True)
+    await n.drain()
+    clock.now += timedelta(hours=1)
+    await start_due(n)
+    assert email.held == {}
+    assert email.sent == [("firing", "duty@city.test"), ("resolved", "duty@city.test")]
+    statuses = {(d.kind, d.recipient): d.status for d in n.ledger.deliveries()}
+    assert statuses == {
+        ("firing", "duty@city.test"): "sent",
+        ("escalation", "duty@city.test"): "cancelled",
+        ("escalation", "head@city.test"): "cancelled",
+        ("resolved", "duty@city.test"): "sent",
+        ("resolved", "head@city.test"): "cancelled",
+    }
 
 
 def test_history_shows_since_when_a_delivery_fails_and_its_next_try(
