@@ -395,11 +395,16 @@ class AlertEngine:
         return self._flush()
 
     def on_action(self, action: AlertAction) -> list[Alert]:
-        """Apply a person's acknowledge / silence / unsilence to a live alert."""
+        """Apply a person's acknowledge / silence / unsilence to a live alert, or a silence
+        change to a resolved one still kept (see :meth:`_act_on_resolved`)."""
         now = self.clock()
         record = self._record(action.fingerprint)
-        if record is None or record.phase is Phase.RESOLVED:
+        if record is None:
             self.counters.actions_ignored += 1
+            return self._flush()
+        if record.phase is Phase.RESOLVED:
+            if not self._act_on_resolved(record, action, now):
+                self.counters.actions_ignored += 1
             return self._flush()
         if action.action is AlertActionKind.ACKNOWLEDGE:
             if record.acked_by:
@@ -416,6 +421,30 @@ class AlertEngine:
         if record.phase is Phase.FIRING:
             self._publish(record, now)
         return self._flush()
+
+    def _act_on_resolved(self, record: AlertRecord, action: AlertAction, now: datetime) -> bool:
+        """Apply ``action`` to a resolved record; False if it changes nothing (ignored).
+
+        A resolved record is kept a while (``renotify`` + ``RESOLVED_RETENTION``, and while a
+        timed silence on it is in force) and its timed silence covers the alert's next
+        incident, so an unsilence lifts that silence, and a timed silence (new, or a changed
+        end) starts or moves it. There is nothing to acknowledge, and a silence without an
+        end lasts until the incident resolves, which it has. Nothing is published: the alert
+        stays resolved; the change shows when the next incident fires (or is silenced).
+        """
+        if action.action is AlertActionKind.UNSILENCE and record.silenced:
+            record.silenced, record.silenced_until, record.silenced_by = False, None, None
+        elif (
+            action.action is AlertActionKind.SILENCE
+            and action.until is not None
+            and action.until > now
+        ):
+            record.silenced, record.silenced_until = True, action.until
+            record.silenced_by = action.actor
+        else:
+            return False
+        self._save(record)
+        return True
 
     def tick(self) -> list[Alert]:
         """Time-driven work: stale devices, silent gateways, pending timers, silence expiry."""

@@ -482,6 +482,47 @@ def test_a_timed_silence_covers_a_new_incident_hours_later_also_after_a_restart(
     assert [a.state for a in eng.on_kpi(uhi(clock, "c", 4))] == [AlertState.FIRING]
 
 
+def test_a_silence_change_on_a_resolved_alert_applies_to_its_next_incident() -> None:
+    """The resolved record is kept while its timed silence lasts: an unsilence lifts that
+    silence (it used to be dropped, and the next incident within 7 days did not page), and
+    a timed silence set or moved after the resolution covers the next incident."""
+    clock = Clock()
+    ruleset = rules_from_mapping({"rules": [{**UHI, "for": "0s", "renotify": "30m"}]})
+    eng = AlertEngine(ruleset, {}, {}, clock=clock)
+    fp = eng.on_kpi(uhi(clock, "c", 4))[0].fingerprint
+
+    def act(kind: AlertActionKind, until: datetime | None = None) -> list[AlertState]:
+        action = AlertAction(fingerprint=fp, action=kind, actor="ana", at=clock.now, until=until)
+        return [a.state for a in eng.on_action(action)]
+
+    assert act(AlertActionKind.SILENCE, clock.now + timedelta(days=7)) == [AlertState.SILENCED]
+    clock.advance(60)
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 1))] == [AlertState.RESOLVED]
+    clock.advance(60)
+    assert act(AlertActionKind.UNSILENCE) == []  # applied; the alert stays resolved
+    assert act(AlertActionKind.ACKNOWLEDGE) == []  # nothing to acknowledge
+    assert act(AlertActionKind.SILENCE) == []  # "until it resolves": it has
+    assert eng.counters.actions_ignored == 2
+    for _ in range(24):
+        clock.advance(3600)
+        eng.tick()
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 4))] == [AlertState.FIRING]
+    # a timed silence set after the resolution covers the next incident, with its new end
+    clock.advance(60)
+    assert [a.state for a in eng.on_kpi(uhi(clock, "c", 1))] == [AlertState.RESOLVED]
+    assert act(AlertActionKind.SILENCE, clock.now + timedelta(hours=1)) == []
+    until = clock.now + timedelta(days=2)
+    assert act(AlertActionKind.SILENCE, until) == []  # moved: lasts two days
+    assert eng.counters.actions_ignored == 2
+    for _ in range(24):
+        clock.advance(3600)
+        assert eng.tick() == []
+    out = eng.on_kpi(uhi(clock, "c", 4))
+    assert [(a.state, a.labels.get("silenced_until")) for a in out] == [
+        (AlertState.SILENCED, until.isoformat())
+    ]
+
+
 def _outage_with_windowed_completeness(dead: set[str]) -> list[tuple[float, str, str, str]]:
     """Shipped defaults; gateway gw1 with three devices is out of contact for 63 minutes
     while the stream keeps closing 5-minute windows with completeness 0 for its devices.
