@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Reads one Reading JSON per line (the wire contract) and prints one "
         "KpiValue JSON per line. Windows close on event time; at the end of the input "
         "every window with data is closed, and every hour or day window that has ended by "
-        "the wall clock (minus grace). The input is read twice (stdin is spooled): first "
+        "the wall clock (minus grace). The input is read twice (stdin, a pipe or "
+        "anything else that cannot be rewound is spooled to a temporary file): first "
         "for its gateways, as zone windows close once every gateway has passed them, so "
         "the order of gateways in the file does not change the KPIs. Bad lines are "
         "reported with their line number on stderr and counted; exit status 1 if any. The "
@@ -71,7 +72,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"kpi eval: {exc}", file=sys.stderr)
         return 2
     bad = 0
-    stream = _rewound(sys.stdin) if str(args.input) == "-" else args.input.open()
+    stream = _rewindable(sys.stdin if str(args.input) == "-" else args.input.open())
     # the zone stage waits for every gateway of the input, as the live one waits for every
     # partition: the same readings give the same KPIs however the file orders gateways
     gateways = _gateways(stream)
@@ -115,10 +116,17 @@ def _eval(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _rewound(source: IO[str]) -> IO[str]:
-    """stdin copied to a temporary file, which can be read twice."""
+def _rewindable(source: IO[str]) -> IO[str]:
+    """``source`` itself if it can be rewound (a regular file), else its content copied to
+    a temporary file, which can be read twice: stdin (always: rewinding it could go back
+    before where it started), and any input that cannot seek, such as a pipe
+    (``--input <(cat r.jsonl)``, ``--input /dev/stdin``) or a FIFO, which is then closed."""
+    if source is not sys.stdin and source.seekable():
+        return source
     spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (the caller's)
     shutil.copyfileobj(source, spool)
+    if source is not sys.stdin:
+        source.close()
     spool.seek(0)
     return spool
 

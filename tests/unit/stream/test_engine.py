@@ -563,6 +563,61 @@ def test_kpi_eval_gives_the_same_kpis_whatever_the_order_of_gateways(
     assert sum('"device_id":"d2"' in line for line in outputs[1]) == 120
 
 
+@pytest.mark.parametrize("kind", ["fifo", "pipe"])
+def test_kpi_eval_reads_an_input_that_cannot_be_rewound(
+    tmp_path: object, capfd: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """``--input <(cat r.jsonl)`` or ``--input /dev/stdin`` is a pipe: it is spooled like
+    ``-`` is (its seek(0) used to raise io.UnsupportedOperation), with the same output as
+    the file."""
+    import contextlib
+    import os
+    import threading
+    from pathlib import Path
+
+    from climastream.cli import main
+    from climastream.contract import encode
+
+    gw1, gw2 = _two_gateways(30)
+    data = b"".join(encode(r) + b"\n" for r in gw1 + gw2)
+    path = Path(str(tmp_path))
+    (path / "stream.yaml").write_text("window: 1m\ngrace: 5s\nkpis: [stat.count]\n")
+    (path / "r.jsonl").write_bytes(data)
+    config = ["--config", str(path / "stream.yaml")]
+    assert main(["kpi", "eval", "--input", str(path / "r.jsonl"), *config]) == 0
+    expected = capfd.readouterr()
+    if kind == "fifo":
+        source = path / "r.fifo"
+        os.mkfifo(source)
+
+        def write() -> None:  # opening blocks until the reader opens it
+            with contextlib.suppress(BrokenPipeError):
+                source.write_bytes(data)
+    else:
+        read_end, write_end = os.pipe()
+        source = Path(f"/dev/fd/{read_end}")
+
+        def write() -> None:
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(data)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        status = main(["kpi", "eval", "--input", str(source), *config])
+    finally:
+        if kind == "fifo" and writer.is_alive():
+            os.close(os.open(source, os.O_RDONLY | os.O_NONBLOCK))  # let a blocked writer go
+        writer.join()
+        if kind == "pipe":
+            os.close(read_end)
+    assert status == 0
+    out, err = capfd.readouterr()
+    assert "late=0 duplicates=0 stale=0 bad_lines=0" in err
+    assert out == expected.out
+    assert sum('"device_id":"d2"' in line for line in out.splitlines()) == 30
+
+
 def test_a_gateway_first_heard_behind_the_horizon_is_late_and_the_horizon_holds() -> None:
     """Live, one partition: a gateway whose first records come after another gateway moved
     the partition's horizon (handed to the zone stage) on. Its older readings are late
