@@ -61,8 +61,18 @@ _EAQI = [p.value for p in f.EAQI_POLLUTANTS]
 MAX_GAP_WINDOWS = 10_000
 #: stale partials are logged at most this often (each time with the counts so far)
 STALE_LOG_INTERVAL_S = 60.0
+#: layout of :meth:`ZoneWindows.snapshot` ("v"); 2: pending partials per device per gateway
+SNAPSHOT_VERSION = 2
 
 log = logging.getLogger(__name__)
+
+
+def _is_partial(value: dict[str, Any]) -> bool:
+    """Whether a pending slot's entry for a device in a snapshot without a version is one
+    partial (``{device: partial}``, before partials were kept per gateway) rather than
+    ``{gateway: partial}`` (the same layout as version 2, written before the version was):
+    a partial's "ws" is its start in µs, where a gateway named "ws" maps to a partial."""
+    return isinstance(value.get("ws"), int) and isinstance(value.get("d"), str)
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -185,19 +195,25 @@ class ZoneWindows:
                 "eaqi": {p: ws_items(v) for p, v in st["eaqi"].items()},
                 "eaqi_means": {p: ws_items(v) for p, v in st["eaqi_means"].items()},
             }
-        return {"src": self._src_wm, "keys": keys, "stats": asdict(self.stats)}
+        return {
+            "v": SNAPSHOT_VERSION,
+            "src": self._src_wm,
+            "keys": keys,
+            "stats": asdict(self.stats),
+        }
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._src_wm = dict(snap["src"])
         self.stats = ZoneStats(**snap.get("stats", {}))
         for key, st in snap["keys"].items():
             st["pending"] = {int(k): v for k, v in st["pending"]}
-            for slot in st["pending"].values():
-                for kind in ("dev", "ref"):
-                    # before partials were kept per gateway: {device: partial}
-                    slot[kind] = {
-                        device: {p["g"]: p} if "ws" in p else p for device, p in slot[kind].items()
-                    }
+            if snap.get("v", 1) < 2:
+                for slot in st["pending"].values():
+                    for kind in ("dev", "ref"):
+                        slot[kind] = {
+                            device: {p["g"]: p} if _is_partial(p) else p
+                            for device, p in slot[kind].items()
+                        }
             st["eaqi"] = {p: {int(k): v for k, v in items} for p, items in st["eaqi"].items()}
             st["eaqi_means"] = {
                 p: {int(k): v for k, v in items} for p, items in st["eaqi_means"].items()

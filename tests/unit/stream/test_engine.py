@@ -439,6 +439,30 @@ def test_a_zone_checkpoint_from_before_partials_per_gateway_is_restored() -> Non
     assert (mean.value, mean.sample_count) == (22.0, 2)
 
 
+def test_a_zone_checkpoint_with_a_gateway_named_ws_is_restored() -> None:
+    """ "ws" is a valid gateway id: a slot {device: {"ws": partial}} was taken for one from
+    before partials per gateway ({device: partial}) and the restore failed (KeyError 'g'),
+    crashing the worker. Checkpoints now say their layout; one written before that (no
+    version) is told apart by what its entries hold, not by their keys."""
+    config = cfg(devices={"d": {"cadence": "5s", "zone": "centre"}})
+    partials = []
+    for gateway, seq, value in (("ws", 1, 20.0), ("gw2", 2, 24.0)):
+        engine = DeviceWindows(config.window, config.grace)
+        engine.add([_reading("d", gateway, seq, value, T0 + timedelta(seconds=seq))])
+        partials.append(orjson.loads(orjson.dumps(engine.flush()[0])))
+    zones = ZoneWindows(config, sources=1)
+    zones.add("centre", partials[0], False)
+    snap = orjson.loads(orjson.dumps(zones.snapshot()))
+    unversioned = {k: v for k, v in snap.items() if k != "v"}  # as written before versions
+    for stored in (snap, unversioned):
+        restored = ZoneWindows(config, sources=1)
+        restored.restore(orjson.loads(orjson.dumps(stored)))
+        restored.add("centre", partials[1], False)
+        restored.advance("replay", to_us(T0 + timedelta(seconds=10)))
+        mean = pick(restored.close(), "stat.mean", device_id="d")[0]
+        assert (mean.value, mean.sample_count) == (22.0, 2)
+
+
 # ------------------------------------------------------------------ Lden across DST
 
 
