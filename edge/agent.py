@@ -55,7 +55,7 @@ from edge.buffer import (
     SqliteBuffer,
     accounted,
 )
-from edge.config import GatewayConfig, SimulatedSourceConfig
+from edge.config import GatewayConfig, MqttSourceConfig, SimulatedSourceConfig
 from edge.inference import ModelRunner
 from edge.sources import Sample, Source
 from edge.uplink import KafkaUplink, UplinkError
@@ -122,14 +122,22 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def build_sources(config: GatewayConfig) -> list[Source]:
-    """One source per config entry; unknown kinds cannot get here (the config is typed)."""
+def build_sources(config: GatewayConfig, *, check: bool = False) -> list[Source]:
+    """One source per config entry; unknown kinds cannot get here (the config is typed).
+
+    ``check``: sources for ``climastream edge check``, which must not consume what belongs
+    to the running service (an MQTT source connects as its own client, clean session).
+    """
     from edge.sources.simulated import SimulatedSource
 
     sources: list[Source] = []
     for source_config in config.sources:
         if isinstance(source_config, SimulatedSourceConfig):
             sources.append(SimulatedSource(source_config))
+        elif check and isinstance(source_config, MqttSourceConfig):
+            from edge.sources.mqtt_source import MqttSource
+
+            sources.append(MqttSource(source_config, gateway_id=config.gateway_id, check=True))
         else:
             from edge.sources.factory import build_source
 

@@ -61,8 +61,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Like 'telegraf --test': validates the config (errors name the key), "
         "loads every model, opens each source once and prints up to --count decoded "
         "readings per source as JSON lines, with model outputs applied. Sends nothing to "
-        "Kafka and writes no buffer. Exit status 0 when every model loaded and every "
-        "source produced readings; 1 otherwise; 2 for a config error.",
+        "Kafka and writes no buffer. An MQTT source connects as a client of its own "
+        "(client id + '-check-<pid>', clean session): it shows messages published while it "
+        "waits and leaves the service's queued messages alone. Exit status 0 when every "
+        "model loaded and every source produced readings; 1 otherwise; 2 for a config error.",
     )
     check.add_argument("--config", type=Path, required=True, help="gateway YAML file")
     check.add_argument(
@@ -195,7 +197,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 async def _check_sources(config: Any, count: int, wait_s: float) -> int:
-    from edge.agent import AckingSource, Agent
+    from edge.agent import AckingSource, Agent, build_sources
     from edge.buffer import Kind
 
     class NoUplink:
@@ -206,7 +208,9 @@ async def _check_sources(config: Any, count: int, wait_s: float) -> int:
             return None
 
     try:
-        agent = Agent(config, uplink=NoUplink())
+        # MQTT: a client of its own on a clean session, never the service's persistent
+        # one: acking its messages would discard uplinks queued for the service
+        agent = Agent(config, sources=build_sources(config, check=True), uplink=NoUplink())
     except (ValueError, OSError) as exc:  # a source the config describes cannot be built
         print(f"edge: {exc}", file=sys.stderr)
         return 2
@@ -228,7 +232,7 @@ async def _check_sources(config: Any, count: int, wait_s: float) -> int:
                         samples, ack = await source.read(), None
                     got += agent.ingest(samples)
                     if ack is not None:
-                        ack()
+                        ack()  # the check's own copies (its own clean session)
         except TimeoutError:
             pass
         shown = 0

@@ -16,12 +16,18 @@ A payload the decoder chokes on (a decoder bug: it raised instead of returning a
 ``DecodeError``) is counted as ``internal_error``, logged with its topic, and acked with
 its batch: left unacked it would be redelivered after every reconnect, and unacked messages
 fill the broker's in-flight window until it stops delivering to the gateway at all.
+
+``check=True`` (``climastream edge check``) connects as a separate client: its own client
+id (the service's plus ``-check-<pid>``) on a clean session, so it sees only messages
+published while it is connected, its own copies, and never takes over or acknowledges the
+service's persistent session (whose queued uplinks must reach Kafka through the service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -45,6 +51,7 @@ class MqttSource:
         *,
         gateway_id: str = "gateway",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        check: bool = False,
     ) -> None:
         from firmware_bridge.codecs import CodecOptions
         from firmware_bridge.lorawan.layout import builtin_layout, load_layout
@@ -70,6 +77,11 @@ class MqttSource:
             layout=layout, mapping=mapping, inner=config.lorawan_codec or "cayenne", now=clock
         )
         self._client_id = config.broker.client_id or f"climastream-{gateway_id}-{config.name}"
+        # the service's session is persistent; a check must neither take it over (same
+        # client id) nor leave a session of its own behind on the broker
+        self._clean_session = check
+        if check:
+            self._client_id += f"-check-{os.getpid()}"
         self._client: Any = None
         self._messages: Any = None
         self._generation = 0
@@ -116,7 +128,7 @@ class MqttSource:
             username=broker.username,
             password=broker.password.get_secret_value() if broker.password else None,
             identifier=self._client_id,
-            clean_session=False,
+            clean_session=self._clean_session,
             keepalive=broker.keepalive_s,
             tls_params=tls,
             max_queued_incoming_messages=10000,

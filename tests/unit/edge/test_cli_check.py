@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import Any, ClassVar
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -96,3 +100,85 @@ def test_check_names_the_bad_key(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "batch_max_readings: Input should be greater than or equal to 1" in out.stderr
     assert "sources: " in out.stderr
+
+
+class _FakeMqttClient:
+    """aiomqtt.Client as the MQTT source uses it: the broker holds a backlog of QoS-1
+    uplinks for the service's persistent session, and ``check`` must not take them."""
+
+    made: ClassVar[list[_FakeMqttClient]] = []
+
+    def __init__(self, host: str, port: int, *, identifier: str, clean_session: bool, **_: Any):
+        self.identifier = identifier
+        self.clean_session = clean_session
+        self.acked: list[int] = []
+        self._client = types.SimpleNamespace(
+            manual_ack_set=lambda on: None, ack=lambda mid, qos: self.acked.append(mid)
+        )
+        self.messages = _FakeMessages(
+            [
+                types.SimpleNamespace(
+                    mid=i,
+                    qos=1,
+                    topic="sensors/dev1",
+                    payload=json.dumps([{"bn": "dev1:", "n": "temp", "u": "Cel", "v": 20}]),
+                )
+                for i in range(50)
+            ]
+        )
+        _FakeMqttClient.made.append(self)
+
+    async def __aenter__(self) -> _FakeMqttClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def subscribe(self, topic: str, qos: int) -> None:
+        return None
+
+
+class _FakeMessages(list[Any]):
+    def __aiter__(self) -> _FakeMessages:
+        return self
+
+    async def __anext__(self) -> Any:
+        return self.pop(0)
+
+
+async def test_check_never_uses_the_services_persistent_mqtt_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``check`` acked (and so discarded) what the service's session held, connecting with
+    the service's own client id: those uplinks never reached Kafka, uncounted."""
+    import aiomqtt
+
+    from edge.cli import _check_sources
+    from edge.config import GatewayConfig, MqttSourceConfig
+    from edge.sources.mqtt_source import MqttSource
+
+    monkeypatch.setattr(aiomqtt, "Client", _FakeMqttClient)
+    _FakeMqttClient.made.clear()
+    config = GatewayConfig.model_validate(
+        {
+            "gateway_id": "gw1",
+            "metrics": {"listen": None},
+            "buffer": {"backend": "memory"},
+            "sources": [
+                {"kind": "mqtt", "name": "lora", "topics": ["sensors/#"], "format": "senml"}
+            ],
+        }
+    )
+
+    assert await _check_sources(config, 3, 30.0) == 0
+
+    (client,) = _FakeMqttClient.made
+    assert client.identifier == f"climastream-gw1-lora-check-{os.getpid()}"
+    assert client.clean_session  # nothing of the check stays on the broker
+    # the service still owns the persistent session under its fixed id
+    service = MqttSource(config.sources[0], gateway_id="gw1")  # type: ignore[arg-type]
+    assert isinstance(config.sources[0], MqttSourceConfig)
+    await service.start()
+    await service._connect()
+    assert _FakeMqttClient.made[-1].identifier == "climastream-gw1-lora"
+    assert not _FakeMqttClient.made[-1].clean_session
