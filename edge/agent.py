@@ -76,6 +76,10 @@ class Uplink(Protocol):
     async def stop(self) -> None: ...
 
 
+class StorageError(RuntimeError):
+    """A buffer call of the forwarder failed (SQLite: disk full, I/O error); retried."""
+
+
 @runtime_checkable
 class AckingSource(Protocol):
     """A source whose input must be acknowledged once it is durable (MQTT QoS 1)."""
@@ -220,9 +224,46 @@ class Agent:
         self._bytes_in = 0
         self.kafka_up = False
         self.last_status: GatewayStatus | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._stopping = False
 
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    async def _store(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A buffer call of the forwarder; its failure is a :class:`StorageError`."""
+        try:
+            return await self._in_worker(fn, *args)
+        except Exception as exc:
+            raise StorageError(f"{type(exc).__name__}: {exc}") from exc
+
+    def _essential(self, task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+        """Watch a task the pipeline needs: the watchdog is fed only while all of them run.
+
+        Each catches and retries its own errors; one that ends anyway (a bug) is logged at
+        once with its exception, and the agent stops feeding the watchdog so that systemd
+        restarts it rather than leave it up, reporting healthy, with nothing moving.
+        """
+        self._tasks.append(task)
+        task.add_done_callback(self._task_ended)
+        return task
+
+    def _task_ended(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None and self._stopping:
+            return  # the forwarder's drain is done
+        log.critical(
+            "task %s ended%s; the watchdog is no longer fed",
+            task.get_name(),
+            "" if exc is None else f" with {exc!r}",
+            exc_info=exc,
+        )
+
+    def pipeline_alive(self) -> bool:
+        """Every essential task (source pumps, writer, forwarder, housekeeping) still runs."""
+        return all(not task.done() for task in self._tasks)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -245,40 +286,72 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> Counters:
         await self.start()
-        pumps = [asyncio.create_task(self._pump(s), name=f"pump-{s.name}") for s in self.sources]
-        writer = asyncio.create_task(self._writer(), name="writer")
+        self._stopping = False
+        self._tasks = []
+        pumps = [
+            self._essential(asyncio.create_task(self._pump(s), name=f"pump-{s.name}"))
+            for s in self.sources
+        ]
+        writer = self._essential(asyncio.create_task(self._writer(), name="writer"))
         forwarder_stop = asyncio.Event()
-        forwarder = asyncio.create_task(self._forwarder(forwarder_stop), name="forwarder")
-        housekeeping = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        forwarder = self._essential(
+            asyncio.create_task(self._forwarder(forwarder_stop), name="forwarder")
+        )
+        housekeeping = self._essential(
+            asyncio.create_task(self._housekeeping(), name="housekeeping")
+        )
         systemd.notify("READY=1")
         try:
             await stop.wait()
         finally:
+            # every step is guarded: a task that failed must not keep the uplink open or
+            # the buffer unclosed (the next start would take it for a crash)
+            self._stopping = True
             systemd.notify("STOPPING=1")
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
-            for source in self.sources:
-                with contextlib.suppress(Exception):
-                    await source.stop()
-            await self._queue.join()  # everything read is now durable
-            writer.cancel()
-            forwarder_stop.set()
-            self._new_data.set()
             try:
-                await asyncio.wait_for(forwarder, timeout=self.drain_timeout_s)
-            except TimeoutError:
-                log.warning("shutdown with readings still buffered; they are sent on restart")
-            housekeeping.cancel()
-            await asyncio.gather(writer, housekeeping, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._publish_status(), timeout=10)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.uplink.stop(), timeout=10)
-            assert self.buffer is not None
-            await self._in_worker(self.buffer.close)
-            self._worker.shutdown(wait=True)
+                await self._shut_down(pumps, writer, forwarder, forwarder_stop, housekeeping)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.uplink.stop(), timeout=10)
+                try:
+                    assert self.buffer is not None
+                    await self._in_worker(self.buffer.close)
+                except Exception:
+                    log.exception("closing the buffer failed")
+                self._worker.shutdown(wait=True)
         return self.counters
+
+    async def _shut_down(
+        self,
+        pumps: list[asyncio.Task[Any]],
+        writer: asyncio.Task[Any],
+        forwarder: asyncio.Task[Any],
+        forwarder_stop: asyncio.Event,
+        housekeeping: asyncio.Task[Any],
+    ) -> None:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+        for source in self.sources:
+            with contextlib.suppress(Exception):
+                await source.stop()
+        # everything read is now durable (unless the writer is gone: then never)
+        joined = asyncio.ensure_future(self._queue.join())
+        await asyncio.wait((joined, writer), return_when=asyncio.FIRST_COMPLETED)
+        joined.cancel()
+        writer.cancel()
+        forwarder_stop.set()
+        self._new_data.set()
+        try:
+            await asyncio.wait_for(forwarder, timeout=self.drain_timeout_s)
+        except TimeoutError:
+            log.warning("shutdown with readings still buffered; they are sent on restart")
+        except Exception:
+            pass  # logged as it ended (_task_ended)
+        housekeeping.cancel()
+        await asyncio.gather(writer, housekeeping, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._publish_status(), timeout=10)
 
     # ------------------------------------------------------------------ ingestion
 
@@ -415,7 +488,14 @@ class Agent:
         return b"".join(parts)
 
     async def _forwarder(self, stop: asyncio.Event) -> None:
-        """Send buffered records in order, several batches in flight; ack in order."""
+        """Send buffered records in order, several batches in flight; ack in order.
+
+        Never ends on an error: a failed send (:class:`UplinkError`) or buffer call (disk
+        full: in WAL mode even the DELETE of an ack needs room) is logged, the taken
+        records are released and, after a backoff, sent again from the oldest unacked one
+        (a resend repeats ``(device, seq)`` pairs; consumers deduplicate). It returns once
+        ``stop`` is set and nothing is left to send, or still failing at an 8 s backoff.
+        """
         assert self.buffer is not None
         buffer = self.buffer
         backoff = 0.5
@@ -425,7 +505,7 @@ class Agent:
         while True:
             try:
                 while len(in_flight) < max_in_flight:
-                    pending = await self._in_worker(self._take, Kind.READING)
+                    pending = await self._store(self._take, Kind.READING)
                     if not pending:
                         break
                     record = self._batch_record(pending)
@@ -443,30 +523,38 @@ class Agent:
                     continue
                 future, last, count = in_flight.popleft()
                 await future
-            except (UplinkError, Exception) as exc:
-                if not isinstance(exc, UplinkError):
-                    log.exception("unexpected error while sending; retrying")
-                self.kafka_up = False
-                self.counters.send_failures += 1
+                self.kafka_up = True
+                await self._store(buffer.ack, Kind.READING, last)
+                self.counters.sent += count
+                backoff = 0.5
+            except Exception as exc:
+                if isinstance(exc, StorageError):
+                    # Kafka has the records (or will not get them yet): sent again later
+                    log.error(
+                        "buffer failed while forwarding, retrying in %.1fs: %s",
+                        backoff,
+                        exc,
+                        exc_info=exc.__cause__,
+                    )
+                else:
+                    if not isinstance(exc, UplinkError):
+                        log.exception("unexpected error while sending; retrying")
+                    self.kafka_up = False
+                    self.counters.send_failures += 1
+                    log.warning("kafka send failed, retrying in %.1fs: %s", backoff, exc)
                 for future, _, _ in in_flight:  # settle the rest before retrying in order
                     with contextlib.suppress(Exception):
                         await future
                 in_flight.clear()
-                await self._in_worker(buffer.release, Kind.READING)
-                log.warning("kafka send failed, retrying in %.1fs: %s", backoff, exc)
+                await self._in_worker(buffer.release, Kind.READING)  # a cursor reset
                 if stop.is_set() and backoff >= 8.0:
                     return
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
-                continue
-            self.kafka_up = True
-            backoff = 0.5
-            await self._in_worker(buffer.ack, Kind.READING, last)
-            self.counters.sent += count
 
     async def _send_buffered_status(self) -> None:
         assert self.buffer is not None
-        pending = await self._in_worker(self._take, Kind.STATUS)
+        pending = await self._store(self._take, Kind.STATUS)
         if not pending:
             return
         try:
@@ -477,10 +565,13 @@ class Agent:
             ]
             for future in futures:
                 await future
+            await self._store(self.buffer.ack, Kind.STATUS, pending[-1].last)
         except UplinkError:
             await self._in_worker(self.buffer.release, Kind.STATUS)
             return
-        await self._in_worker(self.buffer.ack, Kind.STATUS, pending[-1].last)
+        except Exception:  # the forwarder logs it and retries
+            await self._in_worker(self.buffer.release, Kind.STATUS)
+            raise
 
     # ------------------------------------------------------------------ health
 
@@ -554,7 +645,12 @@ class Agent:
         return status
 
     async def _housekeeping(self) -> None:
-        """Status, age expiry, fsync window and the systemd watchdog, each on its cadence."""
+        """Status, age expiry, fsync window and the systemd watchdog, each on its cadence.
+
+        The watchdog is fed only while every essential task runs (:meth:`pipeline_alive`):
+        an agent whose forwarder, writer or a source's pump has ended is restarted by
+        systemd (``WatchdogSec``), not left reporting itself healthy.
+        """
         assert self.buffer is not None
         buffer = self.buffer
         window = self.config.buffer.fsync_window_s
@@ -563,9 +659,13 @@ class Agent:
         next_expire = time.monotonic() + 60.0
         while True:
             await asyncio.sleep(tick)
-            systemd.notify("WATCHDOG=1")
+            if self.pipeline_alive():
+                systemd.notify("WATCHDOG=1")
             if window > 0:
-                await self._in_worker(buffer.sync)
+                try:
+                    await self._in_worker(buffer.sync)
+                except Exception:
+                    log.exception("syncing the buffer failed")
             try:
                 self.last_status = await self.status()  # what /metrics serves
             except Exception:
@@ -575,7 +675,10 @@ class Agent:
             now = time.monotonic()
             if now >= next_expire:
                 next_expire = now + 60.0
-                await self._in_worker(buffer.expire)
+                try:
+                    await self._in_worker(buffer.expire)
+                except Exception:
+                    log.exception("expiring old readings failed")
             if now >= next_status:
                 next_status = now + self.config.status_interval_s
                 try:

@@ -1,0 +1,196 @@
+"""The agent's delivery pipeline under failure: nothing stalls silently, nothing is lost.
+
+Fakes only (a scripted source, buffer and uplink); no broker, no timing assertions: tests
+wait for events, never for a duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from climastream.contract import Quantity, SourceState
+from edge import agent as agent_module
+from edge.agent import Agent, Counters
+from edge.buffer import Kind, MemoryBuffer
+from edge.config import GatewayConfig
+from edge.sources import Sample
+
+
+def _config(**extra: Any) -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "gateway_id": "gw1",
+            "metrics": {"listen": None},
+            "sources": [
+                {"kind": "simulated", "devices": [{"device_id": "x", "quantities": ["no2"]}]}
+            ],
+            **extra,
+        }
+    )
+
+
+def _samples(device: str, seqs: range) -> list[Sample]:
+    now = datetime.now(UTC)
+    return [Sample(device, Quantity.TEMPERATURE, 20.0, "Cel", now, seq=i) for i in seqs]
+
+
+class ScriptedSource:
+    """Hands out the given batches, then waits forever (a quiet sensor)."""
+
+    name = "scripted"
+    state = SourceState.UP
+    decode_errors: dict[str, int] = {}  # noqa: RUF012
+
+    def __init__(self, batches: list[list[Sample]]) -> None:
+        self._batches = list(batches)
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def read(self) -> list[Sample]:
+        if self._batches:
+            return self._batches.pop(0)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+class RecordingUplink:
+    """Every record lands; ``stopped`` says whether the agent closed the uplink."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes]] = []
+        self.stopped = False
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
+        async def delivered() -> None:
+            self.records.append((topic, value))
+
+        return delivered()
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class AckFailsOnce(MemoryBuffer):
+    """The disk is full once when the forwarder deletes sent records (a WAL DELETE)."""
+
+    def __init__(self) -> None:
+        super().__init__(max_bytes=10**7, max_age_s=3600)
+        self.ack_failures = 0
+        self.closed = False
+
+    def ack(self, kind: Kind, up_to: int) -> int:
+        if kind is Kind.READING and not self.ack_failures:
+            self.ack_failures += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().ack(kind, up_to)
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 (the agent's tasks run in between)
+        await asyncio.sleep(0.01)
+
+
+async def test_the_forwarder_survives_a_buffer_error_while_acking(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An ack that raised (SQLite disk full) ended the forwarder with nothing logged and
+    nothing ever sent again; now it logs, backs off and sends the records again."""
+    buffer = AckFailsOnce()
+    uplink = RecordingUplink()
+    source = ScriptedSource([_samples("dev1", range(5)), _samples("dev1", range(5, 10))])
+    agent = Agent(
+        _config(), sources=[source], uplink=uplink, models=[], buffer_factory=lambda: buffer
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    await asyncio.wait_for(_until(lambda: agent.counters.sent == 10), timeout=60)
+    stop.set()
+    counters = await asyncio.wait_for(run, timeout=60)
+
+    assert buffer.ack_failures == 1
+    assert counters.accepted == counters.sent == 10
+    assert counters.send_failures == 0  # Kafka was never the problem
+    assert buffer.stats().depth == 0
+    assert "buffer failed while forwarding" in caplog.text
+    assert "database or disk is full" in caplog.text
+    assert uplink.stopped
+    assert buffer.closed
+
+
+async def test_the_watchdog_is_fed_only_while_the_pipeline_runs(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forwarder that ended (a bug) left housekeeping pinging WATCHDOG=1: the agent
+    looked healthy to systemd with nothing moving. And at shutdown its exception skipped
+    stopping the uplink and closing the buffer (the next start saw a crash)."""
+    notified: list[str] = []
+    monkeypatch.setattr(agent_module.systemd, "notify", lambda message: notified.append(message))
+
+    async def run(agent: Agent, buffer: AckFailsOnce, ticks: int) -> Counters:
+        seen = 0
+        real = agent.snapshot
+
+        def snapshot() -> Any:  # housekeeping builds the status once per tick
+            nonlocal seen
+            seen += 1
+            return real()
+
+        agent.snapshot = snapshot  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await asyncio.wait_for(_until(lambda: seen >= ticks), timeout=60)
+        stop.set()
+        return await asyncio.wait_for(task, timeout=60)
+
+    # fsync_window_s sets housekeeping's tick (here 10 ms): fast ticks, not a timing test
+    config = _config(buffer={"backend": "memory", "fsync_window_s": 0.01})
+
+    healthy_buffer = AckFailsOnce()
+    healthy = Agent(
+        config,
+        sources=[ScriptedSource([])],
+        uplink=RecordingUplink(),
+        models=[],
+        buffer_factory=lambda: healthy_buffer,
+    )
+    await run(healthy, healthy_buffer, 3)
+    assert notified.count("WATCHDOG=1") >= 2
+
+    notified.clear()
+    buffer = AckFailsOnce()
+    uplink = RecordingUplink()
+    agent = Agent(
+        config,
+        sources=[ScriptedSource([])],
+        uplink=uplink,
+        models=[],
+        buffer_factory=lambda: buffer,
+    )
+
+    async def broken_forwarder(stop: asyncio.Event) -> None:
+        raise RuntimeError("forwarder bug")
+
+    agent._forwarder = broken_forwarder  # type: ignore[method-assign]
+    with caplog.at_level(logging.CRITICAL, logger="edge.agent"):
+        await run(agent, buffer, 3)  # returns: a dead task does not break the shutdown
+
+    assert "WATCHDOG=1" not in notified  # systemd restarts it after WatchdogSec
+    assert "READY=1" in notified
+    assert "task forwarder ended with RuntimeError('forwarder bug')" in caplog.text
+    assert uplink.stopped
+    assert buffer.closed
