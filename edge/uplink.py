@@ -10,6 +10,10 @@ Idempotence: ``idempotent: auto`` asks the broker for a producer id (InitProduce
 connected and turns the idempotent producer on only if that works. Tansu's in-memory
 engine answers InitProducerId with an error, so locally the producer runs without it;
 retries may then duplicate a record, which consumers absorb by (device, seq).
+
+One producer at a time: the forwarder and the status publisher both send, and a lock
+around connecting makes the second wait for the first's producer instead of starting one
+of its own (which leaked, and could carry consecutive reading batches out of order).
 """
 
 from __future__ import annotations
@@ -105,6 +109,7 @@ class KafkaUplink:
         self._config = config
         self._client_id = client_id
         self._producer: Any = None
+        self._connecting = asyncio.Lock()
         self.idempotent: bool | None = None
 
     async def _connect(self) -> Any:
@@ -144,14 +149,24 @@ class KafkaUplink:
         Both this call and the awaitable raise :class:`UplinkError` on failure.
         """
         errors = require("aiokafka.errors", "edge")
+        producer = None
         try:
-            if self._producer is None:
-                self._producer = await self._connect()
-            future = await self._producer.send(topic, value=value, key=key)
+            producer = await self._producer_now()
+            future = await producer.send(topic, value=value, key=key)
         except (errors.KafkaError, OSError, TimeoutError) as exc:
-            await self._reset()
+            await self._reset(producer)
             raise UplinkError(f"{type(exc).__name__}: {exc}") from exc
         return self._wrap(future, errors.KafkaError)
+
+    async def _producer_now(self) -> Any:
+        """The producer, connecting it first if needed; concurrent callers share one."""
+        producer = self._producer
+        if producer is None:
+            async with self._connecting:
+                if self._producer is None:
+                    self._producer = await self._connect()
+                producer = self._producer
+        return producer
 
     async def _wrap(self, future: Any, kafka_error: type[Exception]) -> Any:
         try:
@@ -162,14 +177,17 @@ class KafkaUplink:
     async def send_and_wait(self, topic: str, key: bytes, value: bytes) -> None:
         await (await self.send(topic, key, value))
 
-    async def _reset(self) -> None:
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            try:
-                await asyncio.wait_for(producer.stop(), 10)
-            except Exception as exc:
-                log.debug("producer stop failed: %r", exc)
+    async def _reset(self, failed: Any) -> None:
+        """Drop the producer a send failed on (not one another task has connected since)."""
+        if failed is None or failed is not self._producer:
+            return
+        self._producer = None
+        try:
+            await asyncio.wait_for(failed.stop(), 10)
+        except Exception as exc:
+            log.debug("producer stop failed: %r", exc)
 
     async def stop(self) -> None:
-        """Flush and close; idempotent."""
-        await self._reset()
+        """Flush and close; idempotent. Waits for a connect in progress, then closes it."""
+        async with self._connecting:
+            await self._reset(self._producer)
