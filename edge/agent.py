@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 _BATCH_PREFIX = b'{"schema_version":1,"gateway_id":"%s","readings":['
 _BATCH_SUFFIX = b"]}"
 _FRAME_OVERHEAD = 128
+#: Kafka keeps a partition's order across retries with at most 5 requests in flight, and
+#: only with the idempotent producer
+MAX_IN_FLIGHT_IDEMPOTENT = 5
 #: Quantity -> its wire name as an exact str (a dict lookup is several times cheaper than
 #: the enum's ``.value`` descriptor; a plain-str quantity falls through unchanged)
 _QUANTITY_NAMES: dict[Any, str] = {q: q.value for q in Quantity}
@@ -487,8 +490,24 @@ class Agent:
         parts[-1] = _BATCH_SUFFIX
         return b"".join(parts)
 
+    def _max_in_flight(self) -> int:
+        """Batches in flight: ``kafka.max_in_flight`` (at most 5) with an idempotent
+        producer, else one.
+
+        Without idempotence a failed batch is not the end of its successors: with several
+        in flight the later ones can land after the oldest failed, then everything is
+        resent from the oldest, and a device's readings reach the partition out of order
+        (seqs 2..5, 0..5). Kafka's own rule: only one request in flight keeps order across
+        retries without idempotence. An uplink that does not know yet (not connected) or
+        does not say (``idempotent`` absent) counts as not idempotent.
+        """
+        if getattr(self.uplink, "idempotent", None) is True:
+            return min(self.config.kafka.max_in_flight, MAX_IN_FLIGHT_IDEMPOTENT)
+        return 1
+
     async def _forwarder(self, stop: asyncio.Event) -> None:
-        """Send buffered records in order, several batches in flight; ack in order.
+        """Send buffered records in order, batches in flight as :meth:`_max_in_flight`
+        allows; ack in order.
 
         Never ends on an error: a failed send (:class:`UplinkError`) or buffer call (disk
         full: in WAL mode even the DELETE of an ack needs room) is logged, the taken
@@ -501,10 +520,9 @@ class Agent:
         backoff = 0.5
         topic = self.config.kafka.readings_topic
         in_flight: deque[tuple[Awaitable[Any], int, int]] = deque()
-        max_in_flight = self.config.kafka.max_in_flight
         while True:
             try:
-                while len(in_flight) < max_in_flight:
+                while len(in_flight) < self._max_in_flight():  # known once connected
                     pending = await self._store(self._take, Kind.READING)
                     if not pending:
                         break

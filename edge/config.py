@@ -301,7 +301,9 @@ class KafkaConfig(_Frozen):
     """`auto` turns the idempotent producer on when the broker supports it
     (InitProducerId)."""
     max_in_flight: Annotated[Int, Field(ge=1, le=16)] = 4
-    """Records sent before the first is acknowledged; order per partition is kept."""
+    """`readings` records sent before the oldest is acknowledged, used only with the
+    idempotent producer (above 5 counts as 5, as Kafka requires for ordered retries);
+    without it one at a time, so a failed send never lets a later record land first."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """How to connect: plain, TLS, SASL, or SASL over TLS."""
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None

@@ -7,6 +7,7 @@ wait for events, never for a duration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -15,12 +16,13 @@ from typing import Any
 
 import pytest
 
-from climastream.contract import Quantity, SourceState
+from climastream.contract import Quantity, ReadingBatch, SourceState
 from edge import agent as agent_module
 from edge.agent import Agent, Counters
 from edge.buffer import Kind, MemoryBuffer
 from edge.config import GatewayConfig
 from edge.sources import Sample
+from edge.uplink import UplinkError
 
 
 def _config(**extra: Any) -> GatewayConfig:
@@ -194,3 +196,109 @@ async def test_the_watchdog_is_fed_only_while_the_pipeline_runs(
     assert "task forwarder ended with RuntimeError('forwarder bug')" in caplog.text
     assert uplink.stopped
     assert buffer.closed
+
+
+class FirstSendFails:
+    """Records land on one partition as their delivery completes, independently of when
+    the agent awaits them (as aiokafka's). The first record's delivery fails, once a later
+    record was sent or after a while (a batch that expired); later records land at once."""
+
+    def __init__(self, idempotent: bool | None = None) -> None:
+        if idempotent is not None:
+            self.idempotent = idempotent
+        self.partition: list[tuple[str, int]] = []
+        self.sends = 0
+        self.second_send = asyncio.Event()
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
+        self.sends += 1
+        batch = ReadingBatch.model_validate_json(value)
+        readings = [(r.device_id, r.seq) for r in batch.readings]
+        if self.sends == 2:
+            self.second_send.set()
+
+        async def first() -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.second_send.wait(), timeout=0.5)
+            raise UplinkError("KafkaTimeoutError: batch expired")
+
+        async def later() -> None:
+            self.partition.extend(readings)
+
+        return asyncio.ensure_future(first() if self.sends == 1 else later())
+
+    async def stop(self) -> None:
+        return None
+
+
+async def _forward(agent: Agent, done: Callable[[], bool]) -> None:
+    """Run the forwarder alone over what the agent's buffer holds until ``done``."""
+    stop = asyncio.Event()
+    forwarder = asyncio.create_task(agent._forwarder(stop))
+    await asyncio.wait_for(_until(done), timeout=60)
+    stop.set()
+    agent._new_data.set()
+    await asyncio.wait_for(forwarder, timeout=60)
+
+
+async def test_a_failed_send_never_lets_later_readings_land_first() -> None:
+    """With several batches in flight and no idempotent producer, the later batches landed
+    after the oldest failed, then all were resent from the oldest: one device's seqs on
+    the partition were 2..5, 0..5."""
+    uplink = FirstSendFails(idempotent=False)  # like the local Tansu's
+    agent = Agent(_config(batch_max_readings=2), sources=[], uplink=uplink, models=[])
+    agent.buffer = MemoryBuffer(max_bytes=10**7, max_age_s=3600)
+    agent.ingest(_samples("dev1", range(6)))
+
+    await _forward(agent, lambda: agent.counters.sent == 6)
+
+    assert uplink.partition == [("dev1", seq) for seq in range(6)]
+    assert agent.counters.send_failures == 1
+
+
+class Pipelined:
+    """Counts records sent and not yet acknowledged; a delivery completes when the agent
+    awaits it (the forwarder sends as many as it may, then awaits the oldest)."""
+
+    def __init__(self, idempotent: bool | None) -> None:
+        if idempotent is not None:
+            self.idempotent = idempotent
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        return self._delivered()
+
+    async def _delivered(self) -> None:
+        self.in_flight -= 1
+
+    async def stop(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("idempotent", "configured", "expected"),
+    [(None, 4, 1), (False, 4, 1), (True, 4, 4), (True, 8, 5), (True, 1, 1)],
+)
+async def test_batches_in_flight_follow_kafkas_rule_for_ordered_retries(
+    idempotent: bool | None, configured: int, expected: int
+) -> None:
+    """Several batches in flight only with the idempotent producer, and at most 5; an
+    uplink that does not say (None: not connected yet) counts as not idempotent."""
+    uplink = Pipelined(idempotent)
+    buffer = MemoryBuffer(max_bytes=10**7, max_age_s=3600)
+    agent = Agent(
+        _config(batch_max_readings=1, kafka={"max_in_flight": configured}),
+        sources=[],
+        uplink=uplink,
+        models=[],
+        buffer_factory=lambda: buffer,
+    )
+    agent.buffer = buffer
+    agent.ingest(_samples("dev1", range(12)))
+
+    await _forward(agent, lambda: agent.counters.sent == 12)
+
+    assert uplink.most_in_flight == expected
