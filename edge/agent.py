@@ -85,7 +85,13 @@ class StorageError(RuntimeError):
 
 @runtime_checkable
 class AckingSource(Protocol):
-    """A source whose input must be acknowledged once it is durable (MQTT QoS 1)."""
+    """A source whose input must be acknowledged once it is durable (MQTT QoS 1).
+
+    The ack may also have a ``redeliver()`` method: the agent calls it instead when the
+    batch could not be stored, and the source has its input sent again (the MQTT source
+    reconnects; the broker redelivers what was not acknowledged). Such readings are not
+    counted as dropped. Without it, unstored readings count as ``store_failed``.
+    """
 
     async def read_acked(self) -> tuple[list[Sample], Callable[[], None]]: ...
 
@@ -384,17 +390,46 @@ class Agent:
             samples = [s for chunk, _ in items for s in chunk]
             try:
                 await self._in_worker(self.ingest, samples)
+            except Exception:
+                self._not_stored(items)
+            else:
                 for _, ack in items:
                     if ack is not None:
-                        ack()  # durable now: the broker may forget the message
-            except Exception:
-                # Unacked MQTT messages are redelivered; others are lost here, so count.
-                log.exception("storing readings failed count=%d", len(samples))
-                self.counters.drop("store_failed", len(samples))
+                        try:
+                            ack()  # durable now: the broker may forget the message
+                        except Exception:
+                            log.exception("acknowledging stored input failed")
             finally:
                 for _ in items:
                     self._queue.task_done()
             self._new_data.set()
+
+    def _not_stored(self, items: list[tuple[list[Sample], Callable[[], None] | None]]) -> None:
+        """A batch the buffer refused (disk full): its sources redeliver it, or it is lost.
+
+        Readings whose source sends them again (unacked MQTT messages: ``redeliver`` drops
+        the connection, the broker redelivers after the reconnect) are not dropped, and
+        counting them would count them twice when they are stored later; the others are
+        lost here and counted as ``store_failed``.
+        """
+        lost = again = 0
+        for samples, ack in items:
+            redeliver = getattr(ack, "redeliver", None)
+            if redeliver is None:
+                lost += len(samples)
+                continue
+            again += len(samples)
+            try:
+                redeliver()
+            except Exception:
+                log.exception("asking a source to redeliver failed")
+        log.exception(
+            "storing readings failed: %d lost (store_failed), %d to be redelivered",
+            lost,
+            again,
+        )
+        if lost:
+            self.counters.drop("store_failed", lost)
 
     def _location(self, location: Location) -> dict[str, float]:
         """A device's configured location as the reading carries it (dumped once)."""

@@ -12,6 +12,13 @@ aiomqtt 2.x (the maintained successor of asyncio-mqtt) has no manual-ack option 
 and acks with paho's ``ack(mid, qos)``: the one place we reach into aiomqtt's client. Acks
 of a connection that has since dropped are skipped: the broker redelivers those messages.
 
+When the agent cannot store a batch (disk full), it calls the ack's ``redeliver()``
+instead: the source drops that connection and reconnects after a backoff (doubling from
+``reconnect_min_s`` to ``reconnect_max_s`` while storing keeps failing), and the broker
+redelivers every unacknowledged message of the session. Unacked messages are never
+counted as dropped; left on a live connection they would only fill the broker's in-flight
+window until it stops delivering.
+
 A payload the decoder chokes on (a decoder bug: it raised instead of returning a
 ``DecodeError``) is counted as ``internal_error``, logged with its topic, and acked with
 its batch: left unacked it would be redelivered after every reconnect, and unacked messages
@@ -91,6 +98,9 @@ class MqttSource:
         self._backoff = config.reconnect_min_s
         self.reconnects = 0
         self._connected_once = False
+        self._hold_off = 0.0  # wait before the next connect (after a redeliver)
+        self._redeliver_backoff = config.reconnect_min_s
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def state(self) -> SourceState:
@@ -155,10 +165,13 @@ class MqttSource:
         client, self._client = self._client, None
         self._state = SourceState.CONNECTING
         if client is not None:
-            try:
-                await client.__aexit__(None, None, None)
-            except Exception as exc:
-                log.debug("mqtt disconnect error source=%s error=%r", self.name, exc)
+            await self._close(client)
+
+    async def _close(self, client: Any) -> None:
+        try:
+            await client.__aexit__(None, None, None)
+        except Exception as exc:
+            log.debug("mqtt disconnect error source=%s error=%r", self.name, exc)
 
     async def read(self) -> list[Sample]:
         samples, ack = await self.read_acked()
@@ -166,11 +179,17 @@ class MqttSource:
         return samples
 
     async def read_acked(self) -> tuple[list[Sample], Callable[[], None]]:
-        """Next batch of samples and the ack to call once they are durable."""
+        """Next batch of samples and the ack to call once they are durable.
+
+        The ack is a :class:`Delivery`: ``redeliver()`` instead when they cannot be stored.
+        """
         import aiomqtt
 
         while True:
             if self._client is None:
+                if self._hold_off:
+                    hold, self._hold_off = self._hold_off, 0.0
+                    await asyncio.sleep(hold)
                 try:
                     await self._connect()
                 except (aiomqtt.MqttError, OSError) as exc:
@@ -178,16 +197,18 @@ class MqttSource:
                     await asyncio.sleep(self._backoff)
                     self._backoff = min(self._backoff * 2, self._config.reconnect_max_s)
                     continue
+            client = self._client
             try:
                 first = await self._messages.__anext__()
                 messages = [first]
-                while len(self._client.messages) > 0 and len(messages) < MAX_BATCH:
+                while len(client.messages) > 0 and len(messages) < MAX_BATCH:
                     messages.append(await self._messages.__anext__())
             except (aiomqtt.MqttError, StopAsyncIteration) as exc:
-                log.warning("mqtt connection lost source=%s error=%s", self.name, exc)
-                await self._drop()
+                if client is self._client:  # not dropped on purpose (redeliver)
+                    log.warning("mqtt connection lost source=%s error=%s", self.name, exc)
+                    await self._drop()
                 continue
-            return self._decode(messages), self._acker(messages)
+            return self._decode(messages), Delivery(self, client, self._generation, messages)
 
     def _decode(self, messages: list[Any]) -> list[Sample]:
         from dataclasses import replace
@@ -233,19 +254,60 @@ class MqttSource:
         )
         self._bugs_logged.add(kind)
 
-    def _acker(self, messages: list[Any]) -> Callable[[], None]:
-        generation = self._generation
-        client = self._client
+    def _current(self, client: Any, generation: int) -> bool:
+        return generation == self._generation and self._client is client
 
-        def ack() -> None:
-            if generation != self._generation or self._client is not client:
-                return  # that connection is gone; the broker redelivers
-            for message in messages:
-                if message.qos > 0:
-                    client._client.ack(message.mid, message.qos)
+    def _ack(self, client: Any, generation: int, messages: list[Any]) -> None:
+        if not self._current(client, generation):
+            return  # that connection is gone; the broker redelivers
+        for message in messages:
+            if message.qos > 0:
+                client._client.ack(message.mid, message.qos)
+        self._redeliver_backoff = self._config.reconnect_min_s
 
-        return ack
+    def _redeliver(self, client: Any, generation: int) -> None:
+        if not self._current(client, generation):
+            return  # that connection is gone already: the broker redelivers
+        hold = self._redeliver_backoff
+        self._redeliver_backoff = min(hold * 2, self._config.reconnect_max_s)
+        log.warning(
+            "readings not stored: reconnecting in %.1fs so that the broker redelivers "
+            "them source=%s",
+            hold,
+            self.name,
+        )
+        self._client = None
+        self._state = SourceState.CONNECTING
+        self._hold_off = hold
+        task = asyncio.get_running_loop().create_task(self._close(client))
+        self._closing.add(task)  # ends the pending read of that connection too
+        task.add_done_callback(self._closing.discard)
 
     async def stop(self) -> None:
         await self._drop()
+        await asyncio.gather(*self._closing, return_exceptions=True)
         self._state = SourceState.DISABLED
+
+
+class Delivery:
+    """The ack of one batch of messages (a callable, as the agent expects).
+
+    Call it once the batch's readings are durable: the messages are acknowledged (PUBACK).
+    :meth:`redeliver` when they could not be stored: the source drops the connection they
+    came on, and the broker sends every unacknowledged message again after the reconnect.
+    Both are no-ops once that connection is gone (the broker redelivers anyway).
+    """
+
+    __slots__ = ("_client", "_generation", "_messages", "_source")
+
+    def __init__(self, source: MqttSource, client: Any, generation: int, messages: list[Any]):
+        self._source = source
+        self._client = client
+        self._generation = generation
+        self._messages = messages
+
+    def __call__(self) -> None:
+        self._source._ack(self._client, self._generation, self._messages)
+
+    def redeliver(self) -> None:
+        self._source._redeliver(self._client, self._generation)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
+import types
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -302,3 +304,139 @@ async def test_batches_in_flight_follow_kafkas_rule_for_ordered_retries(
     await _forward(agent, lambda: agent.counters.sent == 12)
 
     assert uplink.most_in_flight == expected
+
+
+class FakeSession:
+    """A broker's persistent session: QoS-1 messages stay until acknowledged and each new
+    connection of the session gets every unacknowledged one (redelivery)."""
+
+    def __init__(self, payloads: list[bytes]) -> None:
+        self.unacked = {mid: payload for mid, payload in enumerate(payloads, 1)}
+        self.connections: list[FakeMqttClient] = []
+
+    def client(self, *args: Any, **kwargs: Any) -> FakeMqttClient:
+        return FakeMqttClient(self)
+
+
+class FakeMqttClient:
+    def __init__(self, session: FakeSession) -> None:
+        self._session = session
+        self._client = types.SimpleNamespace(manual_ack_set=lambda on: None, ack=self._puback)
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._gone = asyncio.Event()
+        self.messages = self
+
+    def _puback(self, mid: int, qos: int) -> None:
+        assert not self._gone.is_set(), "ack on a closed connection"
+        self._session.unacked.pop(mid, None)
+
+    async def __aenter__(self) -> FakeMqttClient:
+        self._session.connections.append(self)
+        for mid, payload in self._session.unacked.items():
+            self._queue.put_nowait(
+                types.SimpleNamespace(mid=mid, qos=1, topic="city/a", payload=payload)
+            )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._gone.set()
+
+    async def subscribe(self, topic: str, qos: int) -> None:
+        return None
+
+    def __aiter__(self) -> FakeMqttClient:
+        return self
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    async def __anext__(self) -> Any:
+        import aiomqtt
+
+        get = asyncio.ensure_future(self._queue.get())
+        gone = asyncio.ensure_future(self._gone.wait())
+        await asyncio.wait((get, gone), return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if get.done():
+            return get.result()
+        get.cancel()
+        raise aiomqtt.MqttError("Disconnected during message iteration")
+
+
+class DiskFullWhile(MemoryBuffer):
+    """Refuses readings while ``full``; counts the refused appends."""
+
+    def __init__(self) -> None:
+        super().__init__(max_bytes=10**7, max_age_s=3600)
+        self.full = True
+        self.refused = 0
+
+    def append(self, records: Any) -> Any:
+        if self.full and any(r.kind is Kind.READING for r in records):
+            self.refused += 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return super().append(records)
+
+
+async def test_unstored_mqtt_messages_are_redelivered_not_counted_as_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refused write counted MQTT readings as store_failed while their messages stayed
+    unacked on a live connection: never redelivered until something else dropped it (then
+    counted as both dropped and delivered), and piling up until the broker stopped
+    delivering. Now the source reconnects and the broker redelivers them; only readings
+    no source can send again (serial, simulated) count as store_failed."""
+    import aiomqtt
+
+    from edge.config import MqttSourceConfig
+    from edge.sources.mqtt_source import MqttSource
+
+    session = FakeSession(
+        [
+            json.dumps([{"bn": f"st{i}:", "n": "temperature", "v": 20.0 + i}]).encode()
+            for i in range(3)
+        ]
+    )
+    monkeypatch.setattr(aiomqtt, "Client", session.client)
+    mqtt = MqttSource(
+        MqttSourceConfig(
+            name="lora",
+            topics=("city/#",),
+            format="senml",
+            reconnect_min_s=0.001,
+            reconnect_max_s=0.002,
+        ),
+        gateway_id="gw1",
+    )
+    serial = ScriptedSource([_samples("serial-1", range(2))])
+    buffer = DiskFullWhile()
+    agent = Agent(
+        _config(),
+        sources=[mqtt, serial],
+        uplink=RecordingUplink(),
+        models=[],
+        buffer_factory=lambda: buffer,
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    # the disk stays full until the serial readings were refused and the broker has
+    # redelivered the MQTT messages on a new connection at least once
+    await asyncio.wait_for(
+        _until(
+            lambda: (
+                agent.counters.dropped.get("store_failed") == 2
+                and len(session.connections) >= 2
+                and buffer.refused >= 2
+            )
+        ),
+        timeout=60,
+    )
+    assert len(session.unacked) == 3  # nothing acked while it could not be stored
+    buffer.full = False
+    await asyncio.wait_for(_until(lambda: not session.unacked), timeout=60)
+    stop.set()
+    counters = await asyncio.wait_for(run, timeout=60)
+
+    assert counters.dropped == {"store_failed": 2}  # the serial readings only
+    assert counters.accepted == 3  # each MQTT reading once, after the disk had room
+    assert mqtt.reconnects == len(session.connections) - 1 >= 1
