@@ -68,6 +68,10 @@ _FRAME_OVERHEAD = 128
 #: Kafka keeps a partition's order across retries with at most 5 requests in flight, and
 #: only with the idempotent producer
 MAX_IN_FLIGHT_IDEMPOTENT = 5
+#: ``outage_capacity_hours`` divides the free space by the ingest rate of this window: long
+#: enough that sensors reporting every 5 or 15 minutes (LoRaWAN) give a steady rate
+RATE_WINDOW_S = 3600.0
+_RATE_BUCKET_S = 60.0
 #: Quantity -> its wire name as an exact str (a dict lookup is several times cheaper than
 #: the enum's ``.value`` descriptor; a plain-str quantity falls through unchanged)
 _QUANTITY_NAMES: dict[Any, str] = {q: q.value for q in Quantity}
@@ -228,8 +232,8 @@ class Agent:
         self._batch_bytes = batch_payload_bytes(config)
         self._key = config.gateway_id.encode()
         self._locations: dict[int, tuple[Location, dict[str, float]]] = {}
-        self._rate_bytes_per_s = 0.0
-        self._rate_mark: tuple[float, int] | None = None
+        self._rate_buckets: deque[list[float]] = deque()  # [start, bytes] per minute
+        self._rate_counted = 0  # of _bytes_in, in the buckets
         self._bytes_in = 0
         self.kafka_up = False
         self.last_status: GatewayStatus | None = None
@@ -633,18 +637,11 @@ class Agent:
         assert self.buffer is not None
         stats = self.buffer.stats()
         now = time.monotonic()
-        if self._rate_mark is not None:
-            elapsed = now - self._rate_mark[0]
-            if elapsed > 0:
-                rate = (self._bytes_in - self._rate_mark[1]) / elapsed
-                # EWMA over ~30 s so one quiet second does not promise an endless capacity
-                alpha = min(1.0, elapsed / 30.0) if self._rate_bytes_per_s else 1.0
-                self._rate_bytes_per_s += alpha * (rate - self._rate_bytes_per_s)
-        self._rate_mark = (now, self._bytes_in)
+        rate = self._ingest_rate(now)
         capacity_h: float | None = None
-        if self._rate_bytes_per_s > 0:
+        if rate > 0:
             free = max(0, self.buffer.max_bytes - stats.bytes)
-            capacity_h = free / self._rate_bytes_per_s / 3600.0
+            capacity_h = free / rate / 3600.0
             capacity_h = min(capacity_h, self.config.buffer.max_age.total_seconds() / 3600.0)
         dropped = dict(self.counters.dropped)
         for reason, count in self.buffer.dropped().items():
@@ -673,6 +670,30 @@ class Agent:
             model_latency_ms=latency,
             model_errors=model_errors,
         )
+
+    def _ingest_rate(self, now: float) -> float:
+        """Bytes per second accepted over the last :data:`RATE_WINDOW_S` (worker thread).
+
+        Bytes are counted in one-minute buckets as snapshots see them; the window is the
+        whole buckets of the last hour, or the time since the agent started if that is
+        shorter (at least a second): a plain average of what was seen, steady for a sensor
+        that reports every few minutes. Just after a start it errs towards a shorter
+        capacity, never a longer one, while a few readings stand for the whole rate.
+        """
+        added = self._bytes_in - self._rate_counted
+        self._rate_counted = self._bytes_in
+        buckets = self._rate_buckets
+        start = now - now % _RATE_BUCKET_S
+        if added:
+            if buckets and buckets[-1][0] == start:
+                buckets[-1][1] += added
+            else:
+                buckets.append([start, float(added)])
+        oldest = start + _RATE_BUCKET_S - RATE_WINDOW_S  # whole buckets, this one included
+        while buckets and buckets[0][0] < oldest:
+            buckets.popleft()
+        span = max(now - max(oldest, self._started), 1.0)
+        return sum(b for _, b in buckets) / span
 
     async def status(self) -> GatewayStatus:
         return await self._in_worker(self.snapshot)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import types
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -507,6 +508,40 @@ async def test_status_reports_outage_capacity_from_the_ingest_rate() -> None:
     assert status.outage_capacity_hours is not None
     assert 0 < status.outage_capacity_hours <= 7 * 24
     assert status.buffer_depth == 101
+
+
+def test_outage_capacity_is_steady_for_sensors_that_report_every_few_minutes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One reading every 300 s, a status every second (as housekeeping builds it): the rate
+    averaged over ~30 s made the published capacity swing between 7 h and 168 h while the
+    truth was about 70 h. The rate is now the last hour's (the run so far, if shorter)."""
+    clock = [1000.0]
+    monkeypatch.setattr("edge.agent.time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    agent = _agent(_config())
+    agent._worker.shutdown()  # not used here
+    agent.buffer = MemoryBuffer(max_bytes=262_144, max_age_s=7 * 86400)
+    start_up: list[tuple[float, float]] = []  # (published, true) in the first hour
+    steady: list[tuple[float, float]] = []
+    per_reading = 0
+    for second in range(3 * 3600):
+        if second % 300 == 0:
+            before = agent._bytes_in
+            agent.ingest([_sample("a", Quantity.TEMPERATURE, 20.0, "Cel", seq=second)])
+            per_reading = agent._bytes_in - before
+        clock[0] += 1
+        status = agent.snapshot()
+        free = status.buffer_capacity_bytes - status.buffer_bytes
+        true_h = free / (per_reading / 300) / 3600
+        if second % 30 == 0 and second >= 600:  # what status_interval_s=30 publishes
+            assert status.outage_capacity_hours is not None
+            (start_up if second < 3600 else steady).append((status.outage_capacity_hours, true_h))
+
+    assert 60 < steady[0][1] < 80
+    for published, true_h in steady:
+        assert abs(published - true_h) / true_h < 0.1  # one reading more or less in the hour
+    for published, true_h in start_up:  # errs short while it has seen little, never long
+        assert published < true_h * 1.1
 
 
 def test_bad_model_outputs_flag_the_reading_and_good_ones_apply() -> None:
