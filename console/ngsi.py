@@ -406,9 +406,13 @@ class EntityQuery:
     key_values: bool = False
 
 
-#: an absolute URI as NGSI-LD needs for entity ids: a scheme, a colon, no whitespace (the
-#: same pattern as openapi.yaml's, with the same meaning of ``$``)
-URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:\S*$")
+#: the whitespace around list items: spelled out, because ``\s`` and ``str.strip()`` mean
+#: more in Python (``\x1c``, ``\x85`` ...) than in the ECMA regexes of OpenAPI clients
+SPACE = " \t\n\r\f\v"
+#: an absolute URI as NGSI-LD needs for entity ids: a scheme, a colon, no whitespace
+#: (openapi.yaml's patterns are built from the same text; see tests/unit/console)
+URI_TEXT = r"[A-Za-z][A-Za-z0-9+.\-]*:[^ \t\n\r\f\v]*"
+URI = re.compile(URI_TEXT)
 
 
 def _names(params: Mapping[str, str], key: str) -> tuple[str, ...] | None:
@@ -416,7 +420,7 @@ def _names(params: Mapping[str, str], key: str) -> tuple[str, ...] | None:
     if raw is None:
         return None
     # empty items are dropped; a parameter with nothing left is no filter at all
-    names = tuple(name for part in raw.split(",") if (name := part.strip()))
+    names = tuple(name for part in raw.split(",") if (name := part.strip(SPACE)))
     return names or None
 
 
@@ -438,7 +442,7 @@ def _types(params: Mapping[str, str]) -> frozenset[str] | None:
 
 def check_entity_id(value: str) -> str:
     """An entity id must be a URI (NGSI-LD: else BadRequestData, not ResourceNotFound)."""
-    if not URI.search(value):
+    if not URI.fullmatch(value):
         raise bad_request(f"entity id {value!r} is not a URI (urn:ngsi-ld:<Type>:...)")
     return value
 

@@ -208,6 +208,7 @@ def test_queries_filter_project_and_page() -> None:
         ({"type": "AirQualityObserved;Alert"}, "type selection with ';' is not supported"),
         ({"type": "(A|B);C"}, "type selection with '(' ')' ';' is not supported"),
         ({"id": f"{AQO},aqo-1"}, "entity id 'aqo-1' is not a URI"),
+        ({"id": "urn:x y"}, "entity id 'urn:x y' is not a URI"),
     ],
 )
 def test_a_bad_query_names_the_parameter(params: dict[str, str], names: str) -> None:

@@ -133,9 +133,13 @@ def test_ngsi_ld_enums_and_bounds_are_the_codes_own() -> None:
     assert SCHEMAS["NgsiEntity"]["properties"]["type"]["enum"] == types
     # entity ids: the document's pattern is the code's, alone or as list items
     retrieve = DOC["paths"]["/ngsi-ld/v1/entities/{entity_id}"]["get"]["parameters"]
-    assert retrieve[0]["schema"]["pattern"] == ngsi.URI.pattern
-    item = ngsi.URI.pattern.strip("^$").replace(r"\S", r"[^\s,]")
-    assert query["id"]["schema"]["pattern"] == rf"^\s*({item})?\s*(,\s*({item})?\s*)*$"
+    assert retrieve[0]["schema"]["pattern"] == f"^{ngsi.URI_TEXT}$"
+    space = r"[ \t\n\r\f\v]*"
+    assert ngsi.SPACE == " \t\n\r\f\v"  # the characters that class names, no more
+    item = ngsi.URI_TEXT.removesuffix(r"[^ \t\n\r\f\v]*") + r"[^ \t\n\r\f\v,]*"
+    assert query["id"]["schema"]["pattern"] == (
+        f"^{space}({item})?{space}(,{space}({item})?{space})*$"
+    )
     assert SCHEMAS["NgsiTypeList"]["properties"]["typeList"]["items"]["enum"] == types
 
 
