@@ -197,18 +197,24 @@ class MqttSource:
                     await asyncio.sleep(self._backoff)
                     self._backoff = min(self._backoff * 2, self._config.reconnect_max_s)
                     continue
-            client = self._client
+            client, generation, incoming = self._client, self._generation, self._messages
             try:
-                first = await self._messages.__anext__()
+                first = await incoming.__anext__()
                 messages = [first]
                 while len(client.messages) > 0 and len(messages) < MAX_BATCH:
-                    messages.append(await self._messages.__anext__())
+                    messages.append(await incoming.__anext__())
             except (aiomqtt.MqttError, StopAsyncIteration) as exc:
-                if client is self._client:  # not dropped on purpose (redeliver)
+                if self._current(client, generation):  # not dropped on purpose (redeliver)
                     log.warning("mqtt connection lost source=%s error=%s", self.name, exc)
                     await self._drop()
                 continue
-            return self._decode(messages), Delivery(self, client, self._generation, messages)
+            if not self._current(client, generation):
+                # the connection was dropped for redelivery while this read waited: the
+                # broker sends these messages again after the reconnect, after the batch
+                # that could not be stored; returned now they would be stored twice, and
+                # before that batch
+                continue
+            return self._decode(messages), Delivery(self, client, generation, messages)
 
     def _decode(self, messages: list[Any]) -> list[Sample]:
         from dataclasses import replace

@@ -440,3 +440,51 @@ async def test_unstored_mqtt_messages_are_redelivered_not_counted_as_dropped(
     assert counters.dropped == {"store_failed": 2}  # the serial readings only
     assert counters.accepted == 3  # each MQTT reading once, after the disk had room
     assert mqtt.reconnects == len(session.connections) - 1 >= 1
+
+
+async def test_a_read_waiting_on_a_connection_dropped_for_redelivery_returns_nothing_of_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pump waits in read_acked while the writer asks for redelivery; a message that
+    reached the dropped connection meanwhile was returned, stored, and then redelivered
+    after the failed batch: stored twice, and before it (a review found [2, 1, 2])."""
+    import aiomqtt
+
+    from edge.config import MqttSourceConfig
+    from edge.sources.mqtt_source import MqttSource
+
+    def payload(value: float) -> bytes:
+        return json.dumps([{"bn": "st1:", "n": "temperature", "v": value}]).encode()
+
+    session = FakeSession([payload(1.0)])
+    monkeypatch.setattr(aiomqtt, "Client", session.client)
+    source = MqttSource(
+        MqttSourceConfig(
+            name="lora",
+            topics=("city/#",),
+            format="senml",
+            reconnect_min_s=0.001,
+            reconnect_max_s=0.002,
+        ),
+        gateway_id="gw1",
+    )
+    await source.start()
+    first, delivery = await source.read_acked()
+    pending = asyncio.create_task(source.read_acked())  # the pump is back, waiting
+    await asyncio.sleep(0)
+    connection = session.connections[-1]
+    session.unacked[2] = payload(2.0)  # reaches the live connection ...
+    connection._queue.put_nowait(
+        types.SimpleNamespace(mid=2, qos=1, topic="city/a", payload=payload(2.0))
+    )
+    delivery.redeliver()  # ... as the writer reports batch 1 unstored
+    assert [s.value for s in first] == [1.0]
+    stored: list[float] = []  # batch 1 was not stored
+    while session.unacked:
+        samples, ack = await asyncio.wait_for(pending, timeout=10)
+        stored += [s.value for s in samples]
+        ack()
+        pending = asyncio.create_task(source.read_acked())
+    pending.cancel()
+    await source.stop()
+    assert stored == [1.0, 2.0]  # each once, in the order they were sent
