@@ -415,13 +415,19 @@ URI_TEXT = r"[A-Za-z][A-Za-z0-9+.\-]*:[^ \t\n\r\f\v]*"
 URI = re.compile(URI_TEXT)
 
 
-def _names(params: Mapping[str, str], key: str) -> tuple[str, ...] | None:
-    raw = params.get(key)
+def _split(raw: str | None, separators: str = ",") -> tuple[str, ...] | None:
+    """A list parameter's items; empty items are dropped, and a parameter with nothing
+    left (or none) is no filter at all."""
     if raw is None:
         return None
-    # empty items are dropped; a parameter with nothing left is no filter at all
-    names = tuple(name for part in raw.split(",") if (name := part.strip(SPACE)))
+    for separator in separators[1:]:
+        raw = raw.replace(separator, separators[0])
+    names = tuple(name for part in raw.split(separators[0]) if (name := part.strip(SPACE)))
     return names or None
+
+
+def _names(params: Mapping[str, str], key: str) -> tuple[str, ...] | None:
+    return _split(params.get(key))
 
 
 def _types(params: Mapping[str, str]) -> frozenset[str] | None:
@@ -436,7 +442,7 @@ def _types(params: Mapping[str, str]) -> frozenset[str] | None:
             f"type selection with {' '.join(repr(c) for c in used)} is not supported by "
             "this source; list the types with ',' or '|' (any of them matches)"
         )
-    names = _names({"type": raw.replace("|", ",")} if raw is not None else {}, "type")
+    names = _split(raw, ",|")
     return frozenset(names) if names is not None else None
 
 
