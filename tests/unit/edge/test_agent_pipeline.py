@@ -363,6 +363,26 @@ class FakeMqttClient:
         raise aiomqtt.MqttError("Disconnected during message iteration")
 
 
+def _senml_source(session: FakeSession, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An MQTT source of SenML payloads whose broker is ``session``; reconnects at once."""
+    import aiomqtt
+
+    from edge.config import MqttSourceConfig
+    from edge.sources.mqtt_source import MqttSource
+
+    monkeypatch.setattr(aiomqtt, "Client", session.client)
+    return MqttSource(
+        MqttSourceConfig(
+            name="lora",
+            topics=("city/#",),
+            format="senml",
+            reconnect_min_s=0.001,
+            reconnect_max_s=0.002,
+        ),
+        gateway_id="gw1",
+    )
+
+
 class DiskFullWhile(MemoryBuffer):
     """Refuses readings while ``full``; counts the refused appends."""
 
@@ -386,10 +406,6 @@ async def test_unstored_mqtt_messages_are_redelivered_not_counted_as_dropped(
     counted as both dropped and delivered), and piling up until the broker stopped
     delivering. Now the source reconnects and the broker redelivers them; only readings
     no source can send again (serial, simulated) count as store_failed."""
-    import aiomqtt
-
-    from edge.config import MqttSourceConfig
-    from edge.sources.mqtt_source import MqttSource
 
     session = FakeSession(
         [
@@ -397,17 +413,7 @@ async def test_unstored_mqtt_messages_are_redelivered_not_counted_as_dropped(
             for i in range(3)
         ]
     )
-    monkeypatch.setattr(aiomqtt, "Client", session.client)
-    mqtt = MqttSource(
-        MqttSourceConfig(
-            name="lora",
-            topics=("city/#",),
-            format="senml",
-            reconnect_min_s=0.001,
-            reconnect_max_s=0.002,
-        ),
-        gateway_id="gw1",
-    )
+    mqtt = _senml_source(session, monkeypatch)
     serial = ScriptedSource([_samples("serial-1", range(2))])
     buffer = DiskFullWhile()
     agent = Agent(
@@ -448,26 +454,12 @@ async def test_a_read_waiting_on_a_connection_dropped_for_redelivery_returns_not
     """The pump waits in read_acked while the writer asks for redelivery; a message that
     reached the dropped connection meanwhile was returned, stored, and then redelivered
     after the failed batch: stored twice, and before it (a review found [2, 1, 2])."""
-    import aiomqtt
-
-    from edge.config import MqttSourceConfig
-    from edge.sources.mqtt_source import MqttSource
 
     def payload(value: float) -> bytes:
         return json.dumps([{"bn": "st1:", "n": "temperature", "v": value}]).encode()
 
     session = FakeSession([payload(1.0)])
-    monkeypatch.setattr(aiomqtt, "Client", session.client)
-    source = MqttSource(
-        MqttSourceConfig(
-            name="lora",
-            topics=("city/#",),
-            format="senml",
-            reconnect_min_s=0.001,
-            reconnect_max_s=0.002,
-        ),
-        gateway_id="gw1",
-    )
+    source = _senml_source(session, monkeypatch)
     await source.start()
     first, delivery = await source.read_acked()
     pending = asyncio.create_task(source.read_acked())  # the pump is back, waiting
