@@ -20,7 +20,13 @@ Contract (every backend; ``tests/unit/edge/test_buffer_contract.py`` checks it o
   again from the oldest).
 * :meth:`Buffer.expire` drops records older than ``max_age`` (reason ``max_age``; a
   gateway-status record ``status_evicted``, like one evicted or too large: only readings
-  count under the readings' reasons).
+  count under the readings' reasons). Age is time the agent ran with the record stored,
+  measured by the ``clock`` given (monotonic by default), never by the wall clock: a Pi
+  has no real-time clock, boots with fake-hwclock's time and NTP steps it by hours or days
+  once it is online, so a wall-clock age would expire a whole backlog as it is synced (a
+  backward step would make ages negative). :class:`SqliteBuffer` carries the age over a
+  restart: a process restart in the same boot counts the time it was down, a reboot does
+  not (no clock measures that time reliably on a Pi).
 * Drop counters are stored with the records, so they survive restarts exactly.
 
 Every clause holds per record, although records are stored in *chunks*: one chunk holds
@@ -437,7 +443,7 @@ class MemoryBuffer:
         overflow: str = "drop_oldest",
         chunk_records: int = CHUNK_RECORDS,
         chunk_bytes: int = CHUNK_BYTES,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_bytes = max_bytes
         self._max_age_s = max_age_s
@@ -666,6 +672,15 @@ class SqliteBuffer:
       ``fsync_window_s`` 0 the high-water marks written with each append are on the disk,
       so nothing is skipped.
 
+    Ages: each chunk's ``enqueued_at`` is a reading of the buffer's *age clock*, which
+    advances with ``clock`` (monotonic) while the buffer is open and is saved in ``meta``
+    with the boot id and the ``clock`` reading (at open, every :meth:`expire` and close).
+    Opened again in the same boot it adds the time since it was saved (the monotonic clock
+    went on); after a reboot it goes on from the saved value: time the gateway was off is
+    not age. A file without one (a new file, or one of an agent that stamped wall-clock
+    times) starts it at ``wall_clock()``, so its stamps keep their ages. It never goes
+    back past the newest stamp, so no age is negative.
+
     A file written by the earlier one-row-per-record layout (table ``records``) is moved
     into chunks at open, in one transaction, in record order; a file with a newer layout
     than :data:`SCHEMA_VERSION` is refused with :class:`BufferFormatError`.
@@ -682,7 +697,8 @@ class SqliteBuffer:
         seq_lease: int = 1000,
         chunk_records: int = CHUNK_RECORDS,
         chunk_bytes: int = CHUNK_BYTES,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         boot_id_fn: Callable[[], str] = boot_id,
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -693,6 +709,11 @@ class SqliteBuffer:
         self._chunk_records = max(1, chunk_records)
         self._chunk_bytes = max(1, chunk_bytes)
         self._clock = clock
+        self._wall_clock = wall_clock
+        # the age clock (see _age): its reading at _age_at, the clock's then
+        self._age_base = 0.0
+        self._age_at = 0.0
+        self._boot = ""
         self._seq_lease = seq_lease
         self._sync_mode = "NORMAL" if fsync_window_s > 0 else "FULL"
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -800,7 +821,9 @@ class SqliteBuffer:
         counters = dict(db.execute("SELECT name, value FROM counters").fetchall())
         fresh = not counters and db.execute("SELECT 1 FROM chunks LIMIT 1").fetchone() is None
         meta = dict(
-            db.execute("SELECT name, value FROM meta WHERE name IN ('boot_id', 'sync_mode')")
+            db.execute(
+                "SELECT name, value FROM meta WHERE name IN ('boot_id', 'sync_mode', 'age_clock')"
+            )
         )
         appended = int(counters.get(_APPENDED, 0))
         with self._tx():
@@ -841,6 +864,7 @@ class SqliteBuffer:
                     *((_attempted(k), self._attempted_upto[k]) for k in Kind),
                 ],
             )
+            self._start_age_clock(meta.get("age_clock"), this_boot)
             db.executemany(
                 "INSERT INTO meta(name, value) VALUES (?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
@@ -867,6 +891,36 @@ class SqliteBuffer:
             self._bytes += int(size)
             self._depth[Kind(kind)] = int(count)
         self._next = int(db.execute("SELECT COALESCE(MAX(last), 0) FROM chunks").fetchone()[0]) + 1
+
+    def _start_age_clock(self, saved: str | None, this_boot: str) -> None:
+        """Continue the age clock saved in ``meta`` (see the class docstring); in a
+        transaction."""
+        now = self._clock()
+        if saved is None:
+            age = self._wall_clock()
+        else:
+            mark = orjson.loads(saved)
+            age = float(mark["age"])
+            if mark["boot"] == this_boot and this_boot != "unknown":
+                age += max(0.0, now - float(mark["clock"]))  # same boot: the clock went on
+        newest = self._db.execute("SELECT MAX(enqueued_at) FROM chunks").fetchone()[0]
+        if newest is not None:
+            age = max(age, float(newest))
+        self._age_base, self._age_at, self._boot = age, now, this_boot
+        self._save_age_clock()
+
+    def _age(self) -> float:
+        """The age clock: what ``enqueued_at`` is stamped with and ages are measured by."""
+        return self._age_base + (self._clock() - self._age_at)
+
+    def _save_age_clock(self) -> None:
+        """Write the age clock into ``meta`` (inside a transaction)."""
+        mark = {"age": self._age(), "boot": self._boot, "clock": self._clock()}
+        self._db.execute(
+            "INSERT INTO meta(name, value) VALUES ('age_clock', ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (orjson.dumps(mark).decode(),),
+        )
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[None]:
@@ -923,6 +977,7 @@ class SqliteBuffer:
             return
         with self._tx():
             self._fold_journal()
+            self._save_age_clock()
             self._db.execute("UPDATE counters SET value = 1 WHERE name = ?", (_CLEAN,))
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
@@ -1015,7 +1070,7 @@ class SqliteBuffer:
         if oldest_first and incoming > self.max_bytes:
             # a batch larger than the whole buffer keeps only its newest records
             incoming -= _drop_incoming(chunks, incoming - self.max_bytes, True, dropped)
-        now = self._clock()
+        now = self._age()
         held = self._bytes
         removed: dict[Kind, int] = {}
         number = self._next
@@ -1122,11 +1177,12 @@ class SqliteBuffer:
         return freed, removed
 
     def expire(self) -> dict[str, int]:
-        horizon = self._clock() - self._max_age_s
+        horizon = self._age() - self._max_age_s
         dropped: dict[str, int] = {}
         freed = 0
         removed = dict.fromkeys(Kind, 0)
         with self._tx():
+            self._save_age_clock()  # the agent expires every minute: ages outlive a reboot
             for kind in Kind:
                 after = self._attempted_upto[kind]
                 rows = self._db.execute(
@@ -1236,5 +1292,5 @@ class SqliteBuffer:
         oldest = self._db.execute(
             "SELECT enqueued_at FROM chunks WHERE kind = 0 ORDER BY last LIMIT 1"
         ).fetchone()
-        age = None if oldest is None else max(0.0, self._clock() - float(oldest[0]))
+        age = None if oldest is None else max(0.0, self._age() - float(oldest[0]))
         return BufferStats(self._depth[Kind.READING], self._bytes, age, self._depth[Kind.STATUS])

@@ -652,9 +652,9 @@ def test_sqlite_moves_a_one_row_per_record_file_into_chunks(tmp_path: Path, clea
     )
     clock = FakeClock()
     clock.now = t0 + 40  # nothing is older than max_age yet
-    buffer = SqliteBuffer(
-        path, max_bytes=room(100), max_age_s=60, clock=clock, boot_id_fn=lambda: "this-boot"
-    )
+    # the old layout stamped wall-clock times: the age clock starts at the wall clock's
+    same = {"clock": clock, "wall_clock": clock, "boot_id_fn": lambda: "this-boot"}
+    buffer = SqliteBuffer(path, max_bytes=room(100), max_age_s=60, **same)  # type: ignore[arg-type]
     assert buffer.migrated == 6
     assert buffer.recovered == ("clean" if clean else "crash")
     assert buffer.stats().depth == 5
@@ -665,14 +665,14 @@ def test_sqlite_moves_a_one_row_per_record_file_into_chunks(tmp_path: Path, clea
     buffer.close()
     # records handed out are never expired, after a restart either: take from a copy
     shutil.copy(path, tmp_path / "copy.db")
-    copy = SqliteBuffer(tmp_path / "copy.db", max_bytes=room(100), max_age_s=60, clock=clock)
+    copy = SqliteBuffer(tmp_path / "copy.db", max_bytes=room(100), max_age_s=60, **same)  # type: ignore[arg-type]
     taken = copy.take(Kind.READING, 10)
     assert [p.count for p in taken] == [2, 3]  # one chunk per old append
     assert seqs(taken) == [0, 1, 2, 3, 4]
     assert [p.payloads() for p in copy.take(Kind.STATUS, 10)] == [[status.payload]]
     copy.close()
-    clock.now = t0 + 70
-    again = SqliteBuffer(path, max_bytes=room(100), max_age_s=60, clock=clock)
+    clock.now = t0 + 70  # reopened in the same boot: the 30 s it was closed count
+    again = SqliteBuffer(path, max_bytes=room(100), max_age_s=60, **same)  # type: ignore[arg-type]
     assert again.migrated == 0
     # enqueued_at kept: 0, 1 and the status (not a reading: counted apart) expire
     assert again.expire() == {DropReason.MAX_AGE: 2, DropReason.STATUS_EVICTED: 1}
@@ -720,4 +720,61 @@ def test_sqlite_seq_journal_folds_when_many_devices_change(
     crash(buffer)  # no close(): the process dies
     again = SqliteBuffer(path, max_bytes=room(100), max_age_s=60, fsync_window_s=5)
     assert again.next_seqs(dict.fromkeys("abcd", 1)) == dict.fromkeys("abcd", 2)
+    again.close()
+
+
+DAY = 86400.0
+
+
+def test_sqlite_ages_ignore_wall_clock_steps(tmp_path: Path) -> None:
+    """A Pi boots with fake-hwclock's time and NTP steps it days forward once online: the
+    backlog buffered in between is seconds old, not days, and must not expire; a step back
+    must not make an age negative. Ages follow the monotonic clock, and a reboot (which
+    resets it) neither loses the age gathered nor counts the time the gateway was off."""
+    path = tmp_path / "b.db"
+    wall = FakeClock()  # the time of the last clean shutdown
+    mono = FakeClock()
+    mono.now = 12.0  # seconds since boot
+    boot = ["boot-1"]
+    settings = {"max_bytes": room(100), "max_age_s": 7 * DAY, "clock": mono, "wall_clock": wall}
+    buffer = SqliteBuffer(path, **settings, boot_id_fn=lambda: boot[0])  # type: ignore[arg-type]
+    buffer.append([rec(0), rec(1), rec(2)])
+    mono.now += 30
+    wall.now += 8 * DAY + 30  # NTP: the gateway was off for 8 days
+    assert buffer.expire() == {}
+    assert buffer.stats().oldest_age_s == pytest.approx(30.0)
+    mono.now += 10
+    wall.now -= 9 * DAY  # and a step back
+    assert buffer.stats().oldest_age_s == pytest.approx(40.0)
+    assert buffer.expire() == {}
+    buffer.close()
+
+    boot[0], mono.now, wall.now = "boot-2", 5.0, wall.now + 30 * DAY  # off for a month
+    again = SqliteBuffer(path, **settings, boot_id_fn=lambda: boot[0])  # type: ignore[arg-type]
+    assert again.stats().oldest_age_s == pytest.approx(40.0)  # kept; the month not counted
+    assert again.expire() == {}
+    mono.now += 7 * DAY - 40 + 1  # a week of running in all
+    assert again.expire() == {DropReason.MAX_AGE: 3}
+    again.close()
+
+
+def test_sqlite_age_after_a_crash_and_reboot_is_never_negative(
+    tmp_path: Path, crash: Callable[[SqliteBuffer], None]
+) -> None:
+    """The age clock is saved at open, expire and close; records stamped after the last
+    save (then a power cut) must not be younger than zero after the reboot."""
+    path = tmp_path / "b.db"
+    mono, wall = FakeClock(), FakeClock()
+    settings = {"max_bytes": room(100), "max_age_s": 60, "clock": mono, "wall_clock": wall}
+    buffer = SqliteBuffer(path, **settings, boot_id_fn=lambda: "boot-1")  # type: ignore[arg-type]
+    buffer.append([rec(0)])
+    mono.now += 50
+    buffer.append([rec(1)])
+    crash(buffer)
+    mono.now, wall.now = 3.0, wall.now - 5 * DAY  # a new boot; fake-hwclock is far behind
+    again = SqliteBuffer(path, **settings, boot_id_fn=lambda: "boot-2")  # type: ignore[arg-type]
+    # rec(1) is 0 s old, rec(0) 50 s: the age clock goes on from the newest stamp
+    assert again.stats().oldest_age_s == pytest.approx(50.0)
+    mono.now += 11
+    assert again.stats().oldest_age_s == pytest.approx(61.0)
     again.close()
