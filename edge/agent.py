@@ -12,6 +12,12 @@ Nothing is dropped silently: a sample that fails the contract is counted under
 ``invalid_reading`` (logged once per device and reason); the buffer counts its own drops
 (``buffer_full``, ``max_age``, ``power_cut_unsynced``) persistently.
 
+Clocks: a Pi has no real-time clock, and NTP steps the wall clock (by days after a long
+power cut) once the uplink is up. Timers, rates, uptime and buffer ages use the monotonic
+clock; the wall clock only stamps readings and the status. A reading whose event time the
+gateway stamped while its clock is not synchronized (:mod:`edge.clock`) is kept and
+flagged ``clock_unsynced``, never dropped.
+
 The stored payload of a reading is exactly ``contract.encode`` of the validated
 :class:`~climastream.contract.Reading`, produced by :mod:`climastream.fastpath` (same
 verdicts and bytes as pydantic, about 1 µs instead of 7; a differential test holds it to
@@ -43,7 +49,14 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from climastream import __version__
-from climastream.contract import ContractError, GatewayStatus, Location, Quantity, encode
+from climastream.contract import (
+    ContractError,
+    GatewayStatus,
+    Location,
+    QualityFlag,
+    Quantity,
+    encode,
+)
 from climastream.fastpath import ReadingEncoder
 from edge import systemd
 from edge.buffer import (
@@ -55,6 +68,7 @@ from edge.buffer import (
     SqliteBuffer,
     accounted,
 )
+from edge.clock import system_clock_synchronized
 from edge.config import GatewayConfig, MqttSourceConfig, SimulatedSourceConfig
 from edge.inference import ModelRunner
 from edge.sources import Sample, Source
@@ -75,6 +89,7 @@ _RATE_BUCKET_S = 60.0
 #: Quantity -> its wire name as an exact str (a dict lookup is several times cheaper than
 #: the enum's ``.value`` descriptor; a plain-str quantity falls through unchanged)
 _QUANTITY_NAMES: dict[Any, str] = {q: q.value for q in Quantity}
+_CLOCK_UNSYNCED = QualityFlag.CLOCK_UNSYNCED.value
 
 
 class Uplink(Protocol):
@@ -106,6 +121,8 @@ class Counters:
     sent: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     send_failures: int = 0
+    #: readings flagged ``clock_unsynced`` at ingest (kept, not dropped)
+    clock_unsynced: int = 0
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -205,6 +222,7 @@ class Agent:
         buffer_factory: Callable[[], Buffer] | None = None,
         models: Sequence[ModelRunner] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock_synced: Callable[[], bool | None] = system_clock_synchronized,
         status_file: Path | None = None,
         drain_timeout_s: float = 15.0,
         tune_gc: bool = False,
@@ -216,6 +234,10 @@ class Agent:
         self._models_given = models
         self.models: list[ModelRunner] = []
         self.clock = clock
+        self._clock_synced = clock_synced
+        #: whether ``clock`` was synchronized at the last ingest (None: cannot tell)
+        self.clock_synchronized: bool | None = None
+        self._clock_check_failed = False
         self.status_file = status_file
         self.drain_timeout_s = drain_timeout_s
         self.tune_gc = tune_gc
@@ -451,10 +473,22 @@ class Agent:
         gateway_id = self.config.gateway_id
         default_zone = self.config.zone
         ingest_time = self.clock()
+        unsynced = self._check_clock() is False
+        flagged = 0
         readings: list[dict[str, Any]] = []
         append_reading = readings.append
         names = _QUANTITY_NAMES
-        for device_id, quantity, value, unit, event_time, seq, zone, location in samples:
+        for (
+            device_id,
+            quantity,
+            value,
+            unit,
+            event_time,
+            seq,
+            zone,
+            location,
+            gateway_time,
+        ) in samples:
             reading: dict[str, Any] = {
                 "schema_version": 1,
                 "device_id": device_id,
@@ -471,7 +505,11 @@ class Agent:
             zone = zone or default_zone
             if zone is not None:
                 reading["zone"] = zone
+            if gateway_time and unsynced:
+                reading["quality"] = [_CLOCK_UNSYNCED]
+                flagged += 1
             append_reading(reading)
+        self.counters.clock_unsynced += flagged
         for model in self.models:
             readings.extend(model.process(readings))
         need: dict[str, int] = {}
@@ -506,6 +544,27 @@ class Agent:
             # few), so the outage-capacity estimate divides like by like
             self._bytes_in += accounted([len(r.payload) for r in records])
         return admission.stored
+
+    def _check_clock(self) -> bool | None:
+        """Ask whether the wall clock is synchronized (once per ingest batch, ~3 µs);
+        log when that changes."""
+        try:
+            synced = self._clock_synced()
+        except Exception:
+            if not self._clock_check_failed:  # once, not once per batch
+                log.exception("checking the clock synchronization failed")
+            self._clock_check_failed = True
+            synced = None
+        if synced is not self.clock_synchronized:
+            if synced is False:
+                log.warning(
+                    "gateway clock not synchronized (no NTP yet): readings it stamps are "
+                    "flagged clock_unsynced"
+                )
+            elif synced and self.clock_synchronized is False:
+                log.info("gateway clock synchronized now=%s", self.clock().isoformat())
+            self.clock_synchronized = synced
+        return synced
 
     # ------------------------------------------------------------------ delivery
 

@@ -95,6 +95,18 @@ class AgentCollector:
         yield CounterMetricFamily(
             prefix + "kafka_send_failures", "failed sends", self._agent.counters.send_failures
         )
+        yield CounterMetricFamily(
+            prefix + "readings_clock_unsynced",
+            "readings stamped by the gateway while its clock was not synchronized (flagged)",
+            self._agent.counters.clock_unsynced,
+        )
+        synced = getattr(self._agent, "clock_synchronized", None)
+        if synced is not None:  # absent where the gateway cannot tell
+            yield GaugeMetricFamily(
+                prefix + "clock_synchronized",
+                "1 if the gateway's wall clock is synchronized (NTP), as timedatectl says",
+                1.0 if synced else 0.0,
+            )
 
 
 def serve(listen: str, collector: AgentCollector) -> Any:

@@ -39,6 +39,9 @@ class Sample(NamedTuple):
     seq: int | None = None  # the device's own counter (fCnt, frame seq); None: gateway assigns
     zone: str | None = None
     location: Location | None = None
+    #: ``event_time`` is the gateway's own time of receipt, not the device's: wrong while
+    #: the gateway's clock is not synchronized (the agent flags it ``clock_unsynced``)
+    gateway_time: bool = False
 
 
 class Source(Protocol):

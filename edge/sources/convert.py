@@ -23,7 +23,7 @@ def to_samples(
 
     A measurement without a device id takes ``device_id`` (the config's name for a serial
     sensor); without either it is counted as ``no_device_id``. Without a device time the
-    gateway's receive time is the event time.
+    gateway's receive time is the event time, and the sample says so (``gateway_time``).
     """
     samples: list[Sample] = []
     append = samples.append
@@ -49,5 +49,8 @@ def to_samples(
             place = where.get(device)
             if place is None:
                 place = where[device] = (zone(device), location(device))
-            append(Sample(device, m.quantity, m.value, m.unit, m.time or received, seq, *place))
+            if m.time is not None:
+                append(Sample(device, m.quantity, m.value, m.unit, m.time, seq, *place))
+            else:
+                append(Sample(device, m.quantity, m.value, m.unit, received, seq, *place, True))
     return samples

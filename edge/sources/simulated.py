@@ -139,6 +139,7 @@ class SimulatedSource:
                         event_time=now,
                         zone=device.zone,
                         location=device.location,
+                        gateway_time=True,
                     )
                 )
         return samples

@@ -355,6 +355,46 @@ def test_ingest_stores_the_contract_encoding_and_numbers_devices() -> None:
     assert chunk.payload == b",".join(encode(r) for r in readings)
 
 
+def test_readings_the_gateway_stamped_before_ntp_sync_are_flagged_not_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Pi boots with fake-hwclock's time; until NTP syncs, a reading stamped with the
+    gateway's receive time carries a wrong event time. It is stored flagged
+    ``clock_unsynced`` (and counted); one with the device's own time is not flagged."""
+    synced: list[bool | None] = [False]
+    agent = Agent(_config(), sources=[], uplink=None, clock_synced=lambda: synced[0])  # type: ignore[arg-type]
+    agent.buffer = MemoryBuffer(max_bytes=10**7, max_age_s=3600)
+    agent.clock = lambda: NOW
+    stamped = _sample("a", Quantity.TEMPERATURE, 21.5, "Cel")._replace(gateway_time=True)
+    own_time = _sample("b", Quantity.TEMPERATURE, 19.0, "Cel")
+    with caplog.at_level("WARNING"):
+        agent.ingest([stamped, own_time])
+    assert "not synchronized" in caplog.text
+    synced[0] = True  # NTP stepped the clock
+    agent.ingest([stamped._replace(device_id="c")])
+    synced[0] = None  # a system that cannot tell: nothing to flag
+    agent.ingest([stamped._replace(device_id="d")])
+    readings = {r.device_id: r.quality for r in _stored(agent)}
+    assert readings == {"a": (QualityFlag.CLOCK_UNSYNCED,), "b": (), "c": (), "d": ()}
+    assert agent.counters.clock_unsynced == 1
+    assert agent.counters.accepted == 4
+    assert agent.clock_synchronized is None
+
+
+def test_samples_say_whether_the_gateway_stamped_them() -> None:
+    from edge.sources.convert import to_samples
+    from firmware_bridge.model import Decoded, measurement
+
+    received = NOW - timedelta(seconds=5)
+    own = measurement(Quantity.TEMPERATURE, 20.0, "Cel", device_id="a", time=NOW)
+    none = measurement(Quantity.TEMPERATURE, 21.0, "Cel", device_id="b")
+    samples = to_samples([Decoded((own, none))], errors={}, now=lambda: received)
+    assert [(s.device_id, s.event_time, s.gateway_time) for s in samples] == [
+        ("a", NOW, False),
+        ("b", received, True),
+    ]
+
+
 def test_a_batch_record_joins_chunks_into_one_reading_batch() -> None:
     agent = _agent(_config())
     agent.ingest([_sample("a", Quantity.TEMPERATURE, 20.0 + i, "Cel") for i in range(3)])
