@@ -372,7 +372,9 @@ class BufferConfig(_Frozen):
     (ingest batch) 64 bytes."""
     max_age: Annotated[timedelta, BeforeValidator(_not_a_boolean)] = timedelta(days=7)
     """Readings older than this are dropped, counted as `max_age` (ISO 8601 such as
-    `P7D`, or seconds)."""
+    `P7D`, or seconds). Age is the time the agent ran with a reading buffered (monotonic
+    clock): an NTP step of the wall clock never ages the backlog, and time the gateway is
+    switched off does not count."""
 
     @field_validator("max_age")
     @classmethod
