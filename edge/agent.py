@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -90,6 +90,12 @@ _RATE_BUCKET_S = 60.0
 #: the enum's ``.value`` descriptor; a plain-str quantity falls through unchanged)
 _QUANTITY_NAMES: dict[Any, str] = {q: q.value for q in Quantity}
 _CLOCK_UNSYNCED = QualityFlag.CLOCK_UNSYNCED.value
+#: How far behind the true time an unsynchronized gateway clock may be: fake-hwclock
+#: restores the last save, so a gateway switched off for months boots that far behind.
+#: Until NTP syncs, a device's own time up to this far ahead of the gateway's clock is
+#: kept (the stream checks it again against its synchronized clock), not refused as
+#: "in the future".
+UNSYNCED_MAX_BEHIND = timedelta(days=400)
 
 
 class Uplink(Protocol):
@@ -519,8 +525,11 @@ class Agent:
         next_seq = self.buffer.next_seqs(need) if need else {}
         records: list[Record] = []
         # one clock read per batch bounds future timestamps; the encoder validates exactly
-        # like contract.Reading and returns contract.encode's bytes (tests/unit/contract)
-        encode_reading = ReadingEncoder(ingest_time).encode
+        # like contract.Reading and returns contract.encode's bytes (tests/unit/contract).
+        # An unsynchronized clock is behind (fake-hwclock): it cannot tell a device's
+        # right time from a future one, so it refuses only what is far ahead of it.
+        bound = ingest_time + UNSYNCED_MAX_BEHIND if unsynced else ingest_time
+        encode_reading = ReadingEncoder(bound).encode
         append = records.append
         for reading in readings:
             device_id = reading["device_id"]

@@ -381,6 +381,25 @@ def test_readings_the_gateway_stamped_before_ntp_sync_are_flagged_not_dropped(
     assert agent.clock_synchronized is None
 
 
+@pytest.mark.parametrize("synced", [False, True])
+def test_device_time_ahead_of_an_unsynchronized_gateway_clock_is_kept(synced: bool) -> None:
+    """After a power cut fake-hwclock restores an old time: the gateway clock is days
+    behind until NTP, and a device's own correct time looks days "in the future". That
+    bound is the gateway's to apply only while its clock is synchronized."""
+    agent = Agent(_config(), sources=[], uplink=None, clock_synced=lambda: synced)  # type: ignore[arg-type]
+    agent.buffer = MemoryBuffer(max_bytes=10**7, max_age_s=3600)
+    agent.clock = lambda: NOW - timedelta(days=3)
+    device_time = Sample("lora-1", Quantity.TEMPERATURE, 20.0, "Cel", NOW, seq=256)
+    far_ahead = device_time._replace(event_time=NOW + timedelta(days=500), seq=512)
+    agent.ingest([device_time, far_ahead])
+    if synced:  # a synchronized clock is right: both are in the future, refused
+        assert agent.counters.dropped == {"invalid_reading": 2}
+    else:
+        stored = _stored(agent)
+        assert [(r.seq, r.event_time, r.quality) for r in stored] == [(256, NOW, ())]
+        assert agent.counters.dropped == {"invalid_reading": 1}  # past any gateway's lag
+
+
 def test_samples_say_whether_the_gateway_stamped_them() -> None:
     from edge.sources.convert import to_samples
     from firmware_bridge.model import Decoded, measurement
