@@ -29,9 +29,11 @@ class Measurement(NamedTuple):
     the gateway then names the device from its config. ``seq`` is the device's own counter
     (LoRaWAN fCnt, framed-protocol sequence) when the frame has one. ``time`` is an aware
     UTC datetime from the device or network server, or None when only the gateway's receive
-    time is known. ``channel`` tells apart several sensors of one quantity on one device
-    (Cayenne LPP channel numbers). ``metadata`` holds the extras that are not the value:
-    radio RSSI/SNR, the raw unit, CF=1 concentrations.
+    time is known; ``gateway_time`` is True when ``time`` was reckoned from the gateway's
+    clock (a SenML time relative to "now", or none: RFC 8428 §4.5.3), so it is as wrong as
+    that clock while it is not synchronized. ``channel`` tells apart several sensors of one
+    quantity on one device (Cayenne LPP channel numbers). ``metadata`` holds the extras that
+    are not the value: radio RSSI/SNR, the raw unit, CF=1 concentrations.
 
     Immutable, and a NamedTuple rather than a frozen dataclass: one is built per decoded
     value on the gateway's hot path, and a tuple builds in a third of the time (0.35 µs
@@ -46,6 +48,7 @@ class Measurement(NamedTuple):
     time: datetime | None = None
     channel: int | str | None = None
     metadata: Mapping[str, MetaValue] = _EMPTY
+    gateway_time: bool = False
 
     def to_json(self) -> dict[str, object]:
         """A JSON-ready dict; keys with no value are left out."""
@@ -63,6 +66,8 @@ class Measurement(NamedTuple):
             out["channel"] = self.channel
         if self.metadata:
             out["metadata"] = dict(self.metadata)
+        if self.gateway_time:
+            out["gateway_time"] = True
         return out
 
 

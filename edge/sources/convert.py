@@ -23,7 +23,8 @@ def to_samples(
 
     A measurement without a device id takes ``device_id`` (the config's name for a serial
     sensor); without either it is counted as ``no_device_id``. Without a device time the
-    gateway's receive time is the event time, and the sample says so (``gateway_time``).
+    gateway's receive time is the event time; that, or a time the decoder reckoned from the
+    gateway's clock (SenML relative times), the sample says (``gateway_time``).
     """
     samples: list[Sample] = []
     append = samples.append
@@ -49,8 +50,9 @@ def to_samples(
             place = where.get(device)
             if place is None:
                 place = where[device] = (zone(device), location(device))
-            if m.time is not None:
+            if m.time is not None and not m.gateway_time:
                 append(Sample(device, m.quantity, m.value, m.unit, m.time, seq, *place))
             else:
-                append(Sample(device, m.quantity, m.value, m.unit, received, seq, *place, True))
+                when = received if m.time is None else m.time
+                append(Sample(device, m.quantity, m.value, m.unit, when, seq, *place, True))
     return samples

@@ -109,7 +109,8 @@ def decode_senml(
             offset_time = base_time + (
                 number(record["t"], f"{where}.t", raw) if "t" in record else 0.0
             )
-            if abs(offset_time) < RELATIVE_TIME_LIMIT:
+            relative = abs(offset_time) < RELATIVE_TIME_LIMIT
+            if relative:
                 when = reference + timedelta(seconds=offset_time)
             else:
                 try:
@@ -131,16 +132,15 @@ def decode_senml(
                 continue
             dev = device_id or (safe_id(owner.rstrip(":/.-_")) or None)
             try:
-                out.append(
-                    measurement(
-                        quantity,
-                        value,
-                        unit or CANONICAL_UNITS[quantity],
-                        device_id=dev,
-                        time=when,
-                        field=field,  # with the base value, or once converted, may be inf
-                    )
+                decoded = measurement(
+                    quantity,
+                    value,
+                    unit or CANONICAL_UNITS[quantity],
+                    device_id=dev,
+                    time=when,
+                    field=field,  # with the base value, or once converted, may be inf
                 )
+                out.append(decoded._replace(gateway_time=True) if relative else decoded)
             except UnitError as exc:
                 raise DecodeError("bad_unit", f"{where}: {exc}", raw=raw) from None
             except DecodeError as exc:

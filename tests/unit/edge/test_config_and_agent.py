@@ -412,6 +412,19 @@ def test_samples_say_whether_the_gateway_stamped_them() -> None:
         ("a", NOW, False),
         ("b", received, True),
     ]
+    # SenML: a time relative to "now", or none, is reckoned from the gateway's clock
+    from firmware_bridge.mqtt.senml import decode_senml
+
+    pack = b'[{"bn":"s1/","n":"temperature","v":20,"bt":%d},{"n":"temperature","v":21}]'
+    absolute = decode_senml(pack % NOW.timestamp(), now=lambda: received)
+    relative = decode_senml(pack % -30, now=lambda: received)
+    samples = to_samples([absolute, relative], errors={}, now=lambda: received)
+    assert [(s.event_time, s.gateway_time) for s in samples] == [
+        (NOW, False),
+        (NOW, False),
+        (received - timedelta(seconds=30), True),
+        (received - timedelta(seconds=30), True),
+    ]
 
 
 def test_a_batch_record_joins_chunks_into_one_reading_batch() -> None:

@@ -70,7 +70,7 @@ def test_golden_vector(case: Path) -> None:
         assert math.isclose(got["value"], want["value"], rel_tol=1e-9, abs_tol=1e-9), (got, want)
         for key in ("device_id", "quantity", "unit"):
             assert got[key] == want[key], (key, got, want)
-        for key in ("seq", "time", "channel"):
+        for key in ("seq", "time", "channel", "gateway_time"):
             assert got.get(key) == want.get(key), (key, got, want)
         for key, value in want.get("metadata", {}).items():
             assert got.get("metadata", {}).get(key) == value, (key, got, want)
