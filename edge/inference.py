@@ -45,6 +45,7 @@ _FAILED = QualityFlag.MODEL_FAILED.value
 _safe_id = re.compile(SAFE_ID_PATTERN).fullmatch
 _ANOMALY = QualityFlag.ANOMALY.value
 _CORRECTED = QualityFlag.CORRECTED.value
+_UNSYNCED = QualityFlag.CLOCK_UNSYNCED.value
 
 
 def session_options() -> Any:
@@ -310,4 +311,6 @@ class ModelRunner:
         new["value"] = value
         new["model_id"] = self.ref
         new["quality"] = [QualityFlag.DERIVED.value]
+        if _UNSYNCED in (reading.get("quality") or ()):
+            new["quality"].append(_UNSYNCED)  # its event time is the source's, as wrong
         return new

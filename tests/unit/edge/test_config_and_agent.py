@@ -303,8 +303,10 @@ def _config(models: list[dict[str, Any]] | None = None) -> GatewayConfig:
     )
 
 
-def _agent(config: GatewayConfig, models: list[ModelRunner] | None = None) -> Agent:
-    agent = Agent(config, sources=[], uplink=None, models=models)  # type: ignore[arg-type]
+def _agent(
+    config: GatewayConfig, models: list[ModelRunner] | None = None, *, synced: bool = True
+) -> Agent:
+    agent = Agent(config, sources=[], uplink=None, models=models, clock_synced=lambda: synced)  # type: ignore[arg-type]
     agent.buffer = MemoryBuffer(max_bytes=10**7, max_age_s=3600)
     agent.models = models or []
     agent.clock = lambda: NOW
@@ -478,6 +480,28 @@ def test_humidity_correction_derives_a_traceable_reading() -> None:
     assert 40.0 / 5.6 * 0.6 < derived.value < 40.0 / 5.6 * 1.6
     assert readings["pm-1"].value == 40.0
     assert readings["other"].model_id is None
+
+
+def test_a_reading_derived_from_a_clock_unsynced_one_is_flagged_too() -> None:
+    """A derived reading has its source's event time: a wrong one before NTP sync."""
+    runner = _runner(
+        "pm-humidity",
+        path=str(MODELS / "pm_humidity_correction.onnx"),
+        devices=["pm-*"],
+        quantity="pm2_5",
+        inputs=[{"quantity": "pm2_5"}, {"quantity": "relative_humidity"}],
+        outputs=[{"kind": "derive", "quantity": "pm2_5"}],
+    )
+    agent = _agent(_config(), [runner], synced=False)
+    agent.ingest(
+        [
+            _sample("pm-1", Quantity.RELATIVE_HUMIDITY, 95.0, "%RH")._replace(gateway_time=True),
+            _sample("pm-1", Quantity.PM2_5, 40.0, "ug/m3")._replace(gateway_time=True),
+        ]
+    )
+    readings = {r.device_id: r.quality for r in _stored(agent)}
+    unsynced, derived = QualityFlag.CLOCK_UNSYNCED, QualityFlag.DERIVED
+    assert readings == {"pm-1": (unsynced,), "pm-1.corrected": (derived, unsynced)}
 
 
 def test_anomaly_scores_a_stuck_sensor_high_and_a_noisy_one_low() -> None:
