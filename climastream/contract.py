@@ -179,7 +179,9 @@ class QualityFlag(StrEnum):
     DERIVED = "derived"  # computed by a model, not measured
     MODEL_FAILED = "model_failed"  # the configured model could not run on this reading
     ANOMALY = "anomaly"  # the edge anomaly score is above the configured level
-    CLOCK_UNSYNCED = "clock_unsynced"  # event time taken from the gateway, not the device
+    # the event time is the gateway's receive time, and the gateway clock was not
+    # synchronized (a Pi without RTC before NTP); a device's own time is never flagged
+    CLOCK_UNSYNCED = "clock_unsynced"
     REPLAYED = "replayed"  # re-sent from the gateway's durable buffer after an outage
     ESTIMATED = "estimated"  # interpolated or otherwise estimated
 
