@@ -7,11 +7,23 @@ topic whose partition count differs from its source's, and the zone stage waits 
 partial per ``readings`` partition. Run this once before any other climastream service
 (compose's ``topics-init``, an init container on Kubernetes). It is idempotent:
 
-- a missing topic is created with its contract partition count, the given replication
-  factor and, for a compacted topic, ``cleanup.policy=compact``;
-- an existing topic with the contract's partition count is left alone;
+- a missing topic is created with its contract partition count, the replication factor
+  and ``min.insync.replicas`` of :class:`Durability` and, for a compacted topic,
+  ``cleanup.policy=compact``;
+- an existing topic with the contract's partition count is left alone (one with fewer
+  replicas than asked is named in a warning: Kafka does not add replicas by itself);
 - an existing topic with another count is an error naming it (exit status 1): a partition
   count cannot be lowered, so delete that topic (its records are lost) and run this again.
+
+Durability: every climastream producer that must not lose a record (the gateways' uplink,
+the stream workers, the sink's dead letters, the console) sends with ``acks=all``, which
+means "stored on ``min.insync.replicas`` brokers". With replication factor 1 that is one
+broker, and losing its disk loses the topic, the stream state in the changelogs included.
+A cluster of three or more brokers wants replication factor 3 and ``min.insync.replicas``
+2 (a write still succeeds with one broker down); the production image sets those through
+``CLIMASTREAM_TOPICS_REPLICATION_FACTOR`` and ``CLIMASTREAM_TOPICS_MIN_INSYNC_REPLICAS``.
+The code's default stays 1 for the single-broker local stack and the tests. The stream
+workers and the alert engine read the same variables for the internal topics they create.
 
 Exit status: 0 every topic is right; 1 a topic has the wrong count or could not be
 created; 2 Kafka could not be reached (or aiokafka is not installed).
@@ -23,7 +35,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +43,7 @@ from climastream.contract import TOPICS, TopicSpec
 
 BOOTSTRAP_ENV = "CLIMASTREAM_KAFKA_BOOTSTRAP"
 REPLICATION_ENV = "CLIMASTREAM_TOPICS_REPLICATION_FACTOR"
+MIN_INSYNC_ENV = "CLIMASTREAM_TOPICS_MIN_INSYNC_REPLICAS"
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 #: Kafka's TOPIC_ALREADY_EXISTS: another process created it between our look and our create
 TOPIC_ALREADY_EXISTS = 36
@@ -38,6 +51,79 @@ TOPIC_ALREADY_EXISTS = 36
 
 class TopicsError(RuntimeError):
     """Kafka could not be reached or asked; the message says where and what to set."""
+
+
+class DurabilityError(ValueError):
+    """A replication setting is not a whole number, or asks for more in-sync replicas than
+    replicas; the message names the flag or variable."""
+
+
+def default_min_insync(replication_factor: int) -> int:
+    """2 from three replicas on (a write survives one broker down), else 1: with two
+    replicas, 2 in sync would stop every write while either broker is down."""
+    return 2 if replication_factor >= 3 else 1
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """How every topic climastream creates is replicated (contract and internal topics)."""
+
+    replication_factor: int = 1
+    #: brokers that must hold a record before an ``acks=all`` send succeeds
+    min_insync_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if self.replication_factor < 1 or self.min_insync_replicas < 1:
+            raise DurabilityError("replication factor and min.insync.replicas must be >= 1")
+        if self.min_insync_replicas > self.replication_factor:
+            raise DurabilityError(
+                f"min.insync.replicas {self.min_insync_replicas} is more than the replication "
+                f"factor {self.replication_factor}: no write could ever succeed"
+            )
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        replication_factor: int | None = None,
+        min_insync_replicas: int | None = None,
+    ) -> Durability:
+        """Flags first (``replication_factor``, ``min_insync_replicas``), then
+        ``CLIMASTREAM_TOPICS_REPLICATION_FACTOR`` / ``..._MIN_INSYNC_REPLICAS``, then 1 and
+        :func:`default_min_insync`. Raises :class:`DurabilityError` naming the variable."""
+        env = os.environ if environ is None else environ
+        if replication_factor is None:
+            replication_factor = _from_env(env, REPLICATION_ENV) or 1
+        if min_insync_replicas is None:
+            min_insync_replicas = _from_env(env, MIN_INSYNC_ENV) or default_min_insync(
+                replication_factor
+            )
+        return cls(replication_factor, min_insync_replicas)
+
+    def topic_configs(self, *, compacted: bool = False) -> dict[str, str]:
+        """The configs of a new topic: ``min.insync.replicas`` always (a broker default of 2
+        would refuse every write to a topic of one replica), compaction if asked."""
+        configs = {"min.insync.replicas": str(self.min_insync_replicas)}
+        if compacted:
+            configs["cleanup.policy"] = "compact"
+        return configs
+
+    def describe(self) -> str:
+        return (
+            f"replication factor {self.replication_factor}, "
+            f"min.insync.replicas {self.min_insync_replicas}"
+        )
+
+
+def _from_env(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return _positive_int(value)
+    except argparse.ArgumentTypeError as exc:
+        raise DurabilityError(f"{name}: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +136,32 @@ class TopicResult:
     #: the topic's partition count on the broker, when known
     partitions: int | None = None
     error: str = ""
+    #: the fewest replicas of any of its partitions, for a topic that exists
+    replicas: int | None = None
 
     @property
     def ok(self) -> bool:
         return self.outcome in ("created", "exists")
 
-    def describe(self, replication_factor: int) -> str:
+    def under_replicated(self, durability: Durability) -> bool:
+        """An existing topic with fewer replicas than ``durability`` asks for."""
+        return (
+            self.outcome == "exists"
+            and self.replicas is not None
+            and self.replicas < durability.replication_factor
+        )
+
+    def describe(self, durability: Durability) -> str:
         name, wanted = self.spec.name, _partitions(self.spec.partitions)
         if self.outcome == "created":
             policy = ", compacted" if self.spec.compacted else ""
+            return f"{name}: created with {wanted} ({durability.describe()}{policy})"
+        if self.under_replicated(durability):
             return (
-                f"{name}: created with {wanted} (replication factor {replication_factor}{policy})"
+                f"{name}: exists with {wanted} but replication factor {self.replicas}, "
+                f"below the {durability.replication_factor} asked: losing one broker can lose "
+                "it. Kafka keeps an existing topic's replicas; add them with "
+                "kafka-reassign-partitions.sh (deploy/production/README.md)"
             )
         if self.outcome == "exists":
             return f"{name}: exists with {wanted}"
@@ -84,44 +185,62 @@ def _error_name(code: int) -> str:
     return f"{for_code(code).__name__} (Kafka error {code})"
 
 
-async def partition_counts(admin: Any) -> dict[str, int]:
-    """Topic name -> partition count of every topic on the cluster.
+@dataclass(frozen=True, slots=True)
+class TopicShape:
+    """What the cluster says of an existing topic."""
+
+    partitions: int
+    #: the fewest replicas of any partition (None if the broker did not list them)
+    replicas: int | None
+
+
+async def topic_shapes(admin: Any) -> dict[str, TopicShape]:
+    """Topic name -> partition count and replicas of every topic on the cluster.
 
     Asks for *all* topics: a metadata request that names a missing topic would make a
     broker with auto-creation on create it, with its default count.
     """
-    topics = await admin.describe_topics()
-    return {str(t["topic"]): len(t["partitions"]) for t in topics if t.get("error_code", 0) == 0}
+    shapes = {}
+    for topic in await admin.describe_topics():
+        if topic.get("error_code", 0) != 0:
+            continue
+        partitions = topic["partitions"]
+        replicas = [len(p["replicas"]) for p in partitions if "replicas" in p]
+        shapes[str(topic["topic"])] = TopicShape(len(partitions), min(replicas, default=None))
+    return shapes
 
 
-def _checked(spec: TopicSpec, counts: dict[str, int]) -> TopicResult | None:
+def _checked(spec: TopicSpec, shapes: dict[str, TopicShape]) -> TopicResult | None:
     """The result for a topic that exists (right count or not); None if it is missing."""
-    if spec.name not in counts:
+    if spec.name not in shapes:
         return None
-    found = counts[spec.name]
-    outcome = "exists" if found == spec.partitions else "wrong-partitions"
-    return TopicResult(spec, outcome, found)
+    found = shapes[spec.name]
+    outcome = "exists" if found.partitions == spec.partitions else "wrong-partitions"
+    return TopicResult(spec, outcome, found.partitions, replicas=found.replicas)
 
 
 async def ensure_topics(
     admin: Any,
     specs: Sequence[TopicSpec] = TOPICS,
     *,
-    replication_factor: int = 1,
+    durability: Durability | None = None,
     timeout_ms: int = 30_000,
 ) -> list[TopicResult]:
     """Create each missing topic of ``specs``; check the partition count of the others.
+
+    New topics get ``durability`` (default: one replica, the local stack's).
 
     ``admin`` is a started ``aiokafka.admin.AIOKafkaAdminClient`` (or anything with its
     ``describe_topics()`` and ``create_topics(new_topics, timeout_ms=...)``).
     """
     from aiokafka.admin import NewTopic
 
-    counts = await partition_counts(admin)
+    durability = durability or Durability()
+    shapes = await topic_shapes(admin)
     results: dict[str, TopicResult] = {}
     missing = []
     for spec in specs:
-        checked = _checked(spec, counts)
+        checked = _checked(spec, shapes)
         if checked is None:
             missing.append(spec)
         else:
@@ -133,8 +252,8 @@ async def ensure_topics(
                 NewTopic(
                     name=spec.name,
                     num_partitions=spec.partitions,
-                    replication_factor=replication_factor,
-                    topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+                    replication_factor=durability.replication_factor,
+                    topic_configs=durability.topic_configs(compacted=spec.compacted),
                 )
                 for spec in missing
             ],
@@ -156,9 +275,9 @@ async def ensure_topics(
                 detail = _error_name(code) + (f": {message}" if message else "")
                 results[spec.name] = TopicResult(spec, "failed", error=detail)
     if raced:
-        counts = await partition_counts(admin)
+        shapes = await topic_shapes(admin)
         for spec in raced:
-            results[spec.name] = _checked(spec, counts) or TopicResult(
+            results[spec.name] = _checked(spec, shapes) or TopicResult(
                 spec, "failed", error="the broker says it exists but does not list it"
             )
     return [results[spec.name] for spec in specs]
@@ -189,15 +308,13 @@ async def open_admin(bootstrap_servers: str, timeout_s: float) -> Any:
 
 
 async def create_topics(
-    bootstrap_servers: str, replication_factor: int, timeout_s: float
+    bootstrap_servers: str, durability: Durability, timeout_s: float
 ) -> list[TopicResult]:
     admin = await open_admin(bootstrap_servers, timeout_s)
     from aiokafka.errors import KafkaError  # present: open_admin needed it
 
     try:
-        return await ensure_topics(
-            admin, replication_factor=replication_factor, timeout_ms=int(timeout_s * 1000)
-        )
+        return await ensure_topics(admin, durability=durability, timeout_ms=int(timeout_s * 1000))
     except KafkaError as exc:  # the broker went away or refused mid-way: say so, briefly
         raise TopicsError(f"Kafka at {bootstrap_servers}: {exc!r}") from None
     finally:
@@ -242,8 +359,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--replication-factor",
         type=_positive_int,
         metavar="N",
-        help=f"replicas of each new topic (env {REPLICATION_ENV}, default 1; 3 on a "
-        "production cluster of three or more brokers). Existing topics keep theirs.",
+        help=f"replicas of each new topic (env {REPLICATION_ENV}, default 1; the "
+        "production image sets 3, for a cluster of three or more brokers). Existing topics "
+        "keep theirs (a warning names those with fewer).",
+    )
+    create.add_argument(
+        "--min-insync-replicas",
+        type=_positive_int,
+        metavar="N",
+        help=f"min.insync.replicas of each new topic: brokers that must hold a record before "
+        f"an acks=all send succeeds (env {MIN_INSYNC_ENV}, default 2 from replication "
+        "factor 3 on, else 1)",
     )
     create.add_argument(
         "--timeout",
@@ -257,21 +383,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _create(args: argparse.Namespace) -> int:
     bootstrap = args.kafka or os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP
-    replication = args.replication_factor
-    if replication is None:
-        try:
-            replication = _positive_int(os.environ.get(REPLICATION_ENV) or "1")
-        except argparse.ArgumentTypeError as exc:
-            print(f"topics: {REPLICATION_ENV}: {exc}", file=sys.stderr)
-            return 2
     try:
-        results = asyncio.run(create_topics(bootstrap, replication, args.timeout))
+        durability = Durability.from_env(
+            replication_factor=args.replication_factor,
+            min_insync_replicas=args.min_insync_replicas,
+        )
+    except DurabilityError as exc:
+        print(f"topics: {exc}", file=sys.stderr)
+        return 2
+    try:
+        results = asyncio.run(create_topics(bootstrap, durability, args.timeout))
     except TopicsError as exc:
         print(f"topics: {exc}", file=sys.stderr)
         return 2
     for result in results:
-        print(
-            result.describe(replication),
-            file=sys.stdout if result.ok else sys.stderr,
-        )
+        fine = result.ok and not result.under_replicated(durability)
+        print(result.describe(durability), file=sys.stdout if fine else sys.stderr)
     return 0 if all(result.ok for result in results) else 1
