@@ -40,6 +40,7 @@ import orjson
 
 from climastream.contract import ContractError, ReadingBatch, Topics, decode, encode
 from climastream.extras import require
+from climastream.topics import Durability
 from stream import checkpoints
 from stream.checkpoints import DEFAULT_PART_BYTES
 from stream.config import StreamConfig
@@ -68,6 +69,8 @@ class StreamSettings:
     #: a partition's checkpoint bigger than this is stored in parts of at most this many
     #: bytes under a manifest (:mod:`stream.checkpoints`); smaller, it is one table value
     checkpoint_part_bytes: int = DEFAULT_PART_BYTES
+    #: replicas of the internal topics this job creates (partials, the state changelog)
+    durability: Durability = field(default_factory=Durability)
 
     @property
     def partials_topic(self) -> str:
@@ -80,12 +83,15 @@ class StreamSettings:
     @classmethod
     def from_env(cls, config_path: str | Path | None = None) -> StreamSettings:
         """Settings from the environment; the stream config from ``config_path`` if given
-        (``--config``), else ``CLIMASTREAM_STREAM_CONFIG``. Raises StreamConfigError."""
+        (``--config``), else ``CLIMASTREAM_STREAM_CONFIG``; the internal topics' replicas
+        from ``CLIMASTREAM_TOPICS_*`` as for ``climastream topics create``. Raises
+        StreamConfigError or :class:`~climastream.topics.DurabilityError`."""
         config_path = config_path or os.environ.get("CLIMASTREAM_STREAM_CONFIG")
         return cls(
             bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             app_id=os.environ.get("CLIMASTREAM_STREAM_APP_ID", "climastream-kpi"),
             config=StreamConfig.load(config_path) if config_path else StreamConfig(),
+            durability=Durability.from_env(),
         )
 
 
@@ -150,6 +156,20 @@ def rocksdb_options() -> dict[str, int]:
 CHECKPOINT_WARN_BYTES = 4_000_000
 
 
+def cluster_settings(durability: Durability) -> dict[str, Any]:
+    """The Faust settings of both Faust apps (this KPI job and the alert engine) that
+    depend on the Kafka cluster rather than on the job."""
+    return {
+        # a consumer-group join waits half the session timeout on Tansu: keep it short
+        "broker_session_timeout": 3.0,
+        "broker_heartbeat_interval": 1.0,
+        # the apps create their topics through the admin API, with the contract's counts
+        "topic_allow_declare": False,
+        # ... and the same replicas, should Faust ever declare one
+        "topic_replication_factor": durability.replication_factor,
+    }
+
+
 class KafkaUnreachable(RuntimeError):
     """No bootstrap server answered: the message says where it looked and what to set."""
 
@@ -178,7 +198,9 @@ class TopicMismatch(RuntimeError):
 
 async def ensure_topics(settings: StreamSettings) -> None:
     """Create the internal topics with the contract's partition count (Tansu would
-    auto-create them with its own default, and Faust's co-partitioning needs equal counts).
+    auto-create them with its own default, and Faust's co-partitioning needs equal counts)
+    and ``settings.durability``: the changelog is the only copy of the KPI state off the
+    worker's disk, so one replica on a cluster would lose it with one broker.
 
     An existing ``readings`` topic with another count (a broker's auto-create default, say
     6) is :class:`TopicMismatch`: the job's table and internal topics have the contract's
@@ -201,8 +223,14 @@ async def ensure_topics(settings: StreamSettings) -> None:
                     f"{partitions}: create the topics before the first gateway sends (the "
                     "production files run 'climastream topics create'), or recreate it"
                 )
+        durability = settings.durability
         wanted = [
-            NewTopic(name, partitions, 1)
+            NewTopic(
+                name,
+                partitions,
+                durability.replication_factor,
+                topic_configs=durability.topic_configs(),
+            )
             for name in (settings.partials_topic, settings.changelog_topic)
             if name not in existing
         ]
@@ -259,14 +287,11 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
+        **cluster_settings(settings.durability),
         store=store_url(settings.store),
         datadir=settings.data_dir,
-        # a consumer-group join waits half the session timeout on Tansu: keep it short
-        broker_session_timeout=3.0,
-        broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
         topic_partitions=n,
-        topic_allow_declare=False,
         web_enabled=False,
         producer_linger_ms=5,
         # records are acked only after a checkpoint covers them; on shutdown the unacked

@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from climastream.topics import DurabilityError
     from stream.app import (
         KafkaUnreachable,
         StreamSettings,
@@ -68,7 +69,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     try:  # --config, or else CLIMASTREAM_STREAM_CONFIG: one error line either way
         settings = StreamSettings.from_env(args.config)
-    except StreamConfigError as exc:
+    except (StreamConfigError, DurabilityError) as exc:
         print(f"stream worker: {exc}", file=sys.stderr)
         return 2
     if args.kafka:

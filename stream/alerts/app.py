@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from climastream.contract import (
     encode,
 )
 from climastream.extras import require
+from climastream.topics import Durability
 from stream.alerts.engine import AlertEngine
 from stream.alerts.rules import RuleSet, load_rules
 
@@ -64,14 +65,19 @@ class AlertsSettings:
     catch_up_s: float = 0.0
     #: written once the tables are recovered and input is being evaluated (readiness probe)
     ready_file: Path | None = None
+    #: replicas of the changelog topics (the only copy of alert state off the worker)
+    durability: Durability = field(default_factory=Durability)
 
     @classmethod
     def from_env(cls) -> AlertsSettings:
+        """Raises :class:`~climastream.topics.DurabilityError` for a bad
+        ``CLIMASTREAM_TOPICS_*`` variable (the same as ``climastream topics create``)."""
         rules = os.environ.get("CLIMASTREAM_ALERT_RULES")
         return cls(
             bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", cls.bootstrap_servers),
             app_id=os.environ.get("CLIMASTREAM_ALERTS_APP_ID", cls.app_id),
             rules_path=Path(rules) if rules else None,
+            durability=Durability.from_env(),
         )
 
     def changelog_topics(self) -> list[str]:
@@ -79,7 +85,8 @@ class AlertsSettings:
 
 
 async def ensure_changelog_topics(settings: AlertsSettings) -> list[str]:
-    """Create the tables' changelog topics (1 partition) if missing; returns those created."""
+    """Create the tables' changelog topics (1 partition, compacted, replicated as
+    ``settings.durability`` says) if missing; returns those created."""
     from stream.app import start_admin
 
     admin_mod = require("aiokafka.admin", "stream")
@@ -93,8 +100,8 @@ async def ensure_changelog_topics(settings: AlertsSettings) -> list[str]:
                     admin_mod.NewTopic(
                         name=t,
                         num_partitions=1,
-                        replication_factor=1,
-                        topic_configs={"cleanup.policy": "compact"},
+                        replication_factor=settings.durability.replication_factor,
+                        topic_configs=settings.durability.topic_configs(compacted=True),
                     )
                     for t in missing
                 ]
@@ -133,17 +140,17 @@ class _Metrics:
 
 def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
     """Build the Faust app; ``rules`` defaults to ``settings.rules_path`` or the defaults."""
+    from stream.app import cluster_settings
+
     faust = require("faust", "stream")
     ruleset = rules or load_rules(settings.rules_path)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
+        **cluster_settings(settings.durability),
         store="memory://",
         datadir=settings.data_dir,
-        broker_session_timeout=3.0,
-        broker_heartbeat_interval=1.0,
         consumer_auto_offset_reset="earliest",
-        topic_allow_declare=False,
         topic_partitions=1,
         web_enabled=False,
         producer_linger_ms=0,

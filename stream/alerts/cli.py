@@ -131,10 +131,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _engine(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from climastream.topics import DurabilityError
     from stream.alerts.app import AlertsSettings, create_app, ensure_changelog_topics
     from stream.alerts.rules import RulesError, load_rules
 
-    settings = AlertsSettings.from_env()
+    try:
+        settings = AlertsSettings.from_env()
+    except DurabilityError as exc:
+        print(f"alerts engine: {exc}", file=sys.stderr)
+        return 2
     settings = replace(
         settings,
         bootstrap_servers=args.kafka or settings.bootstrap_servers,

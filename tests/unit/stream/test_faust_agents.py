@@ -4,6 +4,7 @@ partials re-keyed by zone, stage 2 turns partials plus watermarks into KpiValues
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -281,6 +282,7 @@ class _FakeAdmin:
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self.created: list[str] = []
+        self.new_topics: list[Any] = []
 
     async def list_topics(self) -> list[str]:
         return ["readings"]
@@ -290,6 +292,7 @@ class _FakeAdmin:
 
     async def create_topics(self, topics: list[Any]) -> None:
         self.created += [t.name for t in topics]
+        self.new_topics += topics
 
     async def close(self) -> None:
         pass
@@ -315,3 +318,57 @@ async def test_a_readings_topic_with_another_partition_count_is_refused(
         with pytest.raises(stream_app.TopicMismatch, match="'readings' has 6 partitions"):
             await stream_app.ensure_topics(settings)
         assert admin.created == []
+
+
+async def test_internal_topics_are_replicated_as_the_settings_say(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The changelog is the KPI state's only copy off the worker: one replica on a
+    cluster would lose it with one broker."""
+    from climastream.topics import Durability
+    from stream import app as stream_app
+
+    admin = _FakeAdmin(4)
+
+    async def start_admin(_bootstrap: str) -> _FakeAdmin:
+        return admin
+
+    monkeypatch.setattr(stream_app, "start_admin", start_admin)
+    settings = stream_app.StreamSettings(app_id="t", durability=Durability(3, 2))
+    await stream_app.ensure_topics(settings)
+    shapes = {
+        t.name: (t.num_partitions, t.replication_factor, t.topic_configs["min.insync.replicas"])
+        for t in admin.new_topics
+    }
+    assert shapes == {"t-kpi-partials": (4, 3, "2"), "t-kpi-state-changelog": (4, 3, "2")}
+
+
+def test_settings_take_the_replication_of_topics_create_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from climastream import topics
+    from climastream.topics import Durability
+
+    monkeypatch.delenv("CLIMASTREAM_STREAM_CONFIG", raising=False)
+    monkeypatch.delenv(topics.MIN_INSYNC_ENV, raising=False)
+    monkeypatch.setenv(topics.REPLICATION_ENV, "3")
+    settings = StreamSettings.from_env()
+    assert settings.durability == Durability(3, 2)
+    app = create_app(replace(settings, store="memory", app_id="t"), produce=Sent())
+    assert app.conf.topic_replication_factor == 3
+    monkeypatch.delenv(topics.REPLICATION_ENV)
+    assert StreamSettings.from_env().durability == Durability(1, 1)  # the local stack's
+
+
+def test_a_bad_replication_variable_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from climastream import topics
+    from climastream.cli import main
+
+    monkeypatch.delenv("CLIMASTREAM_STREAM_CONFIG", raising=False)
+    monkeypatch.setenv(topics.REPLICATION_ENV, "2")
+    monkeypatch.setenv(topics.MIN_INSYNC_ENV, "3")
+    assert main(["stream", "worker", "--kafka", "127.0.0.1:1"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("stream worker: min.insync.replicas 3 is more than the replication")
