@@ -332,6 +332,22 @@ def test_the_image_runs_as_a_numeric_non_root_user() -> None:
     assert _image_user() == (10001, 10001)
 
 
+def _image_env() -> dict[str, str]:
+    """The environment the image's ENV instructions set."""
+    text = (PROD / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.+)$", text, re.M):
+        env.update(pair.split("=", 1) for pair in line.split())
+    return env
+
+
+def test_the_image_defaults_to_three_replicas_two_in_sync() -> None:
+    """A production cluster: a topic survives one broker, and so does every acks=all write."""
+    from climastream.topics import Durability
+
+    assert Durability.from_env(_image_env()) == Durability(3, 2)
+
+
 @pytest.mark.parametrize(
     "workload", _workloads(), ids=lambda w: f"{w['kind']}/{w['metadata']['name']}"
 )
@@ -414,6 +430,26 @@ def test_compose_creates_the_topics_before_any_kafka_client() -> None:
         assert waits == {"condition": "service_completed_successfully"}, name
 
 
+def _kafka_brokers() -> int:
+    return sum(
+        1 for spec in _compose()["services"].values() if "apache/kafka" in spec.get("image", "")
+    )
+
+
+def test_compose_topics_have_no_more_replicas_than_its_brokers() -> None:
+    """Else topics-init fails (InvalidReplicationFactor) and no service starts."""
+    from climastream.topics import Durability
+
+    brokers = _kafka_brokers()
+    assert brokers == 1
+    for name, spec in _climastream_services().items():
+        env = {**_image_env(), **{k: str(v) for k, v in spec.get("environment", {}).items()}}
+        durability = Durability.from_env(env)
+        assert durability.replication_factor <= brokers, name
+    kafka = _compose()["services"]["kafka"]["environment"]
+    assert int(kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) <= brokers
+
+
 def test_compose_kafka_auto_creates_with_the_readings_partition_count() -> None:
     from climastream.contract import Topics
 
@@ -431,8 +467,22 @@ def test_kubernetes_pods_create_the_topics_first(workload: dict[str, Any]) -> No
     from_maps = [_literals(e["configMapRef"]["name"]) for e in first["envFrom"]]
     env = ChainMap(*reversed(from_maps))
     assert env.get("CLIMASTREAM_KAFKA_BOOTSTRAP")
-    # the city's cluster: every topic on three brokers
-    assert env.get("CLIMASTREAM_TOPICS_REPLICATION_FACTOR") == "3"
+
+
+@pytest.mark.parametrize(
+    "workload", _workloads(), ids=lambda w: f"{w['kind']}/{w['metadata']['name']}"
+)
+def test_kubernetes_topics_are_replicated_on_three_brokers(workload: dict[str, Any]) -> None:
+    """Every container that may create a topic (topics create, the stream workers' and the
+    alert engine's internal topics) sees replication factor 3, min.insync.replicas 2."""
+    from climastream.topics import Durability
+
+    pod = workload["spec"]["template"]["spec"]
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        from_maps = [_literals(e["configMapRef"]["name"]) for e in container.get("envFrom", [])]
+        own = {e["name"]: e["value"] for e in container.get("env", [])}
+        env = ChainMap(own, *reversed(from_maps), _image_env())
+        assert Durability.from_env(env) == Durability(3, 2), container["name"]
 
 
 # ------------------------------------------------------------------------- scaling
