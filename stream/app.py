@@ -224,14 +224,18 @@ async def ensure_topics(settings: StreamSettings) -> None:
                     "production files run 'climastream topics create'), or recreate it"
                 )
         durability = settings.durability
+        # the changelog is compacted, as Faust makes a table's: recovery reads it from the
+        # start, and with the delete policy it kept every checkpoint (the whole state,
+        # rewritten every checkpoint_interval_s) for the broker's retention
+        compacted = {settings.partials_topic: False, settings.changelog_topic: True}
         wanted = [
             NewTopic(
                 name,
                 partitions,
                 durability.replication_factor,
-                topic_configs=durability.topic_configs(),
+                topic_configs=durability.topic_configs(compacted=compact),
             )
-            for name in (settings.partials_topic, settings.changelog_topic)
+            for name, compact in compacted.items()
             if name not in existing
         ]
         if wanted:

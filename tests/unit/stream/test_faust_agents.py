@@ -372,3 +372,21 @@ def test_a_bad_replication_variable_is_one_error_line(
     assert main(["stream", "worker", "--kafka", "127.0.0.1:1"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("stream worker: min.insync.replicas 3 is more than the replication")
+
+
+async def test_the_state_changelog_is_compacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recovery reads the changelog from its start: with the delete policy it held every
+    checkpoint of the last 7 days (Kafka's default retention), each the whole state of a
+    partition, rewritten every second, instead of the last one per key."""
+    from stream import app as stream_app
+
+    admin = _FakeAdmin(4)
+
+    async def start_admin(_bootstrap: str) -> _FakeAdmin:
+        return admin
+
+    monkeypatch.setattr(stream_app, "start_admin", start_admin)
+    await stream_app.ensure_topics(stream_app.StreamSettings(app_id="t"))
+    policies = {t.name: t.topic_configs.get("cleanup.policy") for t in admin.new_topics}
+    # the partials are a stream between the stages, not a table: kept by time
+    assert policies == {"t-kpi-state-changelog": "compact", "t-kpi-partials": None}
