@@ -167,6 +167,10 @@ def cluster_settings(durability: Durability) -> dict[str, Any]:
         "topic_allow_declare": False,
         # ... and the same replicas, should Faust ever declare one
         "topic_replication_factor": durability.replication_factor,
+        # no leader election: nothing here runs on the leader only (no on_leader timer),
+        # and its topic "<app id>-__assignor-__leader" is one nobody creates, which only a
+        # broker with topic auto-creation on (with its own defaults) would make
+        "topic_disable_leader": True,
     }
 
 

@@ -450,11 +450,10 @@ def test_compose_topics_have_no_more_replicas_than_its_brokers() -> None:
     assert int(kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) <= brokers
 
 
-def test_compose_kafka_auto_creates_with_the_readings_partition_count() -> None:
-    from climastream.contract import Topics
-
+def test_compose_kafka_does_not_auto_create_topics() -> None:
+    """A client naming a missing topic must not create it with the broker's defaults."""
     kafka = _compose()["services"]["kafka"]["environment"]
-    assert int(kafka["KAFKA_NUM_PARTITIONS"]) == Topics.READINGS.partitions
+    assert str(kafka["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]) == "false"
 
 
 @pytest.mark.parametrize(

@@ -105,3 +105,31 @@ def test_a_bad_replication_variable_is_one_error_line(
     assert capsys.readouterr().err.strip().splitlines() == [
         f"alerts engine: {topics.REPLICATION_ENV}: 'three' is not a whole number"
     ]
+
+
+def test_the_engine_subscribes_only_to_topics_created_before_it_starts() -> None:
+    """The production broker does not auto-create topics: each one must be made by
+    'climastream topics create' (the contract) or ensure_changelog_topics."""
+    from climastream.contract import TOPICS
+
+    code = (
+        "from stream.alerts.app import AlertsSettings, create_app\n"
+        "app = create_app(AlertsSettings(app_id='a'))\n"
+        "names = {t for agent in app.agents.values() for t in agent.channel.topics}\n"
+        "names |= {t.changelog_topic.get_topic_name() for t in app.tables.values()}\n"
+        "if not app.conf.topic_disable_leader:\n"
+        "    names.add(app._leader_assignor._leader_topic_name)\n"
+        "print(' '.join(sorted(names)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=_base_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    created = {spec.name for spec in TOPICS} | set(AlertsSettings(app_id="a").changelog_topics())
+    subscribed = set(out.stdout.split())
+    assert subscribed <= created, subscribed - created

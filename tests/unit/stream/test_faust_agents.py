@@ -390,3 +390,31 @@ async def test_the_state_changelog_is_compacted(monkeypatch: pytest.MonkeyPatch)
     policies = {t.name: t.topic_configs.get("cleanup.policy") for t in admin.new_topics}
     # the partials are a stream between the stages, not a table: kept by time
     assert policies == {"t-kpi-state-changelog": "compact", "t-kpi-partials": None}
+
+
+def faust_topics(app: Any) -> set[str]:
+    """Every topic a Faust app consumes or keeps a table in, as its consumer subscribes."""
+    names = {t for agent in app.agents.values() for t in agent.channel.topics}
+    names |= {table.changelog_topic.get_topic_name() for table in app.tables.values()}
+    if not app.conf.topic_disable_leader:
+        names.add(app._leader_assignor._leader_topic_name)
+    return names
+
+
+async def test_the_worker_subscribes_only_to_topics_created_before_it_starts(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The production broker does not auto-create topics: each one must be made by
+    'climastream topics create' (the contract) or by ensure_topics (internal ones)."""
+    from climastream.contract import TOPICS
+    from stream import app as stream_app
+
+    admin = _FakeAdmin(4)
+
+    async def start_admin(_bootstrap: str) -> _FakeAdmin:
+        return admin
+
+    monkeypatch.setattr(stream_app, "start_admin", start_admin)
+    await stream_app.ensure_topics(StreamSettings(app_id="t"))
+    created = {spec.name for spec in TOPICS} | set(admin.created)
+    assert faust_topics(app) <= created, faust_topics(app) - created
