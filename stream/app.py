@@ -30,15 +30,16 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from climastream.contract import ContractError, ReadingBatch, Topics, decode, encode
+from climastream.durations import parse_duration
 from climastream.extras import require
 from climastream.topics import Durability
 from stream import checkpoints
@@ -48,6 +49,45 @@ from stream.windows import DevicePartial, DeviceWindows
 from stream.zones import ZoneWindows, partition_for, routing_keys
 
 log = logging.getLogger(__name__)
+
+
+SESSION_TIMEOUT_ENV = "CLIMASTREAM_KAFKA_SESSION_TIMEOUT"
+#: the local stack's: Tansu holds a consumer-group join for half the session timeout
+DEFAULT_SESSION_TIMEOUT_S = 3.0
+
+
+class SessionTimeoutError(ValueError):
+    """``CLIMASTREAM_KAFKA_SESSION_TIMEOUT`` is not a duration."""
+
+
+def session_timeout_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds of the Faust apps' consumer-group session, from
+    ``CLIMASTREAM_KAFKA_SESSION_TIMEOUT`` (``"10s"``, ``"1m"`` or seconds), else 3 s.
+
+    3 s suits Tansu (the local stack), which holds a group join for half the session
+    timeout. Apache Kafka refuses a join whose session timeout is below the broker's
+    ``group.min.session.timeout.ms`` (6 s by default) with INVALID_SESSION_TIMEOUT, which
+    aiokafka treats as fatal: the production image sets 10 s.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(SESSION_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_SESSION_TIMEOUT_S
+    value = parse_duration(text if not _is_number(text) else f"{text}s")
+    if not isinstance(value, timedelta) or value.total_seconds() <= 0:
+        raise SessionTimeoutError(
+            f"{SESSION_TIMEOUT_ENV}: {text!r} is not a duration such as 10s (6s or more for "
+            "Apache Kafka's default group.min.session.timeout.ms)"
+        )
+    return value.total_seconds()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -71,6 +111,8 @@ class StreamSettings:
     checkpoint_part_bytes: int = DEFAULT_PART_BYTES
     #: replicas of the internal topics this job creates (partials, the state changelog)
     durability: Durability = field(default_factory=Durability)
+    #: consumer-group session timeout (:func:`session_timeout_from_env`)
+    session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
 
     @property
     def partials_topic(self) -> str:
@@ -85,13 +127,15 @@ class StreamSettings:
         """Settings from the environment; the stream config from ``config_path`` if given
         (``--config``), else ``CLIMASTREAM_STREAM_CONFIG``; the internal topics' replicas
         from ``CLIMASTREAM_TOPICS_*`` as for ``climastream topics create``. Raises
-        StreamConfigError or :class:`~climastream.topics.DurabilityError`."""
+        StreamConfigError, :class:`~climastream.topics.DurabilityError` or
+        :class:`SessionTimeoutError`."""
         config_path = config_path or os.environ.get("CLIMASTREAM_STREAM_CONFIG")
         return cls(
             bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
             app_id=os.environ.get("CLIMASTREAM_STREAM_APP_ID", "climastream-kpi"),
             config=StreamConfig.load(config_path) if config_path else StreamConfig(),
             durability=Durability.from_env(),
+            session_timeout_s=session_timeout_from_env(),
         )
 
 
@@ -156,13 +200,16 @@ def rocksdb_options() -> dict[str, int]:
 CHECKPOINT_WARN_BYTES = 4_000_000
 
 
-def cluster_settings(durability: Durability) -> dict[str, Any]:
+def cluster_settings(
+    durability: Durability, session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
+) -> dict[str, Any]:
     """The Faust settings of both Faust apps (this KPI job and the alert engine) that
     depend on the Kafka cluster rather than on the job."""
     return {
-        # a consumer-group join waits half the session timeout on Tansu: keep it short
-        "broker_session_timeout": 3.0,
-        "broker_heartbeat_interval": 1.0,
+        # short on Tansu, within the broker's bounds on Kafka (session_timeout_from_env)
+        "broker_session_timeout": session_timeout_s,
+        # a third of the session at most, as Kafka asks; 1 s keeps failover quick
+        "broker_heartbeat_interval": min(1.0, session_timeout_s / 3),
         # the apps create their topics through the admin API, with the contract's counts
         "topic_allow_declare": False,
         # ... and the same replicas, should Faust ever declare one
@@ -295,7 +342,7 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
-        **cluster_settings(settings.durability),
+        **cluster_settings(settings.durability, settings.session_timeout_s),
         store=store_url(settings.store),
         datadir=settings.data_dir,
         consumer_auto_offset_reset="earliest",

@@ -59,6 +59,7 @@ def _worker(args: argparse.Namespace) -> int:
     from climastream.topics import DurabilityError
     from stream.app import (
         KafkaUnreachable,
+        SessionTimeoutError,
         StreamSettings,
         TopicMismatch,
         create_app,
@@ -69,7 +70,7 @@ def _worker(args: argparse.Namespace) -> int:
 
     try:  # --config, or else CLIMASTREAM_STREAM_CONFIG: one error line either way
         settings = StreamSettings.from_env(args.config)
-    except (StreamConfigError, DurabilityError) as exc:
+    except (StreamConfigError, DurabilityError, SessionTimeoutError) as exc:
         print(f"stream worker: {exc}", file=sys.stderr)
         return 2
     if args.kafka:

@@ -45,6 +45,7 @@ from climastream.extras import require
 from climastream.topics import Durability
 from stream.alerts.engine import AlertEngine
 from stream.alerts.rules import RuleSet, load_rules
+from stream.app import DEFAULT_SESSION_TIMEOUT_S, session_timeout_from_env
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +68,21 @@ class AlertsSettings:
     ready_file: Path | None = None
     #: replicas of the changelog topics (the only copy of alert state off the worker)
     durability: Durability = field(default_factory=Durability)
+    #: consumer-group session timeout (``stream.app.session_timeout_from_env``)
+    session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
 
     @classmethod
     def from_env(cls) -> AlertsSettings:
         """Raises :class:`~climastream.topics.DurabilityError` for a bad
-        ``CLIMASTREAM_TOPICS_*`` variable (the same as ``climastream topics create``)."""
+        ``CLIMASTREAM_TOPICS_*`` variable (the same as ``climastream topics create``) and
+        ``stream.app.SessionTimeoutError`` for a bad ``CLIMASTREAM_KAFKA_SESSION_TIMEOUT``."""
         rules = os.environ.get("CLIMASTREAM_ALERT_RULES")
         return cls(
             bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", cls.bootstrap_servers),
             app_id=os.environ.get("CLIMASTREAM_ALERTS_APP_ID", cls.app_id),
             rules_path=Path(rules) if rules else None,
             durability=Durability.from_env(),
+            session_timeout_s=session_timeout_from_env(),
         )
 
     def changelog_topics(self) -> list[str]:
@@ -147,7 +152,7 @@ def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
-        **cluster_settings(settings.durability),
+        **cluster_settings(settings.durability, settings.session_timeout_s),
         store="memory://",
         datadir=settings.data_dir,
         consumer_auto_offset_reset="earliest",

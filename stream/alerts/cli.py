@@ -134,10 +134,11 @@ def _engine(args: argparse.Namespace) -> int:
     from climastream.topics import DurabilityError
     from stream.alerts.app import AlertsSettings, create_app, ensure_changelog_topics
     from stream.alerts.rules import RulesError, load_rules
+    from stream.app import SessionTimeoutError
 
     try:
         settings = AlertsSettings.from_env()
-    except DurabilityError as exc:
+    except (DurabilityError, SessionTimeoutError) as exc:
         print(f"alerts engine: {exc}", file=sys.stderr)
         return 2
     settings = replace(

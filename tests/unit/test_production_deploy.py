@@ -341,6 +341,28 @@ def _image_env() -> dict[str, str]:
     return env
 
 
+#: Apache Kafka's default group.min.session.timeout.ms: a consumer-group join with a
+#: shorter session is refused (INVALID_SESSION_TIMEOUT), and aiokafka gives up
+KAFKA_MIN_SESSION_TIMEOUT_S = 6.0
+
+
+def _joins_kafka_groups(env: Any, name: str) -> None:
+    """The Faust apps started with ``env`` join a consumer group Kafka accepts."""
+    from climastream.topics import Durability
+    from stream.app import cluster_settings, session_timeout_from_env
+
+    faust = cluster_settings(Durability(), session_timeout_from_env(env))
+    assert faust["broker_session_timeout"] >= KAFKA_MIN_SESSION_TIMEOUT_S, name
+    assert faust["broker_heartbeat_interval"] <= faust["broker_session_timeout"] / 3, name
+
+
+def test_the_image_joins_consumer_groups_apache_kafka_accepts() -> None:
+    _joins_kafka_groups(_image_env(), "image")
+    for name, spec in _climastream_services().items():
+        env = {**_image_env(), **{k: str(v) for k, v in spec.get("environment", {}).items()}}
+        _joins_kafka_groups(env, name)
+
+
 def test_the_image_defaults_to_three_replicas_two_in_sync() -> None:
     """A production cluster: a topic survives one broker, and so does every acks=all write."""
     from climastream.topics import Durability
@@ -471,9 +493,10 @@ def test_kubernetes_pods_create_the_topics_first(workload: dict[str, Any]) -> No
 @pytest.mark.parametrize(
     "workload", _workloads(), ids=lambda w: f"{w['kind']}/{w['metadata']['name']}"
 )
-def test_kubernetes_topics_are_replicated_on_three_brokers(workload: dict[str, Any]) -> None:
+def test_kubernetes_containers_get_the_production_kafka_settings(workload: dict[str, Any]) -> None:
     """Every container that may create a topic (topics create, the stream workers' and the
-    alert engine's internal topics) sees replication factor 3, min.insync.replicas 2."""
+    alert engine's internal topics) sees replication factor 3, min.insync.replicas 2, and
+    a Faust app in it would join its group with a session Kafka accepts."""
     from climastream.topics import Durability
 
     pod = workload["spec"]["template"]["spec"]
@@ -482,6 +505,7 @@ def test_kubernetes_topics_are_replicated_on_three_brokers(workload: dict[str, A
         own = {e["name"]: e["value"] for e in container.get("env", [])}
         env = ChainMap(own, *reversed(from_maps), _image_env())
         assert Durability.from_env(env) == Durability(3, 2), container["name"]
+        _joins_kafka_groups(env, container["name"])
 
 
 # ------------------------------------------------------------------------- scaling

@@ -86,7 +86,7 @@ def _base_env() -> dict[str, str]:
     return {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("CLIMASTREAM_TOPICS_") and k != "CLIMASTREAM_KAFKA_BOOTSTRAP"
+        if not k.startswith(("CLIMASTREAM_TOPICS_", "CLIMASTREAM_KAFKA_"))
     }
 
 
@@ -133,3 +133,12 @@ def test_the_engine_subscribes_only_to_topics_created_before_it_starts() -> None
     created = {spec.name for spec in TOPICS} | set(AlertsSettings(app_id="a").changelog_topics())
     subscribed = set(out.stdout.split())
     assert subscribed <= created, subscribed - created
+
+
+def test_the_engine_takes_the_session_timeout_from_the_environment() -> None:
+    timeout, heartbeat = _app_conf(
+        {"CLIMASTREAM_KAFKA_SESSION_TIMEOUT": "10s"},
+        "broker_session_timeout",
+        "broker_heartbeat_interval",
+    )
+    assert (float(timeout), float(heartbeat)) == (10.0, 1.0)

@@ -418,3 +418,33 @@ async def test_the_worker_subscribes_only_to_topics_created_before_it_starts(
     await stream_app.ensure_topics(StreamSettings(app_id="t"))
     created = {spec.name for spec in TOPICS} | set(admin.created)
     assert faust_topics(app) <= created, faust_topics(app) - created
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("", 3.0), ("10s", 10.0), ("10", 10.0), ("1m", 60.0), (" 6.5 ", 6.5)]
+)
+def test_the_session_timeout_comes_from_the_environment(text: str, seconds: float) -> None:
+    from stream.app import SESSION_TIMEOUT_ENV, session_timeout_from_env
+
+    assert session_timeout_from_env({SESSION_TIMEOUT_ENV: text}) == seconds
+
+
+@pytest.mark.parametrize("text", ["ten", "0s", "-5", "PT10S"])
+def test_a_bad_session_timeout_names_the_variable(text: str) -> None:
+    from stream.app import SESSION_TIMEOUT_ENV, SessionTimeoutError, session_timeout_from_env
+
+    with pytest.raises(SessionTimeoutError, match=SESSION_TIMEOUT_ENV):
+        session_timeout_from_env({SESSION_TIMEOUT_ENV: text})
+
+
+def test_the_app_joins_its_group_with_the_settings_session_timeout(tmp_path: Any) -> None:
+    """Apache Kafka refuses a join below group.min.session.timeout.ms (6 s by default)."""
+    settings = StreamSettings(
+        store="memory", data_dir=str(tmp_path), app_id="t", session_timeout_s=10.0
+    )
+    conf = create_app(settings, produce=Sent()).conf
+    assert (conf.broker_session_timeout, conf.broker_heartbeat_interval) == (10.0, 1.0)
+    local = create_app(replace(settings, session_timeout_s=3.0), produce=Sent()).conf
+    assert (local.broker_session_timeout, local.broker_heartbeat_interval) == (3.0, 1.0)
+    short = create_app(replace(settings, session_timeout_s=1.5), produce=Sent()).conf
+    assert short.broker_heartbeat_interval == 0.5  # a third of the session at most
