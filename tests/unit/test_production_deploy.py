@@ -472,6 +472,35 @@ def test_compose_topics_have_no_more_replicas_than_its_brokers() -> None:
     assert int(kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) <= brokers
 
 
+def test_compose_kafka_advertises_to_outside_clients_a_name_they_resolve() -> None:
+    """A client connects to the advertised address: a gateway outside compose's network
+    cannot resolve a service name, so it could bootstrap but never send."""
+    compose = _compose()
+    kafka = compose["services"]["kafka"]
+    env = kafka["environment"]
+    listeners = dict(
+        re.fullmatch(r"(\w+)://(.*)", entry).groups()  # type: ignore[union-attr]
+        for entry in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    )
+    published = {str(port).split(":")[-1] for port in kafka["ports"]}
+    assert published, "gateways reach the broker from outside"
+    outside = [
+        (name, address)
+        for name, address in listeners.items()
+        if address.rsplit(":", 1)[1] in published
+    ]
+    assert outside, f"no advertised listener on a published port {published}"
+    for name, address in outside:
+        host = address.rsplit(":", 1)[0]
+        assert host not in compose["services"], f"{name} advertises the service name {host}"
+        assert host not in ("localhost", "127.0.0.1"), f"{name} advertises {host}"
+        # the operator must say it: no default that silently points gateways elsewhere
+        assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", host), f"{name}: {host} is not required"
+    # the services inside compose's network use the internal listener
+    bootstrap = _climastream_services()["stream-worker"]["environment"]
+    assert bootstrap["CLIMASTREAM_KAFKA_BOOTSTRAP"] == listeners["PLAINTEXT"]
+
+
 def test_compose_kafka_does_not_auto_create_topics() -> None:
     """A client naming a missing topic must not create it with the broker's defaults."""
     kafka = _compose()["services"]["kafka"]["environment"]
