@@ -110,7 +110,9 @@ async def test_serial_read_that_crashes_the_decoder_is_counted_and_reading_goes_
     source._decoder = _RaisingSds011(device_id="s1")
     await source.start()
     try:
-        os.write(master, b"\xee\xee")
+        # one byte: a read cannot split it, so the decoder raises exactly once, and the
+        # frame written after it cannot share its read
+        os.write(master, b"\xee")
         reading = asyncio.create_task(source.read())
         while not source.decode_errors:  # the poison read was fed (and raised)
             assert not reading.done(), reading
