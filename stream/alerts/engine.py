@@ -688,6 +688,13 @@ class AlertEngine:
         record.clear_since = None
         if was_firing:
             record.resolved_at = now
+        if record.gateway_id and isinstance(self._rule(record.rule_id), GatewayOfflineRule):
+            # kept with the gateway, not the record: windows of the outage can reach the
+            # engine long after the record is dropped (a stream job catching up)
+            key = f"gw|{record.gateway_id}"
+            gateway = self._signal(key) or {}
+            back = {**gateway.get("back", {}), record.rule_id: _iso(now)}
+            self._set_signal(key, {**gateway, "back": back})
         record.acked_by = None
         if record.silenced_until is None:
             record.silenced, record.silenced_by = False, None
@@ -733,13 +740,13 @@ class AlertEngine:
             gateway_alert = self._record(
                 fingerprint(gateway_rule.id, [("gateway", record.gateway_id)])
             )
-            if gateway_alert is None:
-                continue
-            if gateway_alert.phase is not Phase.RESOLVED:
+            if gateway_alert is not None and gateway_alert.phase is not Phase.RESOLVED:
                 return True
+            if not rule.about_missing_data:
+                continue
             # when its latest outage ended (also one that never fired)
-            back = gateway_alert.updated_at
-            if rule.about_missing_data and since < back + gateway_rule.limit:
+            back = self._gateway_back(gateway_rule, record.gateway_id, gateway_alert)
+            if back is not None and since < back + gateway_rule.limit:
                 return True
         if isinstance(rule, StaleRule) and record.device_id:
             gateway = self._signal(f"gw|{record.gateway_id}") or {}
@@ -755,6 +762,18 @@ class AlertEngine:
                 backlog = gateway.get("backlog_since")
                 return backlog is not None and datetime.fromisoformat(backlog) <= due
         return False
+
+    def _gateway_back(
+        self, rule: GatewayOfflineRule, gateway_id: str, alert: AlertRecord | None
+    ) -> datetime | None:
+        """When the gateway's latest outage under ``rule`` ended (also one that never
+        fired), on the engine's clock. None: no outage known."""
+        gateway = self._signal(f"gw|{gateway_id}") or {}
+        kept = gateway.get("back", {}).get(rule.id)
+        if kept is not None:
+            return datetime.fromisoformat(kept)
+        # state written before the gateway kept it: the resolved record says
+        return alert.updated_at if alert is not None else None
 
     # ------------------------------------------------------------------ helpers
 

@@ -523,11 +523,15 @@ def test_a_silence_change_on_a_resolved_alert_applies_to_its_next_incident() -> 
     ]
 
 
-def _outage_with_windowed_completeness(dead: set[str]) -> list[tuple[float, str, str, str]]:
+def _outage_with_windowed_completeness(
+    dead: set[str], kpi_delay: timedelta = timedelta(0)
+) -> list[tuple[float, str, str, str]]:
     """Shipped defaults; gateway gw1 with three devices is out of contact for 63 minutes
     while the stream keeps closing 5-minute windows with completeness 0 for its devices.
     It comes back at 63 min; the window ending at 65 min holds 2 of its 5 minutes (0.4),
     later windows are complete, except for the ``dead`` devices, which never return.
+    ``kpi_delay``: the KPIs, and only they, reach the engine that much later (a stream
+    job catching up), while the gateway and its devices go on reporting.
     Returns (minute, rule, device or gateway, state) of every published change."""
     clock = Clock()
     eng = AlertEngine(load_rules(), {}, {}, clock=clock)
@@ -554,7 +558,8 @@ def _outage_with_windowed_completeness(dead: set[str]) -> list[tuple[float, str,
 
     run(eng.on_gateway_status(status(clock, "gw1")))
     run(eng.on_batch(batch(*(reading(clock, d, 20) for d in devices))))
-    for second in range(30, 90 * 60 + 1, 30):
+    queued: list[tuple[datetime, KpiValue]] = []  # (when the engine gets it, KPI)
+    for second in range(30, 90 * 60 + int(kpi_delay.total_seconds()) + 1, 30):
         clock.now = T0 + timedelta(seconds=second)
         back = second >= 63 * 60
         if back:
@@ -562,10 +567,13 @@ def _outage_with_windowed_completeness(dead: set[str]) -> list[tuple[float, str,
             live = [reading(clock, d, 20, seq=second) for d in devices if d not in dead]
             if second % 60 == 0 and live:
                 run(eng.on_batch(batch(*live)))
-        if second % 300 == 0:  # a 5-minute window closes
+        if second % 300 == 0 and second <= 90 * 60:  # a 5-minute window closes
             share = 0.4 if second == 65 * 60 else 1.0
             for device in devices:
-                run(eng.on_kpi(completeness(device, share if back and device not in dead else 0.0)))
+                value = share if back and device not in dead else 0.0
+                queued.append((clock.now + kpi_delay, completeness(device, value)))
+        while queued and queued[0][0] <= clock.now:
+            run(eng.on_kpi(queued.pop(0)[1]))
         run(eng.tick())
     return published
 
@@ -601,6 +609,26 @@ def test_a_device_still_silent_after_the_outage_and_its_grace_still_alerts() -> 
         (65.0, "sensor-stale", "th-3"),
         # the first window that starts after that grace is still empty
         (70.0, "data-completeness", "th-3"),
+    ]
+
+
+@pytest.mark.parametrize("dead", [set(), {"th-3"}], ids=["all-return", "th-3-dead"])
+def test_completeness_windows_arriving_hours_late_are_still_the_outage_s(
+    dead: set[str],
+) -> None:
+    """The stream job three hours behind (its own backlog) while the gateway and the
+    engine are live: the outage's windows arrive long after the gateway's alert resolved
+    (and after its resolved record is dropped), and must still be held; a dead device
+    alerts when its first window after the grace arrives, three hours later than live."""
+    live = _outage_with_windowed_completeness(dead)
+    late = _outage_with_windowed_completeness(dead, kpi_delay=timedelta(hours=3))
+    assert [p for p in late if p[1] != "data-completeness"] == [
+        p for p in live if p[1] != "data-completeness"
+    ]
+    assert [p for p in late if p[1] == "data-completeness"] == [
+        (minute + 180, rule, who, state)
+        for minute, rule, who, state in live
+        if rule == "data-completeness"
     ]
 
 
