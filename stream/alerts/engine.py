@@ -148,7 +148,8 @@ class AlertRecord:
     threshold: float | None = None
     completeness: float | None = None
     score: float | None = None
-    #: where the data of the latest observation begins (a KPI's window start), if not "now"
+    #: where the data of the latest observation begins, in the records' own time (a KPI's
+    #: window start; a gateway status's time), if not "now" on the engine's clock
     observed_since: datetime | None = None
     evidence: list[list[Any]] = field(default_factory=list)
     #: labels the evaluation adds (e.g. which gateway sources are down)
@@ -385,13 +386,19 @@ class AlertEngine:
         )
         for rule in self._gateway_rules:
             condition = Condition.SET if all_down and rule.all_sources_down else Condition.CLEAR
-            # no "value": the record keeps how long the gateway was out of contact
-            context: JsonDict = {"gateway_id": status.gateway_id, "unit": "s"}
+            # no "value": the record keeps how long the gateway was out of contact; the
+            # status's own time says when, in the records' time, the gateway was back
+            context: JsonDict = {
+                "gateway_id": status.gateway_id,
+                "unit": "s",
+                "observed_since": status.time,
+            }
             if condition is Condition.SET:
                 down = sorted(status.sources)
                 context["labels"] = {"sources_down": ",".join(down)[:300]}
             fp = fingerprint(rule.id, [("gateway", status.gateway_id)])
             self._observe(rule, fp, condition, context, now)
+        self._raise_return(status.gateway_id, status.time, now)
         return self._flush()
 
     def on_action(self, action: AlertAction) -> list[Alert]:
@@ -693,7 +700,10 @@ class AlertEngine:
             # engine long after the record is dropped (a stream job catching up)
             key = f"gw|{record.gateway_id}"
             gateway = self._signal(key) or {}
-            back = {**gateway.get("back", {}), record.rule_id: _iso(now)}
+            back = {
+                **gateway.get("back", {}),
+                record.rule_id: [_iso(record.observed_since), _iso(now)],
+            }
             self._set_signal(key, {**gateway, "back": back})
         record.acked_by = None
         if record.silenced_until is None:
@@ -732,10 +742,15 @@ class AlertEngine:
         for a stale device, now) begins one gateway timeout after the gateway came back:
         the status of a returning gateway can arrive before the readings it buffered, and
         every window overlapping the outage lacks data. The same grace for every kind.
+
+        Both sides of that comparison are on one clock, since the engine may process
+        records hours after their time (a Kafka backlog): a KPI's window is in the
+        records' time, so it is compared with the gateway's return in the records' time
+        (see :meth:`_raise_return`); a stale device's "now", and anything judged in the
+        first gateway timeout after the engine saw the return, with the engine's clock.
         """
         if isinstance(rule, GatewayOfflineRule) or not record.gateway_id or not self._gateway_rules:
             return False
-        since = record.observed_since or now
         for gateway_rule in self._gateway_rules:
             gateway_alert = self._record(
                 fingerprint(gateway_rule.id, [("gateway", record.gateway_id)])
@@ -746,7 +761,16 @@ class AlertEngine:
                 continue
             # when its latest outage ended (also one that never fired)
             back = self._gateway_back(gateway_rule, record.gateway_id, gateway_alert)
-            if back is not None and since < back + gateway_rule.limit:
+            if back is None:
+                continue
+            back_in_records, back_on_engine = back
+            if now < back_on_engine + gateway_rule.limit:
+                return True  # a stale device's "now", and any window judged meanwhile
+            since = record.observed_since
+            if (
+                since is not None
+                and since < (back_in_records or back_on_engine) + gateway_rule.limit
+            ):
                 return True
         if isinstance(rule, StaleRule) and record.device_id:
             gateway = self._signal(f"gw|{record.gateway_id}") or {}
@@ -763,17 +787,45 @@ class AlertEngine:
                 return backlog is not None and datetime.fromisoformat(backlog) <= due
         return False
 
+    def _raise_return(self, gateway_id: str, time: datetime, now: datetime) -> None:
+        """Within one gateway timeout (engine clock) of a gateway's return, move its return
+        in the records' time forward to what a newer status says: its time, less how long
+        after the return the engine got it.
+
+        The first status after an uplink outage can be the oldest one the gateway buffered
+        (the edge forwards those once its readings are out), stamped in the outage's first
+        minute; its current status follows within a status interval.
+        """
+        key = f"gw|{gateway_id}"
+        gateway = self._signal(key) or {}
+        back = dict(gateway.get("back", {}))
+        for rule in self._gateway_rules:
+            kept = back.get(rule.id)
+            if kept is None:
+                continue
+            seen = datetime.fromisoformat(kept[1])
+            if now >= seen + rule.limit:
+                continue
+            candidate = time - (now - seen)
+            if kept[0] is None or candidate > datetime.fromisoformat(kept[0]):
+                back[rule.id] = [_iso(candidate), kept[1]]
+        if back != gateway.get("back", {}):
+            self._set_signal(key, {**gateway, "back": back})
+
     def _gateway_back(
         self, rule: GatewayOfflineRule, gateway_id: str, alert: AlertRecord | None
-    ) -> datetime | None:
+    ) -> tuple[datetime | None, datetime] | None:
         """When the gateway's latest outage under ``rule`` ended (also one that never
-        fired), on the engine's clock. None: no outage known."""
+        fired): in the records' time (the time of the status that ended it; None if not
+        known) and on the engine's clock. None: no outage known."""
         gateway = self._signal(f"gw|{gateway_id}") or {}
         kept = gateway.get("back", {}).get(rule.id)
         if kept is not None:
-            return datetime.fromisoformat(kept)
+            return _time(kept[0]), datetime.fromisoformat(kept[1])
+        if alert is None:
+            return None
         # state written before the gateway kept it: the resolved record says
-        return alert.updated_at if alert is not None else None
+        return alert.observed_since, alert.updated_at
 
     # ------------------------------------------------------------------ helpers
 

@@ -524,16 +524,26 @@ def test_a_silence_change_on_a_resolved_alert_applies_to_its_next_incident() -> 
 
 
 def _outage_with_windowed_completeness(
-    dead: set[str], kpi_delay: timedelta = timedelta(0)
+    dead: set[str],
+    lag: timedelta = timedelta(0),
+    kpi_delay: timedelta = timedelta(0),
+    buffered_statuses: bool = False,
 ) -> list[tuple[float, str, str, str]]:
     """Shipped defaults; gateway gw1 with three devices is out of contact for 63 minutes
     while the stream keeps closing 5-minute windows with completeness 0 for its devices.
     It comes back at 63 min; the window ending at 65 min holds 2 of its 5 minutes (0.4),
     later windows are complete, except for the ``dead`` devices, which never return.
-    ``kpi_delay``: the KPIs, and only they, reach the engine that much later (a stream
-    job catching up), while the gateway and its devices go on reporting.
-    Returns (minute, rule, device or gateway, state) of every published change."""
-    clock = Clock()
+    ``lag``: every record is processed that long after its own time (readings, statuses
+    and windows are that old, as when the engine drains a Kafka backlog). ``kpi_delay``:
+    the KPIs, and only they, reach the engine that much later still (a stream job
+    catching up), while the gateway and its devices go on reporting.
+    ``buffered_statuses``: back, the gateway first sends the statuses it buffered during
+    the outage (their own, old times; the edge forwards them once its readings are out)
+    and its current one 30 s later.
+    Returns (minute of the engine's clock, rule, device or gateway, state) of every
+    published change."""
+    clock = Clock()  # the engine's (processing) clock
+    event = Clock()  # the records' own times
     eng = AlertEngine(load_rules(), {}, {}, clock=clock)
     devices = ["th-1", "th-2", "th-3"]
     published: list[tuple[float, str, str, str]] = []
@@ -548,23 +558,32 @@ def _outage_with_windowed_completeness(
             kpi_version="1",
             zone="centre",
             device_id=device,
-            window_start=clock.now - timedelta(minutes=5),
-            window_end=clock.now,
+            window_start=event.now - timedelta(minutes=5),
+            window_end=event.now,
             value=value,
             unit="1",
             sample_count=int(value * 5),
             completeness=value,
         )
 
-    run(eng.on_gateway_status(status(clock, "gw1")))
-    run(eng.on_batch(batch(*(reading(clock, d, 20) for d in devices))))
+    event.now = clock.now - lag
+    run(eng.on_gateway_status(status(event, "gw1")))
+    run(eng.on_batch(batch(*(reading(event, d, 20) for d in devices))))
     queued: list[tuple[datetime, KpiValue]] = []  # (when the engine gets it, KPI)
     for second in range(30, 90 * 60 + int(kpi_delay.total_seconds()) + 1, 30):
         clock.now = T0 + timedelta(seconds=second)
+        event.now = clock.now - lag
         back = second >= 63 * 60
         if back:
-            run(eng.on_gateway_status(status(clock, "gw1")))
-            live = [reading(clock, d, 20, seq=second) for d in devices if d not in dead]
+            if buffered_statuses and second == 63 * 60:
+                for old in range(30, 63 * 60, 30):
+                    buffered = status(event, "gw1").model_copy(
+                        update={"time": T0 - lag + timedelta(seconds=old)}
+                    )
+                    run(eng.on_gateway_status(buffered))
+            else:
+                run(eng.on_gateway_status(status(event, "gw1")))
+            live = [reading(event, d, 20, seq=second) for d in devices if d not in dead]
             if second % 60 == 0 and live:
                 run(eng.on_batch(batch(*live)))
         if second % 300 == 0 and second <= 90 * 60:  # a 5-minute window closes
@@ -613,6 +632,17 @@ def test_a_device_still_silent_after_the_outage_and_its_grace_still_alerts() -> 
 
 
 @pytest.mark.parametrize("dead", [set(), {"th-3"}], ids=["all-return", "th-3-dead"])
+def test_an_outage_drained_from_a_backlog_alerts_as_it_did_live(dead: set[str]) -> None:
+    """The engine three hours behind its input (a Kafka backlog drained at the pace it was
+    written): every record is old, the engine's clock is now. The outage must hold the
+    same alerts, and a device dead after it must alert as soon after the gateway's return
+    as live. A completeness KPI's window is in the records' time, so the gateway's return
+    it is compared with must be too."""
+    live = _outage_with_windowed_completeness(dead)
+    assert _outage_with_windowed_completeness(dead, lag=timedelta(hours=3)) == live
+
+
+@pytest.mark.parametrize("dead", [set(), {"th-3"}], ids=["all-return", "th-3-dead"])
 def test_completeness_windows_arriving_hours_late_are_still_the_outage_s(
     dead: set[str],
 ) -> None:
@@ -630,6 +660,56 @@ def test_completeness_windows_arriving_hours_late_are_still_the_outage_s(
         for minute, rule, who, state in live
         if rule == "data-completeness"
     ]
+
+
+@pytest.mark.parametrize("dead", [set(), {"th-3"}], ids=["all-return", "th-3-dead"])
+def test_statuses_buffered_through_an_uplink_outage_do_not_end_it_early(
+    dead: set[str],
+) -> None:
+    """After an uplink outage the first status the engine gets is the oldest one the gateway
+    buffered (time: the outage's first minute). The gateway is back now, not then: the
+    outage's windows are held as when its current status comes first."""
+    live = _outage_with_windowed_completeness(dead)
+    assert _outage_with_windowed_completeness(dead, buffered_statuses=True) == live
+
+
+def test_a_window_judged_right_after_an_old_status_ends_the_outage_still_waits() -> None:
+    """The status that ends an outage can be an old one from the gateway's buffer; until
+    its current status says when it came back (at most one gateway timeout later), a
+    missing-data alert about its devices waits whatever window it judges."""
+    low = {"id": "low", "kind": "threshold", "kpi_id": "completeness", "scope": "device",
+           "direction": "below", "set": 0.5, "clear": 0.8}  # fmt: skip
+    eng, clock = engine([low, GATEWAY])  # gateway timeout: 2 x 30 s
+    start = clock.now
+    eng.on_gateway_status(status(clock, "gw1"))
+    eng.on_batch(batch(reading(clock, "a", 20)))
+
+    def empty_window(minute: int) -> KpiValue:
+        return KpiValue(
+            kpi_id="completeness", kpi_version="1", zone="centre", device_id="a",
+            window_start=start + timedelta(minutes=minute),
+            window_end=start + timedelta(minutes=minute + 1),
+            value=0.0, unit="1", sample_count=0, completeness=0.0,
+        )  # fmt: skip
+
+    published = []
+    for _ in range(600):  # out of contact for 10 min
+        clock.advance(1)
+        published += eng.tick()
+    published += eng.on_kpi(empty_window(5))  # held: the gateway's alert is firing
+    oldest = status(clock, "gw1").model_copy(update={"time": start + timedelta(seconds=30)})
+    published += eng.on_gateway_status(oldest)  # back, first with what it buffered
+    for second in range(1, 121):
+        clock.advance(1)
+        if second % 30 == 29:  # its current status, from 29 s after the return on
+            published += eng.on_gateway_status(status(clock, "gw1"))
+        published += eng.tick()
+    assert [(a.rule_id, a.state) for a in published if a.state is AlertState.FIRING] == [
+        ("gw-off", AlertState.FIRING)
+    ]
+    # a window that starts a gateway timeout after the return is the device's own
+    fired = eng.on_kpi(empty_window(11))
+    assert [(a.rule_id, a.state) for a in fired] == [("low", AlertState.FIRING)]
 
 
 def test_the_grace_also_follows_a_gateway_outage_that_ended_while_pending() -> None:
