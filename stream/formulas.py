@@ -50,6 +50,12 @@ def dew_point(temperature_c: float, relative_humidity: float) -> float:
     return MAGNUS_C * gamma / (MAGNUS_B - gamma)
 
 
+#: °F: binary floating point holds neither the °C -> °F conversion nor the heat index's
+#: decimal coefficients exactly, so a simple value that is 80 °F by the published arithmetic
+#: (26.01 °C at 76.6 %RH) can come out as 79.99999999999999; within this, it is 80
+HEAT_INDEX_TOLERANCE_F = 1e-9
+
+
 def heat_index(temperature_c: float, relative_humidity: float) -> float:
     """Heat index in °C per the US NWS/NOAA algorithm (Rothfusz 1990, NWS SR 90-23).
 
@@ -66,7 +72,7 @@ def heat_index(temperature_c: float, relative_humidity: float) -> float:
     simple = 0.5 * (t + 61.0 + (t - 68.0) * 1.2 + rh * 0.094)
     if t <= 40.0:
         hi = t
-    elif simple < 80.0:
+    elif simple < 80.0 - HEAT_INDEX_TOLERANCE_F:
         hi = simple
     else:
         hi = (

@@ -68,6 +68,37 @@ def test_heat_index_switches_to_the_regression_on_the_simple_value_itself() -> N
     assert f.heat_index(26.0, rh) == pytest.approx(28.41, abs=0.01)
 
 
+@pytest.mark.parametrize(
+    ("t_c", "rh"),
+    # simple = 0.5*(T + 61 + (T-68)*1.2 + RH*0.094) = 80 °F exactly, by hand:
+    [
+        (26.01, 76.6),  # T = 78.818 °F: 78.818 + 61 + 12.9816 + 7.2004 = 160
+        (25.54, 96.4),  # T = 77.972 °F: 77.972 + 61 + 11.9664 + 9.0616 = 160
+        (26.95, 37.0),  # T = 80.51 °F: 80.51 + 61 + 15.012 + 3.478 = 160
+    ],
+)
+def test_heat_index_uses_the_regression_from_exactly_80f(t_c: float, rh: float) -> None:
+    # NWS: "If this heat index value is 80 degrees F or higher, the full regression
+    # equation ... is applied", also when the arithmetic lands on 80 exactly
+    t = t_c * 1.8 + 32.0
+    assert f.heat_index(t_c, rh) == pytest.approx(_c(_rothfusz(t, rh)), abs=1e-9)
+
+
+def test_heat_index_keeps_the_simple_value_just_below_80f() -> None:
+    # 26.01 °C (78.818 °F) at 76.5 %RH: simple = 80 - 0.5*0.1*0.094 = 79.9953 °F
+    assert f.heat_index(26.01, 76.5) == pytest.approx(_c(79.9953), abs=1e-9)
+
+
+def test_heat_index_high_humidity_adjustment_includes_80f() -> None:
+    # 80 °F, RH=90: simple 81.93 °F, so the regression, plus ((90-85)/10)*((87-80)/5)
+    assert f.heat_index(_c(80.0), 90.0) == pytest.approx(_c(_rothfusz(80.0, 90.0) + 0.7))
+    # at 87 °F and at RH=85 the adjustment is zero: no step at either bound
+    assert f.heat_index(_c(87.0), 90.0) == pytest.approx(_c(_rothfusz(87.0, 90.0)))
+    assert f.heat_index(_c(85.0), 85.0) == pytest.approx(_c(_rothfusz(85.0, 85.0)))
+    # RH=13 at 100 °F: the low-humidity adjustment is zero there too
+    assert f.heat_index(_c(100.0), 13.0) == pytest.approx(_c(_rothfusz(100.0, 13.0)))
+
+
 def test_heat_index_is_the_temperature_at_or_below_40f() -> None:
     assert f.heat_index(-20.0, 50.0) == pytest.approx(-20.0)
     assert f.heat_index(_c(40.0), 90.0) == pytest.approx(_c(40.0))
