@@ -715,3 +715,91 @@ def test_stale_and_replayed_partials_are_counted_apart_and_stale_ones_logged(
     restored = ZoneWindows(config, sources=1)
     restored.restore(orjson.loads(orjson.dumps(zones.snapshot())))
     assert restored.stats == zones.stats  # counters move with the partition
+
+
+# ------------------------------------------------------------------ UHI nights and days across DST
+
+
+def _hourly_heat(start: datetime, end: datetime) -> list[Reading]:
+    """One reading per hour (at :30): "c" (centre) at 20 °C plus the UTC hour, so a night's
+    mean says which hours it holds; the reference "ref" (park) at 10 °C."""
+    s, out, at = Seq(), [], start
+    while at < end:
+        mid = at + timedelta(minutes=30)
+        out.append(s.reading("c", "temperature", 20.0 + at.hour, mid))
+        out.append(s.reading("ref", "temperature", 10.0, mid, zone="park"))
+        at += timedelta(hours=1)
+    return out
+
+
+def _heat_run(readings: list[Reading], one_at_a_time: bool, **overrides: object) -> list[KpiValue]:
+    config = cfg(window="1h", grace="0s", default_cadence="1h", reference={"device_id": "ref"},
+                 zones={"centre": {}, "park": {}}, kpis=["uhi.night", "heatwave.status"],
+                 **overrides)  # fmt: skip
+    run = Replay(config, clock=lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    for batch in [[r] for r in readings] if one_at_a_time else [readings]:
+        run.add(batch)
+    return [k for k in run.finish().kpis if k.zone == "centre"]
+
+
+def _nights(kpis: list[KpiValue]) -> list[tuple[datetime, datetime, int, float]]:
+    return [(k.window_start, k.window_end, k.sample_count, round(k.value, 3))
+            for k in pick(kpis, "uhi.night")]  # fmt: skip
+
+
+def _utc(month: int, day: int, hour: int) -> datetime:
+    return datetime(2026, month, day, hour, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["batch", "one-at-a-time"])
+def test_uhi_nights_and_local_days_across_the_autumn_dst_change(one_at_a_time: bool) -> None:
+    """25 Oct 2026, Brussels: 03:00 CEST becomes 02:00 CET. The 23:00 night is one hour
+    on either side; the local day of 25 Oct is 25 hours, all of them complete; a night of
+    3 h from 01:00 local holds 02:00-03:00 twice (once each), 3 real hours."""
+    readings = _hourly_heat(_utc(10, 23, 22), _utc(10, 26, 23))  # 24, 25, 26 Oct local
+    kpis = _heat_run(readings, one_at_a_time)
+    assert _nights(kpis) == [
+        (_utc(10, 24, 21), _utc(10, 24, 22), 2, 31.0),  # 23:00 CEST
+        (_utc(10, 25, 22), _utc(10, 25, 23), 2, 32.0),  # 23:00 CET
+        (_utc(10, 26, 22), _utc(10, 26, 23), 2, 32.0),
+    ]
+    days = pick(kpis, "heatwave.status")
+    assert [(k.window_start, k.window_end, k.sample_count, k.completeness) for k in days] == [
+        (_utc(10, 23, 22), _utc(10, 24, 22), 24, 1.0),
+        (_utc(10, 24, 22), _utc(10, 25, 23), 25, 1.0),
+        (_utc(10, 25, 23), _utc(10, 26, 23), 24, 1.0),
+    ]
+    # 01:00 CEST = 23:00 UTC; 3 h: 01:00 and 02:00 CEST, 02:00 CET (c at 43, 20, 21 °C)
+    across = _nights(_heat_run(readings, one_at_a_time, uhi_night_hour=1,
+                               uhi_night_window="3h"))  # fmt: skip
+    assert across[1] == (_utc(10, 24, 23), _utc(10, 25, 2), 6, 18.0)
+
+
+@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["batch", "one-at-a-time"])
+def test_uhi_nights_and_local_days_across_the_spring_dst_change(one_at_a_time: bool) -> None:
+    """29 Mar 2026, Brussels: 02:00 CET becomes 03:00 CEST. The local day of 29 Mar is 23
+    hours, complete; a night from 01:00 local lasts its 3 real hours (to 05:00 CEST); a
+    night hour the clock skips (02:00) starts when the clock resumes (03:00 CEST)."""
+    readings = _hourly_heat(_utc(3, 27, 23), _utc(3, 30, 22))  # 28, 29, 30 Mar local
+    kpis = _heat_run(readings, one_at_a_time)
+    assert _nights(kpis) == [
+        (_utc(3, 28, 22), _utc(3, 28, 23), 2, 32.0),  # 23:00 CET
+        (_utc(3, 29, 21), _utc(3, 29, 22), 2, 31.0),  # 23:00 CEST
+        (_utc(3, 30, 21), _utc(3, 30, 22), 2, 31.0),
+    ]
+    days = pick(kpis, "heatwave.status")
+    assert [(k.window_start, k.window_end, k.sample_count, k.completeness) for k in days] == [
+        (_utc(3, 27, 23), _utc(3, 28, 23), 24, 1.0),
+        (_utc(3, 28, 23), _utc(3, 29, 22), 23, 1.0),
+        (_utc(3, 29, 22), _utc(3, 30, 22), 24, 1.0),
+    ]
+    # 01:00 CET = 00:00 UTC; 3 h: 01:00 CET, 03:00 and 04:00 CEST (c at 20, 21, 22 °C)
+    across = _nights(_heat_run(readings, one_at_a_time, uhi_night_hour=1,
+                               uhi_night_window="3h"))  # fmt: skip
+    assert across[1] == (_utc(3, 29, 0), _utc(3, 29, 3), 6, 11.0)
+    skipped = _nights(_heat_run(readings, one_at_a_time, uhi_night_hour=2))
+    assert [(start, end) for start, end, _n, _v in skipped] == [
+        (_utc(3, 28, 1), _utc(3, 28, 2)),  # 02:00 CET
+        (_utc(3, 29, 1), _utc(3, 29, 2)),  # 03:00 CEST: 02:00 does not exist that night
+        (_utc(3, 30, 0), _utc(3, 30, 1)),  # 02:00 CEST
+    ]
