@@ -135,7 +135,7 @@ REGISTRY: tuple[KpiDef, ...] = (
     KpiDef("heat.dew_point", "1", "heat", (_T, _RH), _BOTH, WindowRef.BASE,
            "Magnus formula on window means", "Cel",
            "Dew point by the Magnus formula, b=17.62, c=243.12 °C (WMO-No. 8; Sonntag 1990)."),
-    KpiDef("heat.heat_index", "2", "heat", (_T, _RH), _BOTH, WindowRef.BASE,
+    KpiDef("heat.heat_index", "3", "heat", (_T, _RH), _BOTH, WindowRef.BASE,
            "NOAA Rothfusz regression on window means", "Cel",
            "NWS heat index: simple formula below 80 °F, else Rothfusz regression with the "
            "low/high humidity adjustments (NWS SR 90-23; NOAA WPC)."),
