@@ -24,9 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import orjson
+import pydantic_core
 from pydantic import (
     AfterValidator,
     AwareDatetime,
@@ -40,7 +41,7 @@ from pydantic import (
 )
 
 from climastream.quantities import CANONICAL_UNITS, Quantity, UnitError, check_plausible
-from climastream.validation import error_lines
+from climastream.validation import error_lines, key_path
 
 __all__ = [
     "EARLIEST_EVENT_TIME",
@@ -54,6 +55,7 @@ __all__ = [
     "AlertActionKind",
     "AlertSeverity",
     "AlertState",
+    "BatchSplit",
     "ContractError",
     "EvidencePoint",
     "GatewayStatus",
@@ -63,10 +65,12 @@ __all__ = [
     "Quantity",
     "Reading",
     "ReadingBatch",
+    "RejectedReading",
     "SourceState",
     "TopicSpec",
     "Topics",
     "decode",
+    "decode_batch",
     "encode",
 ]
 
@@ -518,3 +522,131 @@ def _as_bytes(raw: bytes | str | None) -> bytes | None:
     if raw is None:
         return None
     return raw.encode() if isinstance(raw, str) else raw
+
+
+# --------------------------------------------------------------------------- batch split
+
+#: the ``reason`` header of the dead-letter record of a batch's rejected readings
+PARTIAL_BATCH_REASON: Final = "partial-batch"
+
+
+class _BatchEnvelope(_Model):
+    """A :class:`ReadingBatch` whose readings are not looked at: is the record itself sound?"""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    gateway_id: SafeId
+    readings: Annotated[tuple[Any, ...], Field(min_length=1, max_length=MAX_BATCH_READINGS)]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedReading:
+    """One reading of a sound batch that fails the contract on its own."""
+
+    #: its position in the record's ``readings``
+    index: int
+    #: its ``device_id`` as written (quoted when not a safe id), or None when it has none
+    device_id: str | None
+    #: ``field: message`` per problem, as in :class:`ContractError`
+    error: str
+    #: the reading's JSON, re-serialised from the record (same values, maybe other spacing)
+    raw: bytes
+
+    def describe(self) -> str:
+        device = "no device_id" if self.device_id is None else f"device {self.device_id}"
+        return f"readings.{self.index} ({device}): {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSplit:
+    """A ``readings`` record as a consumer uses it: the readings that satisfy the contract,
+    and those that do not (only when the record's envelope is sound; see :func:`decode_batch`)."""
+
+    gateway_id: str
+    readings: tuple[Reading, ...]
+    rejected: tuple[RejectedReading, ...] = ()
+
+    @property
+    def key(self) -> bytes:
+        return self.gateway_id.encode()
+
+    def dead_letter_value(self) -> bytes:
+        """The rejected readings as one ReadingBatch-shaped record, in record order."""
+        head = orjson.dumps({"schema_version": SCHEMA_VERSION, "gateway_id": self.gateway_id})
+        body = b",".join(r.raw for r in self.rejected)
+        return head[:-1] + b',"readings":[' + body + b"]}"
+
+    def dead_letter_error(self, limit: int = 4000) -> str:
+        """What is wrong with each rejected reading (index, device, field), at most about
+        ``limit`` characters; the rest are counted."""
+        total = len(self.readings) + len(self.rejected)
+        text = (
+            f"invalid ReadingBatch of gateway {self.gateway_id}: {len(self.rejected)} of "
+            f"{total} readings rejected, the other {len(self.readings)} kept: "
+        )
+        for shown, reading in enumerate(self.rejected):
+            part = reading.describe()
+            if shown and len(text) + len(part) > limit:
+                return text + f" (and {len(self.rejected) - shown} more)"
+            text += ("; " if shown else "") + part
+        return text
+
+
+def decode_batch(raw: bytes | str, *, now: datetime | None = None) -> BatchSplit:
+    """One ``readings`` record: its valid readings, and the invalid ones with their errors.
+
+    Every consumer of ``readings`` uses this, so each makes the same per-reading decision.
+    A valid record costs what ``decode(raw, ReadingBatch)`` costs. Only when it fails is
+    the record read again: if its envelope is sound (a JSON object with schema_version,
+    a valid gateway_id and 1 to MAX_BATCH_READINGS readings, nothing else), each reading
+    is validated on its own, and one of another gateway is rejected as in the batch;
+    otherwise :class:`ContractError` for the whole record, as :func:`decode` raises it.
+
+    ``now`` (default: the host clock, read once) bounds future timestamps for the whole
+    record, so the split is the one the whole-record verdict was made with.
+    """
+    now = now or datetime.now(UTC)
+    try:
+        batch = decode(raw, ReadingBatch, now=now)
+    except ContractError as exc:
+        split = _split(raw, now)
+        if split is None:
+            raise exc from None
+        return split
+    return BatchSplit(batch.gateway_id, batch.readings)
+
+
+def _split(raw: bytes | str, now: datetime) -> BatchSplit | None:
+    """The readings of a sound envelope one by one; None if the envelope is not sound."""
+    try:
+        envelope = _BatchEnvelope.model_validate_json(raw)
+    except ValidationError:
+        return None
+    context = {"now": now}
+    good: list[Reading] = []
+    rejected: list[RejectedReading] = []
+    for index, item in enumerate(envelope.readings):
+        # parsed by the same JSON parser as the record; floats and big ints round-trip
+        item_raw = pydantic_core.to_json(item, inf_nan_mode="constants")
+        try:
+            reading = Reading.model_validate_json(item_raw, context=context)
+        except ValidationError as exc:
+            lines = error_lines(exc, limit=3, root="")
+            error = "; ".join(line.removeprefix(": ") for line in lines)
+            rejected.append(RejectedReading(index, _device_of(item), error, item_raw))
+            continue
+        if reading.gateway_id != envelope.gateway_id:
+            error = (
+                f"gateway_id {reading.gateway_id!r} differs from the batch gateway_id "
+                f"{envelope.gateway_id!r}"
+            )
+            rejected.append(RejectedReading(index, reading.device_id, error, item_raw))
+            continue
+        good.append(reading)
+    if not rejected:
+        return None  # the record failed for a reason no single reading has: keep that verdict
+    return BatchSplit(envelope.gateway_id, tuple(good), tuple(rejected))
+
+
+def _device_of(item: Any) -> str | None:
+    device = item.get("device_id") if isinstance(item, dict) else None
+    return key_path([device]) if isinstance(device, str) else None

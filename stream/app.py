@@ -38,7 +38,14 @@ from typing import Any
 
 import orjson
 
-from climastream.contract import ContractError, ReadingBatch, Topics, decode, encode
+from climastream.contract import (
+    PARTIAL_BATCH_REASON,
+    ContractError,
+    ReadingBatch,
+    Topics,
+    decode_batch,
+    encode,
+)
 from climastream.durations import parse_duration
 from climastream.extras import require
 from climastream.topics import Durability
@@ -314,10 +321,16 @@ class _Partition:
 class EngineMetrics:
     readings: int = 0
     late: int = 0
+    #: records sent to dead-letter: whole records, and partial-batch records
     dead_letter: int = 0
+    #: readings of sound batches that failed the contract alone, dead-lettered one by one
+    dead_letter_readings: int = 0
     kpis: int = 0
     checkpoints: int = 0
 
+
+#: the ``error`` header of a partial-batch dead letter names each rejected reading, up to this
+DEAD_LETTER_ERROR_BYTES = 4000
 
 #: ``produce(topic, key, value, partition, headers)``: hand one record to the producer
 Produce = Callable[[str, bytes | None, bytes, int | None, dict[str, bytes] | None], Awaitable[Any]]
@@ -513,12 +526,21 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
                 continue
             p = event.message.partition
             try:
-                batch = decode(event.value, ReadingBatch)
+                batch = decode_batch(event.value)
             except ContractError as exc:
                 metrics.dead_letter += 1
                 headers = {"reason": b"contract", "error": str(exc).encode()[:1000]}
                 await send(Topics.DEAD_LETTER.name, event.key, event.value, None, headers)
                 continue
+            if batch.rejected:
+                metrics.dead_letter += 1
+                metrics.dead_letter_readings += len(batch.rejected)
+                headers = {
+                    "reason": PARTIAL_BATCH_REASON.encode(),
+                    "error": batch.dead_letter_error().encode()[:DEAD_LETTER_ERROR_BYTES],
+                }
+                value = batch.dead_letter_value()
+                await send(Topics.DEAD_LETTER.name, event.key, value, None, headers)
             metrics.readings += len(batch.readings)
             late = part.engine.add(batch.readings)
             if late:
@@ -609,7 +631,11 @@ class EngineCollector:
         counters = {
             "readings": ("readings consumed by stage 1", metrics.readings),
             "late_readings": ("readings past the grace, sent to late-readings", metrics.late),
-            "dead_letter": ("records that failed the contract", metrics.dead_letter),
+            "dead_letter": (
+                "records sent to dead-letter: records that failed the contract whole, and "
+                "one per batch some of whose readings failed it (reason partial-batch)",
+                metrics.dead_letter,
+            ),
             "kpis": ("KpiValues produced", metrics.kpis),
             "checkpoints": ("state checkpoints written", metrics.checkpoints),
             "duplicate_readings": (
@@ -640,6 +666,13 @@ class EngineCollector:
             family = CounterMetricFamily(f"climastream_stream_{name}", help_text)
             family.add_metric([], value)
             yield family
+        rejected = CounterMetricFamily(
+            "climastream_stream_dead_letter_readings",
+            "readings dead-lettered one by one from a batch whose other readings were kept",
+            labels=["reason"],
+        )
+        rejected.add_metric(["contract"], metrics.dead_letter_readings)
+        yield rejected
         windows = GaugeMetricFamily(
             "climastream_stream_open_windows", "device windows open in stage 1"
         )

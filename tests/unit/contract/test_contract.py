@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from climastream.contract import (
     EARLIEST_EVENT_TIME,
     MAX_SILENCE,
+    PARTIAL_BATCH_REASON,
     TOPICS,
     Alert,
     AlertAction,
@@ -32,6 +33,7 @@ from climastream.contract import (
     SourceState,
     Topics,
     decode,
+    decode_batch,
     encode,
 )
 from climastream.quantities import CANONICAL_UNITS, SPECS
@@ -384,3 +386,165 @@ def test_topic_names_are_unique_and_in_one_place() -> None:
 
 def test_earliest_event_time_is_after_unset_clocks() -> None:
     assert EARLIEST_EVENT_TIME.year >= 2015
+
+
+# --------------------------------------------------------------------------- batch split
+
+
+def _batch_json(readings: list[object], gateway_id: str = "gw-1") -> bytes:
+    return orjson.dumps({"schema_version": 1, "gateway_id": gateway_id, "readings": readings})
+
+
+def test_a_valid_batch_splits_into_all_its_readings() -> None:
+    raw = _batch_json([_reading_json(seq=seq) for seq in range(3)])
+    split = decode_batch(raw, now=NOW)
+    assert split.readings == decode(raw, ReadingBatch, now=NOW).readings
+    assert split.rejected == ()
+    assert split.key == b"gw-1"
+
+
+def test_one_bad_reading_is_rejected_alone_naming_index_device_and_field() -> None:
+    ahead = _reading_json(device_id="fast-clock", seq=9, event_time="2026-11-23T14:00:00Z")
+    good = [_reading_json(seq=seq) for seq in range(5)]
+    raw = _batch_json([*good[:2], ahead, *good[2:]])
+    with pytest.raises(ContractError):  # the whole record fails the contract
+        decode(raw, ReadingBatch, now=NOW)
+    split = decode_batch(raw, now=NOW)
+    assert [r.seq for r in split.readings] == [0, 1, 2, 3, 4]
+    assert split.readings == tuple(decode(orjson.dumps(r), Reading, now=NOW) for r in good)
+    (rejected,) = split.rejected
+    assert (rejected.index, rejected.device_id) == (2, "fast-clock")
+    assert orjson.loads(rejected.raw) == ahead
+    error = split.dead_letter_error()
+    assert "1 of 6 readings rejected, the other 5 kept" in error
+    assert "readings.2 (device fast-clock): " in error
+    assert "event_time 2026-11-23T14:00:00+00:00 is more than 1:00:00 ahead" in error
+    assert orjson.loads(split.dead_letter_value()) == {
+        "schema_version": 1, "gateway_id": "gw-1", "readings": [ahead],
+    }  # fmt: skip
+    assert PARTIAL_BATCH_REASON == "partial-batch"
+
+
+def test_each_kind_of_bad_reading_is_named_and_the_rest_kept() -> None:
+    raw = _batch_json(
+        [
+            _reading_json(seq=1),
+            _reading_json(seq=2, unit="K"),
+            5,
+            _reading_json(seq=3, gateway_id="gw-2", device_id="roamer"),
+            _reading_json(seq=4, device_id="bad\nid"),
+            _reading_json(seq=5),
+        ]
+    ).replace(b'"seq":2,', b'"seq":-2,')
+    split = decode_batch(raw, now=NOW)
+    assert [r.seq for r in split.readings] == [1, 5]
+    named = [r.describe() for r in split.rejected]
+    assert named[0].startswith("readings.1 (device th-centre-1): seq: ")
+    assert named[1] == "readings.2 (no device_id): Input should be an object"
+    assert named[2] == (
+        "readings.3 (device roamer): gateway_id 'gw-2' differs from the batch gateway_id 'gw-1'"
+    )
+    assert named[3].startswith("readings.4 (device 'bad\\nid'): device_id: ")
+    assert "\n" not in split.dead_letter_error()
+    value = orjson.loads(split.dead_letter_value())
+    assert [r if isinstance(r, int) else r["seq"] for r in value["readings"]] == [-2, 5, 3, 4]
+
+
+def test_a_long_error_stays_bounded_and_counts_the_rest() -> None:
+    raw = _batch_json([_reading_json(seq=seq, unit="K") for seq in range(200)])
+    split = decode_batch(raw, now=NOW)
+    assert split.readings == ()
+    assert len(split.rejected) == 200
+    error = split.dead_letter_error(limit=1000)
+    assert len(error) < 1300
+    shown = error.count("(device th-centre-1)")
+    assert 0 < shown < 200
+    assert error.endswith(f" (and {200 - shown} more)")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"\xff\x00garbage", "invalid ReadingBatch"),
+        (b"[]", "Input should be an object"),
+        (b'{"gateway_id": "gw-1", "readings": []}', "readings"),
+        (b'{"gateway_id": "gw 1", "readings": [5]}', "gateway_id"),
+        (b'{"readings": [5]}', "gateway_id"),
+        (b'{"schema_version": 2, "gateway_id": "gw-1", "readings": [5]}', "schema_version"),
+        (b'{"gateway_id": "gw-1", "readings": [5], "colour": "red"}', "colour"),
+        (b'{"gateway_id": "gw-1", "readings": {"0": 5}}', "readings"),
+    ],
+)
+def test_a_bad_envelope_fails_whole_as_decode_says(raw: bytes, message: str) -> None:
+    with pytest.raises(ContractError) as whole:
+        decode(raw, ReadingBatch, now=NOW)
+    with pytest.raises(ContractError) as split:
+        decode_batch(raw, now=NOW)
+    assert str(split.value) == str(whole.value)
+    assert message in str(split.value)
+    assert split.value.raw == raw
+
+
+def test_the_future_bound_moves_only_one_way_with_now() -> None:
+    """The split depends on ``now`` through the future bound alone: a replay with the same
+    ``now`` splits the same; a later one may keep a reading once rejected as ahead, never
+    reject one kept."""
+    raw = _batch_json(
+        [_reading_json(seq=1), _reading_json(seq=2, event_time="2026-11-23T14:00:00Z")]
+    )
+    first = decode_batch(raw, now=NOW)
+    assert decode_batch(raw, now=NOW) == first
+    assert [r.seq for r in first.readings] == [1]
+    later = decode_batch(raw, now=NOW + timedelta(hours=1))
+    assert [r.seq for r in later.readings] == [1, 2]
+    assert later.rejected == ()
+
+
+@st.composite
+def mixed_batches(draw: st.DrawFn) -> tuple[bytes, list[bool]]:
+    """A sound envelope whose readings are valid or broken in one of several ways."""
+    gateway_id = draw(safe_ids)
+    items: list[object] = []
+    valid: list[bool] = []
+    for reading in draw(st.lists(readings(gateway_id), min_size=1, max_size=6)):
+        item = orjson.loads(encode(reading))
+        breakage = draw(st.sampled_from(["none", "none", "unit", "future", "gateway", "seq"]))
+        if breakage == "unit":
+            item["unit"] = "nope"
+        elif breakage == "future":
+            item["event_time"] = (NOW + timedelta(hours=2)).isoformat()
+        elif breakage == "gateway":
+            item["gateway_id"] = gateway_id + "x"
+        elif breakage == "seq":
+            item["seq"] = -1
+        items.append(item)
+        valid.append(breakage == "none")
+    return _batch_json(items, gateway_id), valid
+
+
+@settings(max_examples=150, deadline=None)
+@given(mixed_batches())
+def test_the_split_keeps_exactly_the_readings_valid_on_their_own(
+    case: tuple[bytes, list[bool]],
+) -> None:
+    raw, valid = case
+    split = decode_batch(raw, now=NOW)
+    items = orjson.loads(raw)["readings"]
+    assert split.readings == tuple(
+        decode(orjson.dumps(item), Reading, now=NOW)
+        for item, ok in zip(items, valid, strict=True)
+        if ok
+    )
+    assert [r.index for r in split.rejected] == [i for i, ok in enumerate(valid) if not ok]
+    assert [orjson.loads(r.raw) for r in split.rejected] == [
+        item for item, ok in zip(items, valid, strict=True) if not ok
+    ]
+    if all(valid):
+        assert split.readings == decode(raw, ReadingBatch, now=NOW).readings
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_random_bytes_never_split_with_anything_but_contract_error(raw: bytes) -> None:
+    with contextlib.suppress(ContractError):
+        decode_batch(raw, now=NOW)

@@ -448,3 +448,69 @@ def test_the_app_joins_its_group_with_the_settings_session_timeout(tmp_path: Any
     assert (local.broker_session_timeout, local.broker_heartbeat_interval) == (3.0, 1.0)
     short = create_app(replace(settings, session_timeout_s=1.5), produce=Sent()).conf
     assert short.broker_heartbeat_interval == 0.5  # a third of the session at most
+
+
+class SentWithHeaders(Sent):
+    """:class:`Sent` that also keeps each record's headers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: list[tuple[str, dict[str, bytes] | None]] = []
+
+    async def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        partition: int | None,
+        headers: dict[str, bytes] | None,
+    ) -> None:
+        await super().__call__(topic, key, value, partition, headers)
+        self.headers.append((topic, headers))
+
+
+async def test_one_reading_from_the_future_does_not_dead_letter_its_batch(
+    tmp_path: Any,
+) -> None:
+    """A device clock 2 h ahead of the stream's used to send its gateway's whole record
+    (all the good readings with it) to dead-letter. Now the good readings are processed and
+    only the bad one is dead-lettered, named, and counted per reading."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stream.app import EngineCollector
+
+    sent = SentWithHeaders()
+    config = StreamConfig.model_validate({"window": "10s", "grace": "1s"})
+    app = create_app(
+        StreamSettings(config=config, store="memory", data_dir=str(tmp_path), app_id="t"),
+        produce=sent,
+    )
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(app))
+    now = datetime.now(UTC)
+    start = now - timedelta(minutes=10)
+
+    def reading(device: str, seq: int, at: datetime) -> dict[str, Any]:
+        return {"device_id": device, "gateway_id": "gw", "seq": seq, "quantity": "temperature",
+                "value": 20.0, "unit": "Cel", "event_time": at.isoformat(),
+                "ingest_time": now.isoformat(), "zone": "centre"}  # fmt: skip
+
+    good = [reading(f"d{i % 5}", i, start + timedelta(seconds=i)) for i in range(40)]
+    ahead = reading("fast-clock", 7, now + timedelta(hours=2))
+    record = orjson.dumps({"gateway_id": "gw", "readings": [*good[:17], ahead, *good[17:]]})
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=record)
+    text = generate_latest(registry).decode()
+    assert "climastream_stream_readings_total 40.0" in text
+    assert 'climastream_stream_dead_letter_readings_total{reason="contract"} 1.0' in text
+    (dead,) = sent.values("dead-letter")
+    ((_, headers),) = [(t, h) for t, h in sent.headers if t == "dead-letter"]
+    assert headers is not None
+    assert headers["reason"] == b"partial-batch"
+    error = headers["error"].decode()
+    assert "readings.17 (device fast-clock): " in error
+    assert "event_time" in error
+    assert orjson.loads(dead) == {"schema_version": 1, "gateway_id": "gw", "readings": [ahead]}
+    # the 40 good readings went on to the windows: their first windows closed
+    partials = [orjson.loads(raw) for raw in sent.values("t-kpi-partials")]
+    assert sum(len(p["items"]) for p in partials) > 0
