@@ -38,13 +38,15 @@ from typing import Any, Protocol
 from pydantic import BaseModel, SecretStr
 
 from climastream.contract import (
+    PARTIAL_BATCH_REASON,
     Alert,
+    BatchSplit,
     ContractError,
     GatewayStatus,
     KpiValue,
-    ReadingBatch,
     Topics,
     decode,
+    decode_batch,
 )
 from climastream.extras import require
 from sinks.config import SinkConfig
@@ -70,6 +72,11 @@ from sinks.metrics import SinkMetrics
 
 log = logging.getLogger(__name__)
 
+#: the ``error`` header of a dead letter is cut at this many bytes
+DEAD_LETTER_ERROR_BYTES = 2000
+#: a partial-batch dead letter names rejected readings up to about this many characters
+DEAD_LETTER_ERROR_CHARS = 1800
+
 #: a gzip stream (wbits 16+15) compressed in a worker thread above this size
 _THREAD_GZIP_BYTES = 64 * 1024
 
@@ -77,10 +84,28 @@ _THREAD_GZIP_BYTES = 64 * 1024
 def lines_for(topic: str, raw: bytes, precision: Precision = Precision.NS) -> list[str]:
     """Decode one record of ``topic`` and render its points.
 
+    Raises ContractError (the record breaks the contract) or LineProtocolError. Of a
+    ``readings`` record whose envelope is sound, only the valid readings are rendered
+    (:func:`render_record` also returns the rejected ones).
+    """
+    return render_record(topic, raw, precision)[0]
+
+
+def render_record(
+    topic: str, raw: bytes, precision: Precision = Precision.NS
+) -> tuple[list[str], BatchSplit | None]:
+    """The points of one record of ``topic``, and for ``readings`` the record's split
+    (:func:`climastream.contract.decode_batch`, the decision every consumer makes).
+
     Raises ContractError (the record breaks the contract) or LineProtocolError.
     """
     if topic == Topics.READINGS.name:
-        return [reading_line(r, precision) for r in decode(raw, ReadingBatch).readings]
+        split = decode_batch(raw)
+        return [reading_line(r, precision) for r in split.readings], split
+    return _lines_of(topic, raw, precision), None
+
+
+def _lines_of(topic: str, raw: bytes, precision: Precision) -> list[str]:
     renderers: dict[str, tuple[type[BaseModel], Callable[[Any, Precision], str]]] = {
         Topics.KPI.name: (KpiValue, kpi_line),
         Topics.ALERTS.name: (Alert, alert_line),
@@ -551,11 +576,17 @@ class SinkRunner:
         self.metrics.records.labels(topic).inc()
         origin = Origin(topic, tp.partition, record.offset)
         try:
-            lines = lines_for(topic, record.value, self.config.influx.precision)
+            lines, split = render_record(topic, record.value, self.config.influx.precision)
         except (ContractError, LineProtocolError) as exc:
             await self.dead_letter(record.value, record.key, origin, "contract", str(exc))
             lines = []
         else:
+            if split is not None and split.rejected:
+                # the readings that failed the contract alone; the rest is written
+                error = split.dead_letter_error(limit=DEAD_LETTER_ERROR_CHARS)
+                value = split.dead_letter_value()
+                await self.dead_letter(value, record.key, origin, PARTIAL_BATCH_REASON, error)
+                self.metrics.dead_letter_readings.labels("contract").inc(len(split.rejected))
             pending.add(self.config.influx.bucket_for(topic), lines, origin)
         pending.offsets[tp] = record.offset + 1
         return len(lines)
@@ -570,7 +601,7 @@ class SinkRunner:
             key=key,
             headers=[
                 ("reason", reason.encode()),
-                ("error", error.encode()[:2000]),
+                ("error", error.encode()[:DEAD_LETTER_ERROR_BYTES]),
                 ("source_topic", origin.topic.encode()),
                 ("source_partition", str(origin.partition).encode()),
                 ("source_offset", str(origin.offset).encode()),

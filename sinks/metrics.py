@@ -13,8 +13,11 @@ class SinkMetrics:
     * ``points_written_total{bucket}``: points the database acknowledged;
     * ``batches_total{bucket}``: acknowledged write requests;
     * ``write_retries_total{reason}``: backpressure (429/503), transport, server (5xx);
-    * ``dead_letters_total{reason}``: contract (undecodable record), rejected (the database
-      refused the line);
+    * ``dead_letters_total{reason}``: contract (undecodable record), partial-batch (the
+      readings of a readings record that failed the contract alone; the rest is written),
+      rejected (the database refused the line);
+    * ``dead_letter_readings_total{reason}``: readings in partial-batch dead letters
+      (reason contract);
     * ``records_total{topic}``: Kafka records consumed;
     * ``consumer_lag{topic,partition}``: high watermark minus committed offset;
     * ``paused``: 1 while consumption is paused because writes are pending;
@@ -31,6 +34,12 @@ class SinkMetrics:
         self.retries = prom.Counter("write_retries", "retried write requests", ["reason"], **kw)
         self.dead_letters = prom.Counter(
             "dead_letters", "records or lines sent to the dead-letter topic", ["reason"], **kw
+        )
+        self.dead_letter_readings = prom.Counter(
+            "dead_letter_readings",
+            "readings dead-lettered one by one from a readings record whose others were written",
+            ["reason"],
+            **kw,
         )
         self.records = prom.Counter("records", "Kafka records consumed", ["topic"], **kw)
         self.commits = prom.Counter("commits", "offset commits after a database ack", **kw)

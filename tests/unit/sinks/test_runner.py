@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
@@ -335,3 +336,36 @@ async def test_shutdown_with_database_down_commits_nothing() -> None:
     await task
     assert consumer.commits == []
     assert runner.abort.is_set()
+
+
+async def test_a_reading_that_fails_the_contract_alone_is_dead_lettered_and_the_rest_written() -> (
+    None
+):
+    """One reading 2 h ahead of the sink's clock used to send its whole record, with the
+    good readings, to dead-letter: none of them reached the database."""
+    good = orjson.loads(batch("gw", 0, 3))
+    now = datetime.now(UTC)
+    for reading in good["readings"]:
+        reading["event_time"] = reading["ingest_time"] = now.isoformat()
+    ahead = {**good["readings"][0], "device_id": "fast-clock",
+             "event_time": (now + timedelta(hours=2)).isoformat()}  # fmt: skip
+    good["readings"].insert(1, ahead)
+    consumer = FakeConsumer({READINGS0: [orjson.dumps(good)]})
+    writer = GateWriter()
+    runner, producer = make_runner(consumer, writer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await _until(lambda: consumer.committed().get(READINGS0) == 1)
+    stop.set()
+    counters = await task
+    assert len(writer.stored) == 3
+    ((topic, value, headers),) = producer.sent
+    assert topic == "dead-letter"
+    assert orjson.loads(value) == {"schema_version": 1, "gateway_id": "gw", "readings": [ahead]}
+    header = dict(headers)
+    assert header["reason"] == b"partial-batch"
+    assert b"readings.1 (device fast-clock): " in header["error"]
+    assert (header["source_topic"], header["source_offset"]) == (b"readings", b"0")
+    assert counters.dead_letters == 1
+    metrics = runner.metrics
+    assert metrics.value("climastream_sink_dead_letter_readings_total", reason="contract") == 1
