@@ -31,14 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from climastream.contract import (
+    PARTIAL_BATCH_REASON,
     Alert,
     AlertAction,
     ContractError,
     GatewayStatus,
     KpiValue,
-    ReadingBatch,
     Topics,
     decode,
+    decode_batch,
     encode,
 )
 from climastream.extras import require
@@ -133,6 +134,12 @@ class _Metrics:
             "records that failed the contract (sent to dead-letter)",
             ["topic"],
         )
+        self.rejected_readings = prometheus.Counter(
+            "climastream_alerts_rejected_readings_total",
+            "readings of a readings record that failed the contract alone (sent to "
+            "dead-letter; the record's other readings were evaluated)",
+            ["topic", "reason"],
+        )
         self.skipped = prometheus.Counter(
             "climastream_alerts_skipped_total",
             "records older than the engine's first start (never evaluated)",
@@ -141,6 +148,44 @@ class _Metrics:
         self.transitions = prometheus.Counter(
             "climastream_alerts_transitions_total", "alert state changes published", ["state"]
         )
+
+
+#: a dead letter to send: (value, headers, readings it holds; 0 for a whole record)
+DeadLetter = tuple[bytes, dict[str, bytes], int]
+
+
+def read_record(
+    topic: str, model: type[Any] | None, raw: bytes
+) -> tuple[Any | None, list[DeadLetter]]:
+    """The record to feed to the engine (None: nothing) and the dead letters it makes.
+
+    ``model`` None: a ``readings`` record, split as every consumer of that topic splits
+    it (:func:`climastream.contract.decode_batch`): the valid readings are evaluated and
+    the others dead-lettered as one partial-batch record.
+    """
+    try:
+        record = decode_batch(raw) if model is None else decode(raw, model)
+    except ContractError as exc:
+        headers = {
+            "reason": b"contract",
+            "source_topic": topic.encode(),
+            "error": str(exc).encode()[:1000],
+        }
+        return None, [(raw, headers, 0)]
+    if model is not None or not record.rejected:
+        return record, []
+    headers = {
+        "reason": PARTIAL_BATCH_REASON.encode(),
+        "source_topic": topic.encode(),
+        "error": record.dead_letter_error(limit=DEAD_LETTER_ERROR_BYTES).encode()[
+            :DEAD_LETTER_ERROR_BYTES
+        ],
+    }
+    return record, [(record.dead_letter_value(), headers, len(record.rejected))]
+
+
+#: the ``error`` header of a partial-batch dead letter, at most
+DEAD_LETTER_ERROR_BYTES = 4000
 
 
 def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
@@ -191,7 +236,7 @@ def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
             await alerts_topic.send(key=alert.key, value=encode(alert))
 
     def consume(
-        topic: str, model: type[Any], apply: Callable[[Any], list[Alert]]
+        topic: str, model: type[Any] | None, apply: Callable[[Any], list[Alert]]
     ) -> Callable[[Any], Awaitable[None]]:
         async def agent(stream: Any) -> None:
             async for event in stream.events():
@@ -199,28 +244,22 @@ def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
                 if event.message.timestamp < since():
                     metrics.skipped.labels(topic).inc()
                     continue
-                try:
-                    record = decode(event.value, model)
-                except ContractError as exc:
-                    metrics.rejected.labels(topic).inc()
-                    await dead_letter.send(
-                        key=event.key,
-                        value=event.value,
-                        headers={
-                            "reason": b"contract",
-                            "source_topic": topic.encode(),
-                            "error": str(exc).encode()[:1000],
-                        },
-                    )
-                    continue
-                await publish(apply(record))
+                record, letters = read_record(topic, model, event.value)
+                for value, headers, readings in letters:
+                    if readings:
+                        metrics.rejected_readings.labels(topic, "contract").inc(readings)
+                    else:
+                        metrics.rejected.labels(topic).inc()
+                    await dead_letter.send(key=event.key, value=value, headers=headers)
+                if record is not None:
+                    await publish(apply(record))
 
         agent.__name__ = f"alerts_{topic.replace('-', '_')}"
         return agent
 
     for spec, model, apply in (
         (Topics.KPI, KpiValue, engine.on_kpi),
-        (Topics.READINGS, ReadingBatch, engine.on_batch),
+        (Topics.READINGS, None, engine.on_batch),
         (Topics.GATEWAY_STATUS, GatewayStatus, engine.on_gateway_status),
         (Topics.ALERT_ACTIONS, AlertAction, engine.on_action),
     ):

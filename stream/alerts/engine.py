@@ -49,6 +49,7 @@ from climastream.contract import (
     AlertAction,
     AlertActionKind,
     AlertState,
+    BatchSplit,
     EvidencePoint,
     GatewayStatus,
     KpiValue,
@@ -335,7 +336,7 @@ class AlertEngine:
                 self._observe(rule, fp, self._threshold_condition(rule, kpi.value), context, now)
         return self._flush()
 
-    def on_batch(self, batch: ReadingBatch) -> list[Alert]:
+    def on_batch(self, batch: ReadingBatch | BatchSplit) -> list[Alert]:
         """Track device liveness and evaluate reading rules, in reading order per device."""
         now = self.clock()
         gateway = self._signal(f"gw|{batch.gateway_id}") or {}
