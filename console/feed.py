@@ -20,9 +20,9 @@ from climastream.contract import (
     ContractError,
     GatewayStatus,
     KpiValue,
-    ReadingBatch,
     Topics,
     decode,
+    decode_batch,
     encode,
 )
 from climastream.extras import require
@@ -54,7 +54,11 @@ def apply_record(state: LiveState, topic: str, raw: bytes) -> None:
     """Decode one record of ``topic`` into ``state``; a contract failure is counted."""
     try:
         if topic == Topics.READINGS.name:
-            state.add_readings(decode(raw, ReadingBatch).readings)
+            # the readings the stream keeps of the record (a partial batch counts rejected)
+            split = decode_batch(raw)
+            state.add_readings(split.readings)
+            if split.rejected:
+                state.reject(topic)
         elif topic == Topics.KPI.name:
             state.add_kpi(decode(raw, KpiValue))
         elif topic == Topics.ALERTS.name:

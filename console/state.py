@@ -250,7 +250,8 @@ class LiveState:
         self._dirty.update(panels)
 
     def reject(self, topic: str) -> None:
-        """Count a record that failed the contract (the sink dead-letters it)."""
+        """Count a record that failed the contract, or some of whose readings did (the
+        stream and the sink dead-letter those)."""
         self.rejected[topic] = self.rejected.get(topic, 0) + 1
         self._dirty.add("stats")
 

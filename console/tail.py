@@ -19,9 +19,9 @@ from climastream.contract import (
     ContractError,
     KpiValue,
     Reading,
-    ReadingBatch,
     Topics,
     decode,
+    decode_batch,
 )
 from climastream.extras import require
 
@@ -140,15 +140,27 @@ def format_alert(alert: Alert) -> Any:
 
 def render_record(topic: str, raw: bytes, flt: TailFilter) -> Iterable[Any]:
     """The lines to print for one record (none if filtered out). Raises ContractError."""
+    return render(topic, raw, flt)[0]
+
+
+def render(topic: str, raw: bytes, flt: TailFilter) -> tuple[list[Any], str]:
+    """:func:`render_record`, and what of the record was skipped ("" if nothing).
+
+    Of a ``readings`` record, the readings that satisfy the contract are shown, as every
+    consumer of the topic decides (:func:`climastream.contract.decode_batch`): the stream
+    stores them and dead-letters the others, which the second value names.
+    """
     if topic == Topics.READINGS.name:
-        return [format_reading(r) for r in decode(raw, ReadingBatch).readings if flt.reading(r)]
+        split = decode_batch(raw)
+        lines = [format_reading(r) for r in split.readings if flt.reading(r)]
+        return lines, split.dead_letter_error(limit=300) if split.rejected else ""
     if topic == Topics.KPI.name:
         kpi = decode(raw, KpiValue)
-        return [format_kpi(kpi)] if flt.kpi(kpi) else []
+        return ([format_kpi(kpi)] if flt.kpi(kpi) else []), ""
     if topic == Topics.ALERTS.name:
         alert = decode(raw, Alert)
-        return [format_alert(alert)] if flt.alert(alert) else []
-    return []
+        return ([format_alert(alert)] if flt.alert(alert) else []), ""
+    return [], ""
 
 
 async def tail(
@@ -195,10 +207,12 @@ async def tail(
             for tp, records in batches.items():
                 for record in records:
                     try:
-                        lines = render_record(tp.topic, record.value, flt)
+                        lines, skipped = render(tp.topic, record.value, flt)
                     except ContractError as exc:
                         err.print(f"tail: skipped a bad record on {tp.topic}: {exc}")
                         continue
+                    if skipped:
+                        err.print(f"tail: skipped bad readings on {tp.topic}: {skipped}")
                     for line in lines:
                         out.print(line)
                         printed += 1

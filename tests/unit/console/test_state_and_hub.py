@@ -14,6 +14,7 @@ from climastream.contract import (
     GatewayStatus,
     KpiValue,
     Quantity,
+    encode,
 )
 from console.hub import Hub
 from console.state import (
@@ -233,3 +234,38 @@ def test_a_late_older_record_of_a_resolved_alert_does_not_bring_it_back() -> Non
     # the next incident of the same alert is newer than the resolution: it shows
     state.add_alert(alert(AlertState.FIRING, 9))
     assert [a.state for a in state.alerts.values()] == [AlertState.FIRING]
+
+
+def _batch_with_one_reading_ahead() -> bytes:
+    """Two good readings of gateway gw and one 2 h ahead of the host clock."""
+    import orjson
+
+    now = datetime.now(UTC)
+    good = [reading(f"th-{i}", "centre", i, Quantity.TEMPERATURE, 20.0 + i, now) for i in (1, 2)]
+    items = [orjson.loads(encode(r)) for r in good]
+    ahead = {
+        **items[0],
+        "device_id": "fast-clock",
+        "event_time": (now + timedelta(hours=2)).isoformat(),
+    }
+    return orjson.dumps({"gateway_id": "gw", "readings": [items[0], ahead, items[1]]})
+
+
+def test_the_feed_shows_the_readings_the_stream_keeps_of_a_partial_batch() -> None:
+    """One reading from a device clock 2 h ahead used to hide its whole batch from the
+    console's live map (the record was counted as rejected, the devices never appeared)."""
+    from console.feed import apply_record
+
+    state = LiveState()
+    apply_record(state, "readings", _batch_with_one_reading_ahead())
+    assert {"th-1", "th-2"} <= {d.device_id for d in state.devices.values()}
+    assert "fast-clock" not in {d.device_id for d in state.devices.values()}
+    assert state.rejected == {"readings": 1}
+
+
+def test_tail_prints_the_kept_readings_and_names_the_skipped_one() -> None:
+    from console.tail import TailFilter, render
+
+    lines, skipped = render("readings", _batch_with_one_reading_ahead(), TailFilter())
+    assert [str(line).split()[3] for line in lines] == ["th-1", "th-2"]
+    assert "readings.1 (device fast-clock): " in skipped
