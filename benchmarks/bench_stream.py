@@ -111,7 +111,7 @@ async def floor(bootstrap: str, topic: str, total: int, config_path: str) -> dic
     """
     from aiokafka import AIOKafkaConsumer
 
-    from climastream.contract import decode
+    from climastream.contract import decode_batch
     from stream.config import StreamConfig
     from stream.windows import DeviceWindows
     from stream.zones import ZoneWindows, routing_keys
@@ -137,7 +137,7 @@ async def floor(bootstrap: str, topic: str, total: int, config_path: str) -> dic
             for record in records:
                 if seen == 0:
                     cpu0 = cpu()
-                readings = decode(record.value, ReadingBatch).readings
+                readings = decode_batch(record.value).readings  # as the job decodes
                 engine.add(readings)
                 for partial in engine.close():
                     for key, reference in routing_keys(partial, config):
