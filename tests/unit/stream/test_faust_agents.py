@@ -514,3 +514,40 @@ async def test_one_reading_from_the_future_does_not_dead_letter_its_batch(
     # the 40 good readings went on to the windows: their first windows closed
     partials = [orjson.loads(raw) for raw in sent.values("t-kpi-partials")]
     assert sum(len(p["items"]) for p in partials) > 0
+
+
+async def test_a_partial_batch_replayed_after_a_restore_splits_the_same_way(
+    tmp_path: Any,
+) -> None:
+    """Redelivered after a crash, the record's kept readings are duplicates of the restored
+    checkpoint and its rejected reading is dead-lettered again, identically."""
+    sent = SentWithHeaders()
+    config = StreamConfig.model_validate({"window": "10s", "grace": "1s"})
+    app = create_app(
+        StreamSettings(
+            config=config, store="memory", data_dir=str(tmp_path), app_id="t",
+            checkpoint_interval_s=0,
+        ),
+        produce=sent,
+    )  # fmt: skip
+    stage1, _ = app.climastream_stages
+    now = datetime.now(UTC)
+    good = [orjson.loads(encode(r)) for r in (temperature(f"d{i}", 1, 1) for i in range(5))]
+    for item in good:
+        item["event_time"] = item["ingest_time"] = now.isoformat()
+    ahead = {
+        **good[0],
+        "device_id": "fast-clock",
+        "event_time": (now + timedelta(hours=2)).isoformat(),
+    }
+    record = orjson.dumps({"gateway_id": "gw", "readings": [ahead, *good]})
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=record)
+        added = stage1[0].engine.stats.added
+        stage1.clear()  # the partition's next event restores it from the table
+        await ctx.put(key=b"gw", value=record)
+        engine = stage1[0].engine
+        assert (added, engine.stats.added, engine.stats.duplicates) == (5, 5, 5)
+    first, again = sent.values("dead-letter")
+    assert first == again
+    assert orjson.loads(first)["readings"] == [ahead]
