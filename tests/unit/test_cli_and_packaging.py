@@ -36,6 +36,19 @@ def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) ->
     assert "usage: climastream" in capsys.readouterr().out
 
 
+def test_python_dash_m_runs_the_same_command_line() -> None:
+    """``python -m climastream`` works where the venv's ``bin/`` is not on PATH."""
+    out = subprocess.run(
+        [sys.executable, "-m", "climastream", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "usage: climastream" in out.stdout
+
+
 def test_edge_extra_excludes_cloud_dependencies() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     edge = " ".join(project["optional-dependencies"]["edge"]).lower()
