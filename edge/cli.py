@@ -187,6 +187,10 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    # the file as `edge run` reads it first: the overrides below would hide a bad
+    # buffer.backend or metrics.listen, and check would pass a config that run refuses
+    if _load(args, {}) is None:
+        return 2
     config = _load(args, {"buffer.backend": "memory", "metrics.listen": None})
     if config is None:
         return 2

@@ -84,7 +84,6 @@ def test_check_fails_naming_a_source_that_cannot_be_opened(tmp_path: Path) -> No
 def test_a_source_that_cannot_be_built_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     config = yaml.safe_load(_demo_gateway_without_devices(tmp_path).read_text())
     config["sources"][0]["devices"][0]["quantities"] = ["wind_speed"]
-    config["buffer"] = None  # an empty section, overridden by check: no TypeError either
     path = tmp_path / "gw.yaml"
     path.write_text(yaml.safe_dump(config))
     out = _check(path)
@@ -100,6 +99,29 @@ def test_check_names_the_bad_key(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "batch_max_readings: Input should be greater than or equal to 1" in out.stderr
     assert "sources: " in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("metrics", "listen", 9108), ("buffer", "backend", "sqllite"), ("buffer", None, None)],
+)
+def test_check_refuses_what_run_refuses_in_the_keys_it_overrides(
+    tmp_path: Path, section: str, key: str | None, value: object
+) -> None:
+    """check swaps in a memory buffer and no metrics endpoint; the keys it replaces are
+    still validated as written, or check would pass a file `edge run` then refuses."""
+    config = yaml.safe_load(_demo_gateway_without_devices(tmp_path).read_text())
+    if key is None:  # an empty section ("buffer:" with every key commented out)
+        config[section] = None
+    else:
+        config.setdefault(section, {})[key] = value
+    path = tmp_path / "gw-bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = _check(path)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert (f"{section}.{key}: " if key else f"  {section}: ") in out.stderr
+    assert ": ok (gateway" not in out.stderr
 
 
 class _FakeMqttClient:
