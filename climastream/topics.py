@@ -49,6 +49,24 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 TOPIC_ALREADY_EXISTS = 36
 
 
+def unreachable(bootstrap_servers: str) -> str:
+    """What a command says when no bootstrap server answered: where it looked, what to set.
+
+    The default address is a production broker's; the local stack (``stack up``, ``demo``)
+    listens elsewhere, and an operator trying the CLI beside the demo has not set it yet.
+    """
+    text = (
+        f"cannot reach Kafka at {bootstrap_servers}; is it running? "
+        f"(set --kafka or {BOOTSTRAP_ENV})"
+    )
+    if bootstrap_servers == DEFAULT_BOOTSTRAP:
+        text += (
+            "; for the local stack of 'climastream stack up' or 'climastream demo', "
+            'run: eval "$(climastream stack env)"'
+        )
+    return text
+
+
 class TopicsError(RuntimeError):
     """Kafka could not be reached or asked; the message says where and what to set."""
 
@@ -300,10 +318,7 @@ async def open_admin(bootstrap_servers: str, timeout_s: float) -> Any:
         await admin.start()
     except (KafkaError, OSError) as exc:
         await admin.close()
-        raise TopicsError(
-            f"cannot reach Kafka at {bootstrap_servers} ({exc.__class__.__name__}); is it "
-            f"running? (set --kafka or {BOOTSTRAP_ENV})"
-        ) from None
+        raise TopicsError(f"{unreachable(bootstrap_servers)} ({exc.__class__.__name__})") from None
     return admin
 
 

@@ -160,7 +160,7 @@ def _run_console(args: argparse.Namespace) -> int:
 
 
 def _run_tail(args: argparse.Namespace) -> int:
-    from console.tail import TailFilter, tail
+    from console.tail import KafkaUnreachable, TailFilter, tail
 
     kpis = None
     if args.kpi:
@@ -181,4 +181,8 @@ def _run_tail(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except KafkaUnreachable as exc:
+        print(f"tail: {exc}", file=sys.stderr)
+        return 2

@@ -24,6 +24,11 @@ from climastream.contract import (
     decode_batch,
 )
 from climastream.extras import require
+from climastream.topics import unreachable
+
+
+class KafkaUnreachable(RuntimeError):
+    """No bootstrap server answered; the message says where it looked and what to set."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,10 @@ async def tail(
     )
     printed = 0
     try:
-        await consumer.start()
+        try:
+            await consumer.start()
+        except aiokafka.errors.KafkaConnectionError:
+            raise KafkaUnreachable(unreachable(bootstrap_servers)) from None
         await consumer.topics()
         partitions = [
             aiokafka.TopicPartition(topic, p)

@@ -237,16 +237,15 @@ async def start_admin(bootstrap_servers: str) -> Any:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaConnectionError
 
+    from climastream.topics import unreachable
+
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     try:
         await admin.start()
     except KafkaConnectionError:
         with contextlib.suppress(Exception):
             await admin.close()
-        raise KafkaUnreachable(
-            f"cannot reach Kafka at {bootstrap_servers}; is it running? "
-            "(set --kafka or CLIMASTREAM_KAFKA_BOOTSTRAP)"
-        ) from None
+        raise KafkaUnreachable(unreachable(bootstrap_servers)) from None
     return admin
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -198,6 +199,24 @@ def _notify(args: argparse.Namespace) -> int:
     )
 
 
+class KafkaUnreachable(RuntimeError):
+    """No bootstrap server answered; the message says where it looked and what to set."""
+
+
+async def _start(client: Any, bootstrap: str) -> None:
+    """Start an aiokafka client, or raise :class:`KafkaUnreachable` (closed, no traceback)."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from climastream.topics import unreachable
+
+    try:
+        await client.start()
+    except KafkaConnectionError:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise KafkaUnreachable(unreachable(bootstrap)) from None
+
+
 async def read_alerts(
     bootstrap: str, timeout_s: float = 10.0, *, history: list[Any] | None = None
 ) -> dict[str, Any]:
@@ -210,7 +229,7 @@ async def read_alerts(
     from climastream.contract import Alert, ContractError, Topics, decode
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
+    await _start(consumer, bootstrap)
     latest: dict[str, Alert] = {}
     try:
         await consumer.topics()
@@ -243,7 +262,11 @@ async def read_alerts(
 def _list(args: argparse.Namespace) -> int:
     from climastream.contract import encode
 
-    alerts = asyncio.run(read_alerts(_kafka(args)))
+    try:
+        alerts = asyncio.run(read_alerts(_kafka(args)))
+    except KafkaUnreachable as exc:
+        print(f"alerts list: {exc}", file=sys.stderr)
+        return 2
     shown = [
         a for a in alerts.values() if args.all or a.state.value in ACTIVE_STATES
     ]  # fmt: skip
@@ -283,7 +306,7 @@ async def send_action(bootstrap: str, action: Any) -> None:
     from climastream.contract import Topics, encode
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
+    await _start(producer, bootstrap)
     try:
         await producer.send_and_wait(Topics.ALERT_ACTIONS.name, encode(action), key=action.key)
     finally:
@@ -320,14 +343,22 @@ def _action(args: argparse.Namespace) -> int:
     except (ValueError, ContractError) as exc:
         print(f"alerts {args.kind}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(send_action(_kafka(args), action))
+    try:
+        asyncio.run(send_action(_kafka(args), action))
+    except KafkaUnreachable as exc:
+        print(f"alerts {args.kind}: {exc}", file=sys.stderr)
+        return 2
     print(f"alerts {args.kind}: sent {kind.value} for {args.fingerprint} as {args.actor}")
     return 0
 
 
 def _history(args: argparse.Namespace) -> int:
     records: list[Any] = []
-    asyncio.run(read_alerts(_kafka(args), history=records))
+    try:
+        asyncio.run(read_alerts(_kafka(args), history=records))
+    except KafkaUnreachable as exc:
+        print(f"alerts history: {exc}", file=sys.stderr)
+        return 2
     changes = [a for a in records if a.fingerprint == args.fingerprint]
     if not changes:
         print(f"no state changes for {args.fingerprint} on the alerts topic")
