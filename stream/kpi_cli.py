@@ -72,7 +72,13 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"kpi eval: {exc}", file=sys.stderr)
         return 2
     bad = 0
-    stream = _rewindable(sys.stdin if str(args.input) == "-" else args.input.open())
+    try:
+        stream = _rewindable(
+            sys.stdin if str(args.input) == "-" else args.input.open(encoding="utf-8")
+        )
+    except OSError as exc:
+        print(f"kpi eval: --input {args.input}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     # the zone stage waits for every gateway of the input, as the live one waits for every
     # partition: the same readings give the same KPIs however the file orders gateways
     gateways = _gateways(stream)
@@ -147,10 +153,14 @@ def _gateways(stream: IO[str]) -> set[str]:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from stream.config import StreamConfig
+    from stream.config import StreamConfig, StreamConfigError
     from stream.registry import REGISTRY, resolve_window
 
-    config = _config(args.config)
+    try:
+        config = _config(args.config)
+    except StreamConfigError as exc:
+        print(f"kpi list: {exc}", file=sys.stderr)
+        return 2
     assert isinstance(config, StreamConfig)
     for kdef in REGISTRY:
         window = resolve_window(kdef.window, config).describe()

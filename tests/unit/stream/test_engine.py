@@ -803,3 +803,26 @@ def test_uhi_nights_and_local_days_across_the_spring_dst_change(one_at_a_time: b
         (_utc(3, 29, 1), _utc(3, 29, 2)),  # 03:00 CEST: 02:00 does not exist that night
         (_utc(3, 30, 0), _utc(3, 30, 1)),  # 02:00 CEST
     ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (
+            ["kpi", "eval", "--input", "{tmp}/no-such.jsonl"],
+            "kpi eval: --input {tmp}/no-such.jsonl: ",
+        ),
+        (["kpi", "list", "--config", "{tmp}/no-such.yaml"], "kpi list: {tmp}/no-such.yaml: "),
+        (["kpi", "eval", "--input", "{tmp}"], "kpi eval: --input {tmp}: Is a directory"),
+    ],
+)
+def test_kpi_names_a_file_it_cannot_read_without_a_traceback(
+    tmp_path: object, capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    from climastream.cli import main
+
+    tmp = str(tmp_path)
+    assert main([a.format(tmp=tmp) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert says.format(tmp=tmp) in err
+    assert "Traceback" not in err
