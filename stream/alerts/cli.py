@@ -15,6 +15,7 @@ import contextlib
 import os
 import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,40 @@ async def send_action(bootstrap: str, action: Any) -> None:
         await producer.stop()
 
 
+_FINGERPRINT = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+def fingerprint_form(given: str) -> str:
+    """``given`` in lower case if it can be (the start of) a fingerprint, else ValueError."""
+    text = given.strip().lower()
+    if not _FINGERPRINT.match(text):
+        raise ValueError(
+            f"{given!r} is not an alert fingerprint: 8 to 64 hex digits, as "
+            "'climastream alerts list' shows them"
+        )
+    return text
+
+
+def resolve_fingerprint(given: str, known: Iterable[str]) -> str:
+    """The fingerprint on the ``alerts`` topic that ``given`` names: itself, or the one it
+    is a prefix of (``tail --alerts`` shows 12 digits). ValueError saying what is wrong
+    otherwise: the engine ignores an action for a fingerprint it does not know, so sending
+    one would report success for nothing."""
+    text = fingerprint_form(given)
+    known = set(known)
+    if text in known:
+        return text
+    matches = sorted(f for f in known if f.startswith(text))
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise ValueError(f"{given} is the start of several alerts: {', '.join(matches)}")
+    raise ValueError(
+        f"no alert {given} on the alerts topic ('climastream alerts list --all' lists "
+        "them); nothing sent"
+    )
+
+
 def _action(args: argparse.Namespace) -> int:
     from climastream.contract import MAX_SILENCE, AlertAction, AlertActionKind, ContractError
 
@@ -332,23 +367,29 @@ def _action(args: argparse.Namespace) -> int:
                     f"{MAX_SILENCE.days} days"
                 )
             until = now + lasts
+        fingerprint_form(args.fingerprint)  # before asking Kafka
+    except ValueError as exc:
+        print(f"alerts {args.kind}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        alerts = asyncio.run(read_alerts(_kafka(args)))
+        fingerprint = resolve_fingerprint(args.fingerprint, alerts)
         action = AlertAction(
-            fingerprint=args.fingerprint,
+            fingerprint=fingerprint,
             action=kind,
             actor=args.actor,
             at=now,
             until=until,
             comment=args.comment,
         )
-    except (ValueError, ContractError) as exc:
-        print(f"alerts {args.kind}: {exc}", file=sys.stderr)
-        return 2
-    try:
         asyncio.run(send_action(_kafka(args), action))
-    except KafkaUnreachable as exc:
+    except (KafkaUnreachable, ValueError, ContractError) as exc:
         print(f"alerts {args.kind}: {exc}", file=sys.stderr)
         return 2
-    print(f"alerts {args.kind}: sent {kind.value} for {args.fingerprint} as {args.actor}")
+    print(
+        f"alerts {args.kind}: sent {kind.value} for {fingerprint} as {args.actor} "
+        f"({alerts[fingerprint].summary}); the engine applies it, see 'alerts list'"
+    )
     return 0
 
 
