@@ -135,6 +135,9 @@ class Demo:
 
     def start(self, run_id: str, app_id: str = "climastream-kpi") -> None:
         kafka = self.stack.config.kafka_bootstrap
+        # an earlier run's status would be shown as this gateway's until it writes its own
+        # (its first status comes one status interval after the start)
+        (self.workdir / "edge-status.json").unlink(missing_ok=True)
         self._spawn(
             "stream",
             [
