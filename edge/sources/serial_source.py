@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,6 +30,23 @@ from edge.sources import Sample
 from edge.sources.convert import to_samples
 
 log = logging.getLogger(__name__)
+
+
+#: what an installer can do about the usual reasons a port does not open (by errno)
+_OPEN_HINTS = {
+    errno.ENOENT: "no such device: is it plugged in, and is the path right? "
+    "USB sensors are listed in /dev/serial/by-id/",
+    errno.EACCES: "the agent's user may not open it: is it in the dialout group?",
+    errno.EAGAIN: "another process has the port open, such as the running "
+    "climastream-edge service; stop it to test-read this port with edge check",
+    errno.EBUSY: "another process has the port open",
+}
+
+
+def explain_open_error(exc: BaseException) -> str:
+    """``exc`` as text, with what to do about it when the reason is a usual one."""
+    hint = _OPEN_HINTS.get(getattr(exc, "errno", None) or 0)
+    return f"{exc} ({hint})" if hint else str(exc)
 
 
 class SerialSource:
@@ -87,7 +105,7 @@ class SerialSource:
             self._port = await loop.run_in_executor(None, self._open_blocking)
         except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
             self._state = SourceState.CONNECTING
-            error = str(exc)
+            error = explain_open_error(exc)
             if error != self.last_error:  # once per distinct cause, not once per retry
                 log.warning(
                     "serial port cannot be opened, retrying with backoff source=%s port=%s "

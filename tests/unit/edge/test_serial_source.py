@@ -35,3 +35,35 @@ async def test_frames_after_line_noise_decode_and_the_noise_is_counted() -> None
         await source.stop()
         os.close(master)
         os.close(slave)
+
+
+async def test_a_port_that_does_not_open_says_what_to_do(tmp_path: object) -> None:
+    """The reason reaches the log, the status and 'edge check' with the installer's next
+    step: a wrong path, or a port the running service already holds."""
+    import serial
+
+    missing = SerialSource(
+        SerialSourceConfig(name="gone", port=f"{tmp_path}/ttyUSB7", codec="sds011", device_id="s")
+    )
+    await missing.start()
+    assert missing.state is SourceState.CONNECTING
+    assert missing.last_error is not None
+    assert "No such file or directory" in missing.last_error
+    assert "is it plugged in" in missing.last_error
+
+    master, slave = os.openpty()
+    held = serial.Serial(os.ttyname(slave), exclusive=True)  # the service has it
+    busy = SerialSource(
+        SerialSourceConfig(name="busy", port=os.ttyname(slave), codec="sds011", device_id="s")
+    )
+    try:
+        await busy.start()
+        assert busy.state is SourceState.CONNECTING
+        assert busy.last_error is not None
+        assert "another process has the port open" in busy.last_error
+    finally:
+        await busy.stop()
+        await missing.stop()
+        held.close()
+        os.close(master)
+        os.close(slave)
