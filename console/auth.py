@@ -193,7 +193,7 @@ class Credentials:
             except YamlFileError as exc:
                 raise AuthConfigError(f"console auth file {exc}") from None
             except ValidationError as exc:
-                where = "; ".join(error_lines(exc, root="", key_lines=key_lines))
+                where = "; ".join(error_lines(exc, root="", key_lines=key_lines, model=AuthFile))
                 raise AuthConfigError(f"{path}: invalid auth file: {where}") from None
             credentials.users = {u.name: u for u in parsed.users}
             now = credentials.clock()

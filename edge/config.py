@@ -646,7 +646,11 @@ def load_config(
     except ValidationError as exc:
         # drop pydantic's union-tag segment ("serial") so the key path reads like YAML
         problems = error_lines(
-            exc, root="<top>", drop=("simulated", "serial", "mqtt"), key_lines=key_lines
+            exc,
+            root="<top>",
+            drop=("simulated", "serial", "mqtt"),
+            key_lines=key_lines,
+            model=GatewayConfig,
         )
         lines = [f"  {problem}" for problem in problems]
         raise ConfigError(f"{path}: invalid gateway config:\n" + "\n".join(lines)) from None

@@ -197,5 +197,5 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> S
     try:
         return SinkConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(error_lines(exc, key_lines=key_lines))
+        problems = "; ".join(error_lines(exc, key_lines=key_lines, model=SinkConfig))
         raise ConfigError(f"{where}: {problems}") from None

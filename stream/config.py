@@ -135,5 +135,5 @@ class StreamConfig(_Frozen):
         try:
             return cls.model_validate(raw or {})
         except ValidationError as exc:
-            parts = error_lines(exc, key_lines=key_lines)
+            parts = error_lines(exc, key_lines=key_lines, model=cls)
             raise StreamConfigError(f"{path}: " + "; ".join(parts)) from None

@@ -132,7 +132,10 @@ def load_fleet(path: Path) -> FleetConfig:
     except YamlFileError as exc:
         raise ValueError(str(exc)) from None
     except ValidationError as exc:
-        lines = [f"  {problem}" for problem in error_lines(exc, root="", key_lines=key_lines)]
+        lines = [
+            f"  {problem}"
+            for problem in error_lines(exc, root="", key_lines=key_lines, model=FleetConfig)
+        ]
         raise ValueError(f"{path}: invalid simulator fleet:\n" + "\n".join(lines)) from None
 
 

@@ -243,7 +243,7 @@ def config_from_mapping(
     try:
         return NotifyConfig.model_validate(document)
     except ValidationError as exc:
-        parts = error_lines(exc, limit=5, root="<file>", key_lines=key_lines)
+        parts = error_lines(exc, limit=5, root="<file>", key_lines=key_lines, model=NotifyConfig)
         raise ConfigError(f"{where}: " + "; ".join(parts)) from None
 
 

@@ -118,7 +118,9 @@ def test_a_secret_read_from_a_file_is_reported_at_its_file_key(tmp_path: Path) -
     )
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    assert "  sources.0.password: Extra inputs are not permitted (line 7)" in str(caught.value)
+    message = str(caught.value)
+    assert "  sources.0.password: unknown key; this section has: kind, name, port," in message
+    assert message.endswith("(line 7)")
     assert "hunter2" not in str(caught.value)  # the secret itself is never shown
 
 
@@ -133,7 +135,7 @@ def test_other_config_files_carry_lines_and_refuse_duplicates(tmp_path: Path) ->
 
     path = tmp_path / "file.yaml"
     path.write_text("timezone: Europe/Brussels\nwatermark_grace: P1D\nnope: 1\n")
-    with pytest.raises(StreamConfigError, match=r"nope: Extra inputs are not permitted \(line 3\)"):
+    with pytest.raises(StreamConfigError, match=r"nope: unknown key; .* \(line 3\)"):
         StreamConfig.load(path)
     path.write_text("timezone: Europe/Brussels\ntimezone: UTC\n")
     with pytest.raises(StreamConfigError, match="found key 'timezone' a second time"):
@@ -215,3 +217,38 @@ def test_a_character_yaml_does_not_allow_is_named_by_line() -> None:
         YamlFileError, match=r"gw.yaml: .*#x0001 is not allowed \(line 2, column 6\)"
     ):
         parse_yaml('a: 1\nb: "x\x01"\n', "gw.yaml")
+
+
+def test_an_unknown_key_is_called_that_with_the_key_it_is_closest_to(tmp_path: Path) -> None:
+    """A misspelt key is the installer's most common mistake: say which key was meant,
+    in nested sections, list items and tagged-union sources alike."""
+    from edge.config import ConfigError, load_config
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\n"
+        "zome: centre\n"
+        "kafka: {bootstrap_server: k:9092}\n"
+        "metrics: {port: 9108}\n"
+        "sources:\n"
+        "  - kind: serial\n"
+        "    name: s\n"
+        "    port: /dev/ttyUSB0\n"
+        "    codec: framed\n"
+        "    baudrat: 9600\n"
+        "  - kind: mqtt\n"
+        "    name: m\n"
+        "    topics: [t]\n"
+        "    format: json\n"
+        "    devices: {dev1: {zoen: park}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = str(caught.value).splitlines()[1:]
+    assert sorted(lines) == [
+        "  kafka.bootstrap_server: unknown key; did you mean 'bootstrap_servers'? (line 3)",
+        "  metrics.port: unknown key; this section has: listen (line 4)",
+        "  sources.0.baudrat: unknown key; did you mean 'baudrate'? (line 10)",
+        "  sources.1.devices.dev1.zoen: unknown key; did you mean 'zone'? (line 15)",
+        "  zome: unknown key; did you mean 'zone'? (line 2)",
+    ]
