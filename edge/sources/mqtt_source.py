@@ -49,6 +49,11 @@ from edge.sources.convert import to_samples
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+#: A connection that stayed up this long was healthy: after it is lost the source
+#: reconnects after ``reconnect_min_s`` again. One lost sooner doubles the delay, so a
+#: broker that accepts and then drops the client at once (the session taken over by
+#: another client with the same id) is not reconnected to in a tight loop.
+STABLE_S = 10.0
 
 
 class MqttSource:
@@ -98,6 +103,7 @@ class MqttSource:
         self._backoff = config.reconnect_min_s
         self.reconnects = 0
         self._connected_once = False
+        self._connected_at: datetime | None = None
         self._hold_off = 0.0  # wait before the next connect (after a redeliver)
         self._redeliver_backoff = config.reconnect_min_s
         self._closing: set[asyncio.Task[None]] = set()
@@ -155,7 +161,7 @@ class MqttSource:
         self._messages = client.messages.__aiter__()
         self._generation += 1
         self._state = SourceState.UP
-        self._backoff = self._config.reconnect_min_s
+        self._connected_at = self._clock()
         if self._connected_once:
             self.reconnects += 1
         self._connected_once = True
@@ -205,7 +211,7 @@ class MqttSource:
                     messages.append(await incoming.__anext__())
             except (aiomqtt.MqttError, StopAsyncIteration) as exc:
                 if self._current(client, generation):  # not dropped on purpose (redeliver)
-                    log.warning("mqtt connection lost source=%s error=%s", self.name, exc)
+                    self._lost(exc)
                     await self._drop()
                 continue
             if not self._current(client, generation):
@@ -215,6 +221,28 @@ class MqttSource:
                 # before that batch
                 continue
             return self._decode(messages), Delivery(self, client, generation, messages)
+
+    def _lost(self, exc: BaseException) -> None:
+        """Log a lost connection and set the delay before the next connect."""
+        up = (self._clock() - self._connected_at).total_seconds() if self._connected_at else 0.0
+        if up >= STABLE_S:
+            self._backoff = self._config.reconnect_min_s
+        self._hold_off = self._backoff
+        self._backoff = min(self._backoff * 2, self._config.reconnect_max_s)
+        hint = ""
+        if up < STABLE_S:
+            hint = (
+                f" (after {up:.1f}s; if this repeats, another client may be using client id "
+                f"{self._client_id!r} and taking the session over, such as a second agent "
+                "with this gateway's config)"
+            )
+        log.warning(
+            "mqtt connection lost, reconnecting in %.1fs source=%s error=%s%s",
+            self._hold_off,
+            self.name,
+            exc,
+            hint,
+        )
 
     def _decode(self, messages: list[Any]) -> list[Sample]:
         from dataclasses import replace

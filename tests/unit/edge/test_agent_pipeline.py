@@ -13,7 +13,7 @@ import logging
 import sqlite3
 import types
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -480,3 +480,59 @@ async def test_a_read_waiting_on_a_connection_dropped_for_redelivery_returns_not
     pending.cancel()
     await source.stop()
     assert stored == [1.0, 2.0]  # each once, in the order they were sent
+
+
+async def test_a_connection_dropped_at_once_is_retried_with_a_growing_delay(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second agent with the same gateway config (same client id) takes the session
+    over: the broker drops the other one right after it connects. Each then reconnected at
+    once, kicking the other out: thousands of reconnects and log lines a second on both.
+    Now a connection lost before it was stable doubles the delay before the next connect,
+    the log says what may be going on, and a connection that was stable is retried after
+    reconnect_min_s again."""
+    import aiomqtt
+
+    from edge.config import MqttSourceConfig
+    from edge.sources import mqtt_source
+    from edge.sources.mqtt_source import MqttSource
+
+    now = [datetime(2026, 11, 24, 7, 0, tzinfo=UTC)]
+    session = FakeSession([])
+    up_for = [0.0] * 5 + [3600.0] + [0.0]  # how long each connection lasts
+
+    class TakenOver(FakeMqttClient):
+        async def __anext__(self) -> Any:
+            if len(session.connections) > 50:  # reconnecting in a tight loop
+                raise asyncio.CancelledError
+            now[0] += timedelta(seconds=up_for[min(len(session.connections), len(up_for)) - 1])
+            raise aiomqtt.MqttError("Disconnected during message iteration")
+
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        now[0] += timedelta(seconds=seconds)
+        if len(delays) >= len(up_for):
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(aiomqtt, "Client", lambda *a, **k: TakenOver(session))
+    monkeypatch.setattr(mqtt_source.asyncio, "sleep", sleep)
+    source = MqttSource(
+        MqttSourceConfig(
+            name="lora",
+            topics=("city/#",),
+            format="senml",
+            reconnect_min_s=0.5,
+            reconnect_max_s=4,
+        ),
+        gateway_id="gw1",
+        clock=lambda: now[0],
+    )
+    await source.start()
+    with caplog.at_level(logging.WARNING), pytest.raises(asyncio.CancelledError):
+        await source.read_acked()
+
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 0.5, 1.0]
+    assert len(session.connections) == len(up_for)
+    assert "another client may be using client id 'climastream-gw1-lora'" in caplog.text
