@@ -78,8 +78,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="follow readings, KPIs or alerts live in the terminal, filtered",
         description=(
             "Print live records from Kafka, filtered. Filters combine with AND and may be "
-            "repeated (OR within one filter). By default readings are shown; --kpi and "
-            "--alerts switch to KPIs and/or alerts (add --readings to keep readings too)."
+            "repeated (OR within one filter). By default readings are shown; --kpi, "
+            "--alerts and --status switch to KPIs, alerts and/or gateway status (add "
+            "--readings to keep readings too)."
         ),
     )
     tail.add_argument("--kafka", metavar="HOST:PORT", help=_KAFKA_HELP)
@@ -95,6 +96,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="show KPI values (of KPI_ID, e.g. eaqi; without a value: every KPI)",
     )
     tail.add_argument("--alerts", action="store_true", help="show alert state changes")
+    tail.add_argument(
+        "--status",
+        action="store_true",
+        help="show the gateways' status reports (sources, buffer, sent, drops)",
+    )
+    tail.add_argument(
+        "--gateway", action="append", default=[], help="gateway id (readings, alerts, status)"
+    )
     tail.add_argument("--readings", action="store_true", help="show readings with --kpi/--alerts")
     tail.add_argument(
         "--backfill", type=int, default=0, metavar="N", help="start N records back per partition"
@@ -171,7 +180,9 @@ def _run_tail(args: argparse.Namespace) -> int:
         quantities=frozenset(args.quantity),
         kpis=kpis,
         alerts=args.alerts,
-        readings=args.readings or (kpis is None and not args.alerts),
+        readings=args.readings or (kpis is None and not args.alerts and not args.status),
+        status=args.status,
+        gateways=frozenset(args.gateway),
     )
 
     async def main() -> int:

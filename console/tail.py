@@ -2,8 +2,9 @@
 
 For operators and installers over SSH: ``climastream tail --zone centre`` prints each
 reading of that zone as it arrives; ``--kpi eaqi`` adds KPI values, ``--alerts`` alert state
-changes. Filters combine with AND; each may be repeated (OR within one filter). Reading is
-group-less: tailing never moves an offset anything else depends on.
+changes, ``--status`` the gateways' periodic health reports. Filters combine with AND; each
+may be repeated (OR within one filter). Reading is group-less: tailing never moves an offset
+anything else depends on.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from climastream.contract import (
     Alert,
     ContractError,
+    GatewayStatus,
     KpiValue,
     Reading,
     Topics,
@@ -42,6 +44,9 @@ class TailFilter:
     kpis: frozenset[str] | None = None
     alerts: bool = False
     readings: bool = True
+    #: gateway-status records (a gateway's health: sources, buffer, sent, drops)
+    status: bool = False
+    gateways: frozenset[str] = frozenset()
     topics: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -52,11 +57,14 @@ class TailFilter:
             topics.append(Topics.KPI.name)
         if self.alerts:
             topics.append(Topics.ALERTS.name)
+        if self.status:
+            topics.append(Topics.GATEWAY_STATUS.name)
         object.__setattr__(self, "topics", tuple(topics))
 
     def reading(self, reading: Reading) -> bool:
         return (
-            (not self.devices or reading.device_id in self.devices)
+            (not self.gateways or reading.gateway_id in self.gateways)
+            and (not self.devices or reading.device_id in self.devices)
             and (not self.zones or reading.zone in self.zones)
             and (not self.quantities or reading.quantity.value in self.quantities)
         )
@@ -77,9 +85,13 @@ class TailFilter:
     def alert(self, alert: Alert) -> bool:
         return (
             self.alerts
+            and (not self.gateways or alert.gateway_id in self.gateways)
             and (not self.devices or alert.device_id in self.devices)
             and (not self.zones or alert.zone in self.zones)
         )
+
+    def gateway_status(self, status: GatewayStatus) -> bool:
+        return self.status and (not self.gateways or status.gateway_id in self.gateways)
 
 
 _STATE_STYLE = {
@@ -143,6 +155,29 @@ def format_alert(alert: Alert) -> Any:
     )
 
 
+def format_status(status: GatewayStatus) -> Any:
+    """One gateway's health: its sources, buffer, what Kafka took, what was dropped."""
+    text = require("rich.text", "console")
+    sources = " ".join(f"{name}:{state.value}" for name, state in sorted(status.sources.items()))
+    oldest = status.buffer_oldest_age_s
+    buffered = f"buffered={status.buffer_depth}" + (f" (oldest {oldest:.0f}s)" if oldest else "")
+    dropped = sum(status.dropped.values())
+    problems = [f"dropped={dropped} {dict(sorted(status.dropped.items()))}"] if dropped else []
+    if status.decode_errors:
+        problems.append(f"decode_errors={dict(sorted(status.decode_errors.items()))}")
+    if status.model_errors:
+        problems.append(f"model_errors={dict(sorted(status.model_errors.items()))}")
+    down = any(state.value != "up" for state in status.sources.values())
+    return text.Text.assemble(
+        (status.time.strftime("%H:%M:%S") + "     ", "dim"),
+        ("status  ", "green"),
+        (f"{status.gateway_id:<16} ", "bold"),
+        (sources + " ", "yellow" if down else ""),
+        f"{buffered} sent={status.readings_sent_total}",
+        ((" " + " ".join(problems)) if problems else "", "yellow"),
+    )
+
+
 def render_record(topic: str, raw: bytes, flt: TailFilter) -> Iterable[Any]:
     """The lines to print for one record (none if filtered out). Raises ContractError."""
     return render(topic, raw, flt)[0]
@@ -165,6 +200,9 @@ def render(topic: str, raw: bytes, flt: TailFilter) -> tuple[list[Any], str]:
     if topic == Topics.ALERTS.name:
         alert = decode(raw, Alert)
         return ([format_alert(alert)] if flt.alert(alert) else []), ""
+    if topic == Topics.GATEWAY_STATUS.name:
+        status = decode(raw, GatewayStatus)
+        return ([format_status(status)] if flt.gateway_status(status) else []), ""
     return [], ""
 
 
