@@ -40,6 +40,7 @@ from pydantic import (
 
 from climastream.contract import AlertSeverity, Quantity
 from climastream.durations import Duration, parse_duration
+from climastream.validation import unknown_key
 from climastream.yamlfile import KeyLines, YamlFileError, load_yaml
 
 __all__ = [
@@ -325,7 +326,10 @@ def rules_from_mapping(
                     isinstance(written, dict) and path[2] not in written and path[2] in defaults
                 )
                 suffix = key_lines.suffix(["defaults", *path[2:]] if from_defaults else path)
-            parts.append(f"{'.'.join(loc)}: {error['msg']}{suffix}")
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = unknown_key(RuleSet, error["loc"])
+            parts.append(f"{'.'.join(loc)}: {message}{suffix}")
         raise RulesError(f"{where}: " + "; ".join(parts)) from None
 
 

@@ -93,3 +93,22 @@ def test_which_shipped_rules_are_about_missing_data() -> None:
     """These are held after a gateway outage until their data post-dates it."""
     missing = {rule.id for rule in load_rules().rules if rule.about_missing_data}
     assert missing == {"sensor-stale", "data-completeness"}
+
+
+def test_a_misspelt_rule_key_names_the_key_that_was_meant(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - id: eaqi-poor\n"
+        "    kind: threshold\n"
+        "    source: kpi\n"
+        "    kpi_id: eaqi\n"
+        "    set: 4\n"
+        "    clear: 3\n"
+        "    fr: 1h\n"
+    )
+    assert main(["alerts", "rules", "--check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "rules.0(eaqi-poor).fr: unknown key; did you mean 'for'? (line 8)" in err
