@@ -26,6 +26,7 @@ from climastream.contract import (
     encode,
 )
 from climastream.extras import require
+from climastream.topics import unreachable
 from console.state import DeviceInfo, LiveState
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,12 @@ class KafkaFeed:
             auto_offset_reset="latest",
         )
         try:
-            await consumer.start()
+            try:
+                await consumer.start()
+            except aiokafka.errors.KafkaConnectionError:
+                raise FeedError(unreachable(self.settings.bootstrap_servers)) from None
             await self._assign(consumer, aiokafka.TopicPartition)
+            self.state.feed_up()
             self.ready.set()
             while not stop.is_set():
                 batches = await consumer.getmany(

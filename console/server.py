@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -35,8 +36,14 @@ class ConsoleSettings:
     feed: FeedSettings = field(default_factory=FeedSettings)
 
 
-async def supervise(name: str, run: object, stop: asyncio.Event) -> None:
-    """Re-run ``run(stop)`` after failures (broker outage) with capped backoff."""
+async def supervise(
+    name: str,
+    run: object,
+    stop: asyncio.Event,
+    on_error: Callable[[str], None] | None = None,
+) -> None:
+    """Re-run ``run(stop)`` after failures (broker outage) with capped backoff;
+    ``on_error`` is told each failure, as the operator should see it."""
     backoff = 1.0
     while not stop.is_set():
         try:
@@ -46,6 +53,8 @@ async def supervise(name: str, run: object, stop: asyncio.Event) -> None:
             raise
         except Exception as exc:
             log.warning("%s failed, retrying in %.0fs: %s", name, backoff, exc)
+            if on_error is not None:
+                on_error(f"{exc or exc.__class__.__name__}; retrying in {backoff:.0f}s")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
             backoff = min(backoff * 2, 30.0)
@@ -82,7 +91,7 @@ async def serve(settings: ConsoleSettings, credentials: Credentials, stop: async
     await site.start()
     print(f"console: listening on http://{settings.host}:{settings.port}/", flush=True)
     tasks = [
-        asyncio.create_task(supervise("kafka feed", feed.run, stop)),
+        asyncio.create_task(supervise("kafka feed", feed.run, stop, state.feed_down)),
         asyncio.create_task(hub.run(stop)),
     ]
     try:

@@ -237,6 +237,9 @@ class LiveState:
         self.counts: dict[str, int] = {"readings": 0, "kpis": 0, "alerts": 0, "gateway_status": 0}
         self.rejected: dict[str, int] = {}
         self._rate: deque[tuple[int, int]] = deque(maxlen=16)
+        #: whether the Kafka feed is reading, and why not: an empty page must say so
+        self.feed_connected = False
+        self.feed_error: str | None = None
         self._dirty: set[str] = set(PANELS)
 
     # ------------------------------------------------------------------ input
@@ -248,6 +251,16 @@ class LiveState:
 
     def mark(self, *panels: str) -> None:
         self._dirty.update(panels)
+
+    def feed_up(self) -> None:
+        """The Kafka feed is connected and reading its topics."""
+        self.feed_connected, self.feed_error = True, None
+        self._dirty.add("stats")
+
+    def feed_down(self, error: str) -> None:
+        """The Kafka feed failed (``error`` says how) and is retrying."""
+        self.feed_connected, self.feed_error = False, error[:300]
+        self._dirty.add("stats")
 
     def reject(self, topic: str) -> None:
         """Count a record that failed the contract, or some of whose readings did (the
@@ -629,4 +642,5 @@ class LiveState:
             "devices": len(self.devices),
             "series": len(self.device_series) + len(self.zone_series),
             "now": self.clock().isoformat(),
+            "feed": {"connected": self.feed_connected, "error": self.feed_error},
         }

@@ -357,8 +357,17 @@ function renderGateways(snapshot) {
 }
 
 function renderStats(snapshot) {
-  document.getElementById("rate").textContent =
-    `${fmt(snapshot.readings_per_s, 0)} readings/s · ${snapshot.devices} devices · ${snapshot.counts.readings} readings`;
+  const rate = document.getElementById("rate");
+  const feed = snapshot.feed;
+  if (feed && !feed.connected) {
+    // the page would otherwise look live and empty: say that no data is coming, and why
+    rate.textContent = feed.error ? `no data from Kafka: ${feed.error}` : "connecting to Kafka…";
+    rate.className = "rate conn down";
+  } else {
+    rate.textContent =
+      `${fmt(snapshot.readings_per_s, 0)} readings/s · ${snapshot.devices} devices · ${snapshot.counts.readings} readings`;
+    rate.className = "rate";
+  }
   document.getElementById("clock").textContent = new Date(snapshot.now).toLocaleTimeString();
 }
 
