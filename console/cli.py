@@ -109,6 +109,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--backfill", type=int, default=0, metavar="N", help="start N records back per partition"
     )
     tail.add_argument("--max-lines", type=int, default=0, help="exit after N lines (0: never)")
+    tail.add_argument(
+        "--json",
+        action="store_true",
+        help="one record per line as JSON (readings: one Reading per line, the input of "
+        "'climastream kpi eval')",
+    )
     tail.set_defaults(func=_run_tail)
 
 
@@ -188,7 +194,12 @@ def _run_tail(args: argparse.Namespace) -> int:
     async def main() -> int:
         stop = stop_on_signals()
         await tail(
-            _bootstrap(args.kafka), flt, stop=stop, backfill=args.backfill, max_lines=args.max_lines
+            _bootstrap(args.kafka),
+            flt,
+            stop=stop,
+            backfill=args.backfill,
+            max_lines=args.max_lines,
+            as_json=args.json,
         )
         return 0
 

@@ -24,6 +24,7 @@ from climastream.contract import (
     Topics,
     decode,
     decode_batch,
+    encode,
 )
 from climastream.extras import require
 from climastream.topics import unreachable
@@ -178,12 +179,23 @@ def format_status(status: GatewayStatus) -> Any:
     )
 
 
-def render_record(topic: str, raw: bytes, flt: TailFilter) -> Iterable[Any]:
-    """The lines to print for one record (none if filtered out). Raises ContractError."""
-    return render(topic, raw, flt)[0]
+def _as_json(record: Any) -> str:
+    return encode(record).decode()
 
 
-def render(topic: str, raw: bytes, flt: TailFilter) -> tuple[list[Any], str]:
+def render_record(
+    topic: str, raw: bytes, flt: TailFilter, *, as_json: bool = False
+) -> Iterable[Any]:
+    """The lines to print for one record (none if filtered out). Raises ContractError.
+
+    ``as_json``: each line is the record as JSON, one reading per line for a batch, the
+    input ``climastream kpi eval`` reads."""
+    return render(topic, raw, flt, as_json=as_json)[0]
+
+
+def render(
+    topic: str, raw: bytes, flt: TailFilter, *, as_json: bool = False
+) -> tuple[list[Any], str]:
     """:func:`render_record`, and what of the record was skipped ("" if nothing).
 
     Of a ``readings`` record, the readings that satisfy the contract are shown, as every
@@ -192,17 +204,24 @@ def render(topic: str, raw: bytes, flt: TailFilter) -> tuple[list[Any], str]:
     """
     if topic == Topics.READINGS.name:
         split = decode_batch(raw)
-        lines = [format_reading(r) for r in split.readings if flt.reading(r)]
+        readings = [r for r in split.readings if flt.reading(r)]
+        lines = [_as_json(r) if as_json else format_reading(r) for r in readings]
         return lines, split.dead_letter_error(limit=300) if split.rejected else ""
     if topic == Topics.KPI.name:
         kpi = decode(raw, KpiValue)
-        return ([format_kpi(kpi)] if flt.kpi(kpi) else []), ""
+        if not flt.kpi(kpi):
+            return [], ""
+        return [_as_json(kpi) if as_json else format_kpi(kpi)], ""
     if topic == Topics.ALERTS.name:
         alert = decode(raw, Alert)
-        return ([format_alert(alert)] if flt.alert(alert) else []), ""
+        if not flt.alert(alert):
+            return [], ""
+        return [_as_json(alert) if as_json else format_alert(alert)], ""
     if topic == Topics.GATEWAY_STATUS.name:
         status = decode(raw, GatewayStatus)
-        return ([format_status(status)] if flt.gateway_status(status) else []), ""
+        if not flt.gateway_status(status):
+            return [], ""
+        return [_as_json(status) if as_json else format_status(status)], ""
     return [], ""
 
 
@@ -214,8 +233,11 @@ async def tail(
     backfill: int = 0,
     max_lines: int = 0,
     console: Any = None,
+    as_json: bool = False,
 ) -> int:
-    """Print matching records until ``stop`` (or ``max_lines``). Returns lines printed."""
+    """Print matching records until ``stop`` (or ``max_lines``). Returns lines printed.
+
+    ``as_json``: JSON lines on stdout (see :func:`render_record`) instead of a rich table."""
     aiokafka = require("aiokafka", "console")
     rich_console = require("rich.console", "console")
     out = console or rich_console.Console(highlight=False, soft_wrap=True)
@@ -253,14 +275,17 @@ async def tail(
             for tp, records in batches.items():
                 for record in records:
                     try:
-                        lines, skipped = render(tp.topic, record.value, flt)
+                        lines, skipped = render(tp.topic, record.value, flt, as_json=as_json)
                     except ContractError as exc:
                         err.print(f"tail: skipped a bad record on {tp.topic}: {exc}")
                         continue
                     if skipped:
                         err.print(f"tail: skipped bad readings on {tp.topic}: {skipped}")
                     for line in lines:
-                        out.print(line)
+                        if as_json:
+                            sys.stdout.write(line + "\n")
+                        else:
+                            out.print(line)
                         printed += 1
                         if max_lines and printed >= max_lines:
                             return printed

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import orjson
+import pytest
 from rich.console import Console
 
-from climastream.contract import GatewayStatus, SourceState, Topics, encode
+from climastream.contract import GatewayStatus, SourceState, Topics, decode, encode
 from console.tail import TailFilter, render_record
 
 
@@ -48,3 +51,40 @@ def test_status_shows_a_gateways_health_report_and_only_that() -> None:
     assert "dropped=2 {'buffer_full': 2}" in text
     assert list(render_record(Topics.GATEWAY_STATUS.name, _status("gw-other"), flt)) == []
     assert list(render_record(Topics.GATEWAY_STATUS.name, _status("gw-x"), TailFilter())) == []
+
+
+def test_json_lines_of_readings_are_what_kpi_eval_reads(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """'tail --json' is how an operator captures readings for 'kpi eval': one Reading per
+    line, as the wire contract has it, filtered like the table."""
+    from climastream.cli import main
+    from climastream.contract import Quantity, Reading, ReadingBatch
+
+    at = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)
+    batch = ReadingBatch(
+        gateway_id="gw1",
+        readings=tuple(
+            Reading(
+                device_id=device,
+                gateway_id="gw1",
+                seq=seq,
+                quantity=Quantity.TEMPERATURE,
+                value=20.0 + seq / 10,
+                unit="Cel",
+                event_time=at + timedelta(seconds=seq),
+                ingest_time=at + timedelta(seconds=seq),
+                zone=zone,
+            )
+            for seq, (device, zone) in enumerate([("t1", "centre"), ("t2", "park")] * 30)
+        ),
+    )
+    flt = TailFilter(zones=frozenset({"centre"}))
+    lines = list(render_record(Topics.READINGS.name, encode(batch), flt, as_json=True))
+    assert len(lines) == 30
+    assert all(decode(line, Reading).zone == "centre" for line in lines)
+    path = Path(str(tmp_path)) / "r.jsonl"
+    path.write_text("".join(line + "\n" for line in lines))
+    assert main(["kpi", "eval", "--input", str(path), "--kpi", "stat.count"]) == 0
+    kpis = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {k["value"] for k in kpis if k.get("device_id") == "t1"} == {30.0}
