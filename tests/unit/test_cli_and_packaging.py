@@ -49,6 +49,33 @@ def test_python_dash_m_runs_the_same_command_line() -> None:
     assert "usage: climastream" in out.stdout
 
 
+def test_output_piped_into_head_ends_without_a_traceback(tmp_path: Path) -> None:
+    """`climastream kpi eval ... | head` printed a BrokenPipeError traceback."""
+    readings = tmp_path / "r.jsonl"
+    readings.write_text(
+        "".join(
+            f'{{"device_id": "t{i % 50}", "gateway_id": "gw1", "seq": {i}, '
+            f'"quantity": "temperature", "value": 21.5, "unit": "Cel", '
+            f'"event_time": "2026-07-01T21:{i // 60 % 60:02d}:{i % 60:02d}Z", '
+            f'"ingest_time": "2026-07-01T21:{i // 60 % 60:02d}:{i % 60:02d}Z", '
+            f'"zone": "z{i % 7}"}}\n'
+            for i in range(3000)
+        )
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "climastream", "kpi", "eval", "--input", str(readings)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert run.stdout is not None
+    run.stdout.readline()
+    run.stdout.close()  # what head does after its lines
+    _, err = run.communicate(timeout=60)
+    assert b"Traceback" not in err, err.decode()
+    assert b"BrokenPipeError" not in err
+
+
 def test_edge_extra_excludes_cloud_dependencies() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     edge = " ".join(project["optional-dependencies"]["edge"]).lower()
