@@ -248,6 +248,14 @@ async def _check_sources(config: Any, count: int, wait_s: float) -> int:
         agent.buffer.ack(Kind.READING, 2**62)
         errors = dict(source.decode_errors)
         why = getattr(source, "last_error", None)
+        if not why and not got and source.state.value == "up":
+            topics = getattr(source, "topics", None)
+            why = (
+                f"connected, but no message on {', '.join(topics)} within {wait_s:g} s: "
+                "check the topic filters; a LoRaWAN device may send less often (--timeout)"
+                if topics
+                else f"open, but nothing decoded within {wait_s:g} s: check codec and baudrate"
+            )
         print(
             f"source {source.name}: {source.state.value}, {got} readings"
             + (f", decode errors {errors}" if errors else "")

@@ -104,6 +104,8 @@ class MqttSource:
         self.reconnects = 0
         self._connected_once = False
         self._connected_at: datetime | None = None
+        #: why the source is not up (for `edge check`), None while it is
+        self.last_error: str | None = None
         self._hold_off = 0.0  # wait before the next connect (after a redeliver)
         self._redeliver_backoff = config.reconnect_min_s
         self._closing: set[asyncio.Task[None]] = set()
@@ -115,6 +117,11 @@ class MqttSource:
     @property
     def decode_errors(self) -> dict[str, int]:
         return self._errors
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The topic filters the source subscribes to."""
+        return tuple(self._config.topics)
 
     def _zone(self, device: str) -> str | None:
         meta = self._devices.get(device)
@@ -162,6 +169,7 @@ class MqttSource:
         self._generation += 1
         self._state = SourceState.UP
         self._connected_at = self._clock()
+        self.last_error = None
         if self._connected_once:
             self.reconnects += 1
         self._connected_once = True
@@ -199,7 +207,15 @@ class MqttSource:
                 try:
                     await self._connect()
                 except (aiomqtt.MqttError, OSError) as exc:
-                    log.warning("mqtt connect failed source=%s error=%s", self.name, exc)
+                    broker = self._config.broker
+                    self.last_error = f"cannot connect to {broker.host}:{broker.port}: {exc}"
+                    log.warning(
+                        "mqtt connect failed source=%s broker=%s:%s error=%s",
+                        self.name,
+                        broker.host,
+                        broker.port,
+                        exc,
+                    )
                     await asyncio.sleep(self._backoff)
                     self._backoff = min(self._backoff * 2, self._config.reconnect_max_s)
                     continue
@@ -225,6 +241,8 @@ class MqttSource:
     def _lost(self, exc: BaseException) -> None:
         """Log a lost connection and set the delay before the next connect."""
         up = (self._clock() - self._connected_at).total_seconds() if self._connected_at else 0.0
+        broker = self._config.broker
+        self.last_error = f"connection to {broker.host}:{broker.port} lost: {exc}"
         if up >= STABLE_S:
             self._backoff = self._config.reconnect_min_s
         self._hold_off = self._backoff

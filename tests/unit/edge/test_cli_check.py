@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -204,3 +205,71 @@ async def test_check_never_uses_the_services_persistent_mqtt_session(
     await service._connect()
     assert _FakeMqttClient.made[-1].identifier == "climastream-gw1-lora"
     assert not _FakeMqttClient.made[-1].clean_session
+
+
+class _SilentMqttClient(_FakeMqttClient):
+    """Connects and subscribes, and no message ever comes (a topic filter that matches
+    nothing the network server publishes)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.messages = _SilentMessages()
+
+
+class _SilentMessages(list[Any]):
+    def __aiter__(self) -> _SilentMessages:
+        return self
+
+    async def __anext__(self) -> Any:
+        await asyncio.Event().wait()
+
+
+class _RefusedMqttClient(_FakeMqttClient):
+    async def __aenter__(self) -> _FakeMqttClient:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+@pytest.mark.parametrize(
+    ("client", "says"),
+    [
+        (
+            _SilentMqttClient,
+            "source lora: up, 0 readings (connected, but no message on "
+            "application/+/devices/+/event/up within 0.3 s: check the topic filters",
+        ),
+        (
+            _RefusedMqttClient,
+            "source lora: connecting, 0 readings (cannot connect to mqtt.example:1884: "
+            "[Errno 111] Connection refused)",
+        ),
+    ],
+)
+async def test_check_says_why_an_mqtt_source_gave_no_readings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], client: type, says: str
+) -> None:
+    import aiomqtt
+
+    from edge.cli import _check_sources
+    from edge.config import GatewayConfig
+
+    monkeypatch.setattr(aiomqtt, "Client", client)
+    config = GatewayConfig.model_validate(
+        {
+            "gateway_id": "gw1",
+            "metrics": {"listen": None},
+            "buffer": {"backend": "memory"},
+            "sources": [
+                {
+                    "kind": "mqtt",
+                    "name": "lora",
+                    "broker": {"host": "mqtt.example", "port": 1884},
+                    "topics": ["application/+/devices/+/event/up"],
+                    "format": "chirpstack",
+                    "lorawan_codec": "cayenne",
+                    "reconnect_min_s": 0.05,
+                }
+            ],
+        }
+    )
+    assert await _check_sources(config, 3, 0.3) == 1
+    assert says in capsys.readouterr().err
