@@ -67,6 +67,16 @@ def unreachable(bootstrap_servers: str) -> str:
     return text
 
 
+def quiet_client_logs() -> None:
+    """For a one-shot command a person types (alerts list, ack, tail): aiokafka's own log
+    lines ('Updating subscribed topics to: ...', 'Unable connect to ...') only repeat what
+    the command prints itself. ``climastream --log-level DEBUG`` keeps them."""
+    import logging
+
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
 class TopicsError(RuntimeError):
     """Kafka could not be reached or asked; the message says where and what to set."""
 

@@ -175,6 +175,9 @@ def _run_console(args: argparse.Namespace) -> int:
 
 
 def _run_tail(args: argparse.Namespace) -> int:
+    from climastream.topics import quiet_client_logs
+
+    quiet_client_logs()
     from console.tail import KafkaUnreachable, TailFilter, tail
 
     kpis = None

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from climastream.cli import add_metrics_host
+from climastream.topics import quiet_client_logs
 
 ACTIVE_STATES = ("pending", "firing", "acknowledged", "silenced")
 
@@ -261,6 +262,7 @@ async def read_alerts(
 
 
 def _list(args: argparse.Namespace) -> int:
+    quiet_client_logs()
     from climastream.contract import encode
 
     try:
@@ -349,6 +351,7 @@ def resolve_fingerprint(given: str, known: Iterable[str]) -> str:
 
 
 def _action(args: argparse.Namespace) -> int:
+    quiet_client_logs()
     from climastream.contract import MAX_SILENCE, AlertAction, AlertActionKind, ContractError
 
     kind = {
@@ -394,6 +397,7 @@ def _action(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
+    quiet_client_logs()
     records: list[Any] = []
     try:
         asyncio.run(read_alerts(_kafka(args), history=records))

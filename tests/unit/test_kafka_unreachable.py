@@ -32,9 +32,18 @@ def nowhere() -> str:
     ],
 )
 def test_an_unreachable_broker_is_one_line_not_a_traceback(
-    argv: list[str], nowhere: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    nowhere: str,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("aiokafka"), "level", logging.NOTSET)
     assert main([*argv, "--kafka", nowhere]) == 2
+    # aiokafka's 'Unable connect to ...' would only repeat the line below
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")] == []
     err = capsys.readouterr().err
     assert f"{argv[0]}" in err
     assert f"cannot reach Kafka at {nowhere}; is it running?" in err
