@@ -326,12 +326,26 @@ class Stack:
         if install:
             ensure_apt_packages()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._start_kafka()
-        if self.pid("mqtt") is None:
-            # a new stack: no sessions from an earlier one (see the module docstring)
-            (self.dir / MOSQUITTO_DB).unlink(missing_ok=True)
-        self._start_mqtt()
-        self._start_tsdb()
+        # what this call starts, to stop again if the stack cannot come up as a whole: a
+        # half stack left running would be adopted as "up" by the next `up`, or linger
+        was_running = {service for service in SERVICES if self.pid(service) is not None}
+        try:
+            self._start_kafka()
+            if self.pid("mqtt") is None:
+                # a new stack: no sessions from an earlier one (see the module docstring)
+                (self.dir / MOSQUITTO_DB).unlink(missing_ok=True)
+            self._start_mqtt()
+            self._start_tsdb()
+            self._wait_ready(timeout)
+        except StackError:
+            for service in SERVICES:
+                if service not in was_running:
+                    self.stop_service(service)
+                    self._pidfile(service).unlink(missing_ok=True)
+            raise
+        self.create_topics()
+
+    def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         for service, ready in self._readiness().items():
             while not ready():
@@ -345,7 +359,6 @@ class Stack:
                         f"see {self.dir / (service + '.log')}"
                     )
                 time.sleep(0.2)
-        self.create_topics()
 
     def down(self, timeout: float = 10.0) -> list[str]:
         """Stop our services (SIGTERM, then SIGKILL); returns the names stopped."""
