@@ -1,6 +1,13 @@
 """Live KPI pipeline on the real broker: two workers, one SIGKILLed mid-run and restarted;
-the KPIs must equal ``climastream kpi eval`` over the same readings. Also: a late reading
-lands on ``late-readings``, and the last (quiet) windows are still emitted."""
+every reading must be in a KPI or on ``late-readings``: the KPIs must equal ``climastream
+kpi eval`` over the readings that were not routed late. Also: a late reading lands on
+``late-readings``, and the last (quiet) windows are still emitted.
+
+Why not all the readings: once a partition is caught up, stage 1 closes windows on the wall
+clock (end + grace, 1 s here). A worker that does not run for about two seconds (a loaded
+machine, a rebalance, a restart beside it) takes the readings that reached the broker
+meanwhile as late when it resumes; they are counted and routed, never lost, and ``kpi eval``
+(event time only) keeps them. The test failed once in a full run for that reason."""
 
 from __future__ import annotations
 
@@ -124,6 +131,31 @@ async def _consume(
     return [value for _, value in records if value is not None]
 
 
+def _late_of_run(bootstrap: str, since: dict[int, int], run: str) -> set[tuple[str, int]]:
+    """(device, seq) of this run's readings that stage 1 routed to ``late-readings``."""
+    batches = [decode(raw, ReadingBatch) for raw in asyncio.run(_consume(bootstrap,
+               "late-readings", 1, since))]  # fmt: skip
+    return {(r.device_id, r.seq) for b in batches for r in b.readings if r.device_id.endswith(run)}
+
+
+def _kpi_eval(
+    readings: list[Reading], path: Path, config: Path
+) -> dict[tuple[object, ...], KpiValue]:
+    """``climastream kpi eval`` over ``readings`` (written to ``path``), by key, as the test
+    collects the live ones: daily KPIs (their day has not ended) and empty windows left out."""
+    path.write_bytes(b"".join(encode(r) + b"\n" for r in readings))
+    out = subprocess.run(
+        [sys.executable, "-m", "climastream.cli", "kpi", "eval", "--input", str(path),
+         "--config", str(config)],
+        capture_output=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout  # fmt: skip
+    return {
+        _key(k): k
+        for k in (decode(line, KpiValue) for line in out.splitlines())
+        if k.kpi_id not in DAILY and k.sample_count > 0
+    }
+
+
 def _key(kpi: KpiValue) -> tuple[object, ...]:
     return (kpi.kpi_id, kpi.zone, kpi.device_id, kpi.quantity, kpi.window_start, kpi.window_end)
 
@@ -228,16 +260,12 @@ def test_two_workers_sigkill_restart_equals_kpi_eval(
     )  # fmt: skip
     asyncio.run(_produce(bootstrap, [late]))
 
-    expected_out = subprocess.run(
-        [sys.executable, "-m", "climastream.cli", "kpi", "eval", "--input",
-         str(tmp_path / "readings.jsonl"), "--config", str(workers.config)],
-        capture_output=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    ).stdout  # fmt: skip
-    expected = {
-        _key(k): k
-        for k in (decode(line, KpiValue) for line in expected_out.splitlines())
-        if k.kpi_id not in DAILY
-    }
+    def on_time(routed_late: set[tuple[str, int]]) -> dict[tuple[object, ...], KpiValue]:
+        kept = [r for r in readings if (r.device_id, r.seq) not in routed_late]
+        return _kpi_eval(kept, tmp_path / "readings-kept.jsonl", workers.config)
+
+    routed: set[tuple[str, int]] = set()
+    expected = on_time(routed)
     assert len(expected) > 200
 
     zones = {f"za-{run}", f"zb-{run}", f"zr-{run}"}
@@ -250,8 +278,19 @@ def test_two_workers_sigkill_restart_equals_kpi_eval(
                 previous = live.setdefault(_key(kpi), kpi)
                 # a re-emission after the crash must carry the same value
                 assert previous.value == pytest.approx(kpi.value), _key(kpi)
+        now_late = _late_of_run(bootstrap, late_since, run)
+        if now_late != routed:
+            routed, expected = now_late, on_time(now_late)
         if expected.keys() <= live.keys():
             break
+    # a reading routed late after the last look: it must not be in a KPI either
+    now_late = _late_of_run(bootstrap, late_since, run)
+    if now_late != routed:
+        routed, expected = now_late, on_time(now_late)
+    # a stall of a few seconds makes a second or two late; most of the run must be on time
+    # (``routed`` also holds the deliberate late reading above, which ``readings`` lacks)
+    assert len(routed) <= len(readings) // 10, f"{len(routed)} of {len(readings)} readings late"
+    assert len(expected) > 200
     missing = expected.keys() - live.keys()
     assert not missing, f"{len(missing)} KPIs missing, e.g. {sorted(map(str, missing))[:3]}"
     assert live.keys() == expected.keys()
@@ -262,7 +301,7 @@ def test_two_workers_sigkill_restart_equals_kpi_eval(
             kpi.sample_count,
             pytest.approx(kpi.completeness),
             kpi.band,
-        ), key
+        ), (key, f"{len(routed)} readings late: {sorted(routed)[:5]}")
     # the quiet end: the last window of the data closed on the wall clock alone
     last_end = start + timedelta(seconds=35 - start.second % 5)
     assert any(k[0] == "stat.mean" and k[5] == last_end for k in live)
