@@ -539,6 +539,14 @@ class GatewayConfig(_Frozen):
     sources: Annotated[tuple[SourceConfig, ...], Field(min_length=1)]
     """Where readings come from: `serial`, `mqtt` or `simulated`."""
 
+    @field_validator("kafka", "buffer", "metrics", "models", mode="before")
+    @classmethod
+    def _empty_section_is_defaults(cls, value: Any, info: ValidationInfo) -> Any:
+        # `buffer:` with every key under it commented out is YAML null: the defaults
+        if value is None:
+            return () if info.field_name == "models" else {}
+        return value
+
     @model_validator(mode="after")
     def _unique_names(self) -> GatewayConfig:
         names = [s.name for s in self.sources]

@@ -40,6 +40,23 @@ def test_example_configs_load(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_config(ROOT / "deploy/local/demo-gateway.yaml").models[1].id == "pm-humidity"
 
 
+def test_a_section_with_every_key_commented_out_means_its_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        "gateway_id: gw1\nkafka:\n#  bootstrap_servers: x:9092\nbuffer:\n#  max_bytes: 1MB\n"
+        "metrics:\nmodels:\n"
+        "sources: [{kind: simulated, devices: [{device_id: d, quantities: [temperature]}]}]\n"
+    )
+    config = load_config(path)
+    default = GatewayConfig(gateway_id="gw1", sources=config.sources)
+    assert (config.kafka, config.buffer, config.metrics, config.models) == (
+        default.kafka,
+        default.buffer,
+        default.metrics,
+        (),
+    )
+
+
 def test_missing_env_secret_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOPE_PASSWORD", raising=False)
     path = tmp_path / "gw.yaml"
