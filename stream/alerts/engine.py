@@ -201,7 +201,7 @@ def _fmt(value: float | None) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:.3g}"
 
 
-_UNIT_TEXT = {"Cel": "°C", "dB(A)": "dB(A)", "%": "%", "ug/m3": "µg/m³", "1": "", "s": " s"}
+_UNIT_TEXT = {"Cel": "°C", "dB(A)": " dB(A)", "%": "%", "ug/m3": " µg/m³", "1": "", "s": " s"}
 
 
 def unit_text(unit: str | None) -> str:

@@ -780,3 +780,18 @@ def test_one_alert_is_one_influx_series_while_its_gateway_and_rule_change() -> N
         series, fields = alert_line(alert).split(" ", 1)  # tags are safe ids: no spaces
         last[series] = fields.split(",")[0]
     assert list(last.values()) == ["active=0i"]  # one series, and it ends inactive
+
+
+def test_summaries_put_a_space_between_a_value_and_its_unit() -> None:
+    """As SI writes them (20 µg/m³, 65 dB(A)); °C and % follow the value directly."""
+    from stream.alerts.engine import unit_text
+
+    assert [f"20{unit_text(u)}" for u in ("ug/m3", "dB(A)", "Cel", "%", "s", "hPa", "1")] == [
+        "20 µg/m³",
+        "20 dB(A)",
+        "20°C",
+        "20%",
+        "20 s",
+        "20 hPa",
+        "20",
+    ]
