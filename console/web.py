@@ -125,10 +125,11 @@ def _unauthorized(request: web.Request) -> web.HTTPUnauthorized:
     defines no error type for authentication, so its type is RFC 9457's ``about:blank``.
     """
     challenge = 'Bearer realm="climastream"'
+    message = "login required"
     if request.headers.get("Authorization", "").startswith("Bearer "):
         challenge += ', error="invalid_token"'
+        message = "the bearer token is not valid (wrong, revoked or expired)"
     headers = {"WWW-Authenticate": challenge}
-    message = "login required"
     if request.path.startswith("/ngsi-ld/"):
         body = {"type": "about:blank", "title": "Unauthorized", "detail": message}
     else:

@@ -103,6 +103,7 @@ async def test_an_expired_bearer_token_gets_401_like_a_wrong_one() -> None:
             refused = await client.get(url, headers=bearer)
             assert refused.status == 401
             assert refused.headers["WWW-Authenticate"] == renew
+            assert "bearer token is not valid" in await refused.text()
 
 
 async def test_a_token_that_is_not_utf8_is_a_401_not_a_server_error(
