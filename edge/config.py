@@ -34,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from climastream import kafkasec
 from climastream.contract import Location, Quantity, SafeId
 from climastream.validation import error_lines, key_path
 from climastream.yamlfile import ExpansionError, YamlFileError, expand_secrets, load_yaml
@@ -348,15 +349,8 @@ class KafkaConfig(_Frozen):
 
     @model_validator(mode="after")
     def _sasl(self) -> KafkaConfig:
-        if self.security_protocol.startswith("SASL") and not (
-            self.sasl_mechanism and self.sasl_username and self.sasl_password
-        ):
-            raise ValueError(
-                f"security_protocol {self.security_protocol} needs sasl_mechanism, "
-                "sasl_username and sasl_password (or sasl_password_file)"
-            )
-        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate)")
+        if problem := kafkasec.consistency_problem(self):
+            raise ValueError(problem)
         return self
 
 

@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Awaitable
 from typing import Any
 
+from climastream import kafkasec
 from climastream.extras import require
 from edge.config import KafkaConfig
 
@@ -37,14 +38,7 @@ class UplinkError(RuntimeError):
 
 
 def ssl_context(cfg: KafkaConfig) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(cfg.ssl_cafile) if cfg.ssl_cafile else None)
-    if cfg.ssl_certfile and cfg.ssl_keyfile:
-        context.load_cert_chain(
-            str(cfg.ssl_certfile),
-            str(cfg.ssl_keyfile),
-            password=cfg.ssl_password.get_secret_value() if cfg.ssl_password else None,
-        )
-    return context
+    return kafkasec.ssl_context(cfg)
 
 
 def producer_kwargs(cfg: KafkaConfig, client_id: str, idempotent: bool) -> dict[str, Any]:
@@ -57,17 +51,9 @@ def producer_kwargs(cfg: KafkaConfig, client_id: str, idempotent: bool) -> dict[
         "max_request_size": cfg.max_batch_bytes + 64 * 1024,
         "request_timeout_ms": cfg.request_timeout_ms,
         "compression_type": None if cfg.compression == "none" else cfg.compression,
-        "security_protocol": cfg.security_protocol,
         "enable_idempotence": idempotent,
     }
-    if cfg.security_protocol in ("SSL", "SASL_SSL"):
-        kwargs["ssl_context"] = ssl_context(cfg)
-    if cfg.sasl_mechanism:
-        kwargs["sasl_mechanism"] = cfg.sasl_mechanism
-        kwargs["sasl_plain_username"] = cfg.sasl_username
-        kwargs["sasl_plain_password"] = (
-            cfg.sasl_password.get_secret_value() if cfg.sasl_password else None
-        )
+    kwargs.update(kafkasec.aiokafka_kwargs(cfg))  # TLS and SASL: as every cloud-side client
     return kwargs
 
 
