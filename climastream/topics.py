@@ -39,7 +39,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from climastream import kafkasec
 from climastream.contract import TOPICS, TopicSpec
+from climastream.kafkasec import KafkaSecurity
 
 BOOTSTRAP_ENV = "CLIMASTREAM_KAFKA_BOOTSTRAP"
 REPLICATION_ENV = "CLIMASTREAM_TOPICS_REPLICATION_FACTOR"
@@ -49,16 +51,24 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 TOPIC_ALREADY_EXISTS = 36
 
 
-def unreachable(bootstrap_servers: str) -> str:
+def unreachable(bootstrap_servers: str, security: KafkaSecurity | None = None) -> str:
     """What a command says when no bootstrap server answered: where it looked, what to set.
 
     The default address is a production broker's; the local stack (``stack up``, ``demo``)
     listens elsewhere, and an operator trying the CLI beside the demo has not set it yet.
+    With TLS or SASL it names them (never a secret): a broker that refuses the handshake
+    (a TLS listener spoken to in plain text, a CA that does not match) looks the same.
     """
     text = (
         f"cannot reach Kafka at {bootstrap_servers}; is it running? "
         f"(set --kafka or {BOOTSTRAP_ENV})"
     )
+    if security is not None and security.security_protocol != "PLAINTEXT":
+        text = (
+            f"cannot reach Kafka at {bootstrap_servers} over {security.describe()}; is it "
+            "running, and does its listener take these settings? (set --kafka or "
+            f"{BOOTSTRAP_ENV}, and CLIMASTREAM_KAFKA_SECURITY_PROTOCOL ...)"
+        )
     if bootstrap_servers == DEFAULT_BOOTSTRAP:
         text += (
             "; for the local stack of 'climastream stack up' or 'climastream demo', "
@@ -311,7 +321,9 @@ async def ensure_topics(
     return [results[spec.name] for spec in specs]
 
 
-async def open_admin(bootstrap_servers: str, timeout_s: float) -> Any:
+async def open_admin(
+    bootstrap_servers: str, timeout_s: float, security: KafkaSecurity | None = None
+) -> Any:
     """A started aiokafka admin client, or :class:`TopicsError` (no traceback)."""
     try:
         from aiokafka.admin import AIOKafkaAdminClient
@@ -321,21 +333,28 @@ async def open_admin(bootstrap_servers: str, timeout_s: float) -> Any:
             "aiokafka is not installed; install one of the extras that brings it, e.g. "
             "pip install 'climastream[stream]' (the production image has it)"
         ) from None
+    security = security or KafkaSecurity()
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=int(timeout_s * 1000),
+        **security.aiokafka_kwargs(),
     )
     try:
         await admin.start()
     except (KafkaError, OSError) as exc:
         await admin.close()
-        raise TopicsError(f"{unreachable(bootstrap_servers)} ({exc.__class__.__name__})") from None
+        where = unreachable(bootstrap_servers, security)
+        raise TopicsError(f"{where} ({exc.__class__.__name__})") from None
     return admin
 
 
 async def create_topics(
-    bootstrap_servers: str, durability: Durability, timeout_s: float
+    bootstrap_servers: str,
+    durability: Durability,
+    timeout_s: float,
+    security: KafkaSecurity | None = None,
 ) -> list[TopicResult]:
-    admin = await open_admin(bootstrap_servers, timeout_s)
+    admin = await open_admin(bootstrap_servers, timeout_s, security)
     from aiokafka.errors import KafkaError  # present: open_admin needed it
 
     try:
@@ -380,6 +399,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="HOST:PORT",
         help=f"bootstrap servers (env {BOOTSTRAP_ENV}, default {DEFAULT_BOOTSTRAP})",
     )
+    kafkasec.add_arguments(create)
     create.add_argument(
         "--replication-factor",
         type=_positive_int,
@@ -413,11 +433,12 @@ def _create(args: argparse.Namespace) -> int:
             replication_factor=args.replication_factor,
             min_insync_replicas=args.min_insync_replicas,
         )
-    except DurabilityError as exc:
+        security = kafkasec.from_args(args)
+    except (DurabilityError, kafkasec.KafkaSecurityError) as exc:
         print(f"topics: {exc}", file=sys.stderr)
         return 2
     try:
-        results = asyncio.run(create_topics(bootstrap, durability, args.timeout))
+        results = asyncio.run(create_topics(bootstrap, durability, args.timeout, security))
     except TopicsError as exc:
         print(f"topics: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from climastream import kafkasec
 from climastream.shutdown import stop_on_signals
 
 _KAFKA_HELP = "Kafka bootstrap HOST:PORT (env CLIMASTREAM_KAFKA_BOOTSTRAP, default 127.0.0.1:9092)"
@@ -36,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     console.add_argument("--kafka", metavar="HOST:PORT", help=_KAFKA_HELP)
+    kafkasec.add_arguments(console)
     console.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     console.add_argument("--port", type=int, default=8450, help="listen port (default 8450)")
     console.add_argument(
@@ -84,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     tail.add_argument("--kafka", metavar="HOST:PORT", help=_KAFKA_HELP)
+    kafkasec.add_arguments(tail)
     tail.add_argument("--device", action="append", default=[], help="device id")
     tail.add_argument("--zone", action="append", default=[], help="zone")
     tail.add_argument("--quantity", action="append", default=[], help="quantity, e.g. pm2_5")
@@ -131,7 +134,8 @@ def _run_console(args: argparse.Namespace) -> int:
         return 0
     try:
         credentials = Credentials.load(os.environ, args.auth_file)
-    except AuthConfigError as exc:
+        security = kafkasec.from_args(args)
+    except (AuthConfigError, kafkasec.KafkaSecurityError) as exc:
         print(f"console: {exc}", file=sys.stderr)
         return 2
     if not credentials:
@@ -148,6 +152,7 @@ def _run_console(args: argparse.Namespace) -> int:
 
     settings = ConsoleSettings(
         bootstrap_servers=_bootstrap(args.kafka),
+        kafka_security=security,
         host=args.host,
         port=args.port,
         gateway_configs=tuple(args.gateway_config),
@@ -194,11 +199,18 @@ def _run_tail(args: argparse.Namespace) -> int:
         gateways=frozenset(args.gateway),
     )
 
+    try:
+        security = kafkasec.from_args(args)
+    except kafkasec.KafkaSecurityError as exc:
+        print(f"tail: {exc}", file=sys.stderr)
+        return 2
+
     async def main() -> int:
         stop = stop_on_signals()
         await tail(
             _bootstrap(args.kafka),
             flt,
+            security=security,
             stop=stop,
             backfill=args.backfill,
             max_lines=args.max_lines,

@@ -26,6 +26,7 @@ from climastream.contract import (
     encode,
 )
 from climastream.extras import require
+from climastream.kafkasec import KafkaSecurity
 from climastream.topics import unreachable
 from console.state import DeviceInfo, LiveState
 
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class FeedSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
+    #: TLS and SASL (``CLIMASTREAM_KAFKA_SECURITY_PROTOCOL`` ...)
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     #: records re-read per partition at start, per topic
     backfill: dict[str, int] = field(
         default_factory=lambda: {
@@ -86,12 +89,14 @@ class KafkaFeed:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
+            **self.settings.kafka_security.aiokafka_kwargs(),
         )
         try:
             try:
                 await consumer.start()
             except aiokafka.errors.KafkaConnectionError:
-                raise FeedError(unreachable(self.settings.bootstrap_servers)) from None
+                where = unreachable(self.settings.bootstrap_servers, self.settings.kafka_security)
+                raise FeedError(where) from None
             await self._assign(consumer, aiokafka.TopicPartition)
             self.state.feed_up()
             self.ready.set()
@@ -150,8 +155,15 @@ class KafkaActionSink:
     error instead of believing an acknowledgement that was lost.
     """
 
-    def __init__(self, bootstrap_servers: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        timeout_s: float = 10.0,
+        security: KafkaSecurity | None = None,
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.security = security or KafkaSecurity()
         self.timeout_s = timeout_s
         self._producer: Any = None
 
@@ -161,6 +173,7 @@ class KafkaActionSink:
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
             request_timeout_ms=int(self.timeout_s * 1000),
+            **self.security.aiokafka_kwargs(),
         )
         try:
             await asyncio.wait_for(producer.start(), self.timeout_s)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from climastream.kafkasec import KafkaSecurity
 from console.auth import Credentials
 from console.feed import FeedSettings, KafkaActionSink, KafkaFeed, load_site
 from console.hub import Hub
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ConsoleSettings:
     bootstrap_servers: str = "127.0.0.1:9092"
+    #: TLS and SASL of the feed and the alert-action producer
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     host: str = "127.0.0.1"
     port: int = 8450
     gateway_configs: tuple[Path, ...] = ()
@@ -71,12 +74,13 @@ async def serve(settings: ConsoleSettings, credentials: Credentials, stop: async
     feed = KafkaFeed(
         FeedSettings(
             bootstrap_servers=settings.bootstrap_servers,
+            kafka_security=settings.kafka_security,
             backfill=settings.feed.backfill,
             max_records=settings.feed.max_records,
         ),
         state,
     )
-    actions = KafkaActionSink(settings.bootstrap_servers)
+    actions = KafkaActionSink(settings.bootstrap_servers, security=settings.kafka_security)
     console = ConsoleApp(
         hub,
         credentials,

@@ -27,6 +27,7 @@ from climastream.contract import (
     encode,
 )
 from climastream.extras import require
+from climastream.kafkasec import KafkaSecurity
 from climastream.topics import unreachable
 
 
@@ -234,23 +235,29 @@ async def tail(
     max_lines: int = 0,
     console: Any = None,
     as_json: bool = False,
+    security: KafkaSecurity | None = None,
 ) -> int:
     """Print matching records until ``stop`` (or ``max_lines``). Returns lines printed.
 
-    ``as_json``: JSON lines on stdout (see :func:`render_record`) instead of a rich table."""
+    ``as_json``: JSON lines on stdout (see :func:`render_record`) instead of a rich table.
+    ``security``: TLS and SASL (default PLAINTEXT)."""
     aiokafka = require("aiokafka", "console")
     rich_console = require("rich.console", "console")
     out = console or rich_console.Console(highlight=False, soft_wrap=True)
     err = rich_console.Console(stderr=True, highlight=False)
+    security = security or KafkaSecurity()
     consumer = aiokafka.AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        **security.aiokafka_kwargs(),
     )
     printed = 0
     try:
         try:
             await consumer.start()
         except aiokafka.errors.KafkaConnectionError:
-            raise KafkaUnreachable(unreachable(bootstrap_servers)) from None
+            raise KafkaUnreachable(unreachable(bootstrap_servers, security)) from None
         await consumer.topics()
         partitions = [
             aiokafka.TopicPartition(topic, p)

@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from climastream import kafkasec
 from climastream.shutdown import stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,11 @@ processes with the same kafka.group_id to share the partitions.
 
 The token comes from CLIMASTREAM_INFLUX_TOKEN or influx.token_file, never from the file.
 Environment overrides: CLIMASTREAM_KAFKA_BOOTSTRAP, CLIMASTREAM_INFLUX_URL,
-CLIMASTREAM_INFLUX_ORG. Exit status: 0 clean stop, 2 bad config, 3 fatal database error
-(e.g. 401/403), 4 shutdown could not flush (nothing lost: the records are re-read).
+CLIMASTREAM_INFLUX_ORG. Kafka TLS and SASL come from CLIMASTREAM_KAFKA_SECURITY_PROTOCOL,
+_SASL_MECHANISM, _SASL_USERNAME, _SASL_PASSWORD[_FILE], _SSL_CAFILE, _SSL_CERTFILE and
+_SSL_KEYFILE (or the --kafka-* options), never from the file. Exit status: 0 clean stop,
+2 bad config, 3 fatal database error (e.g. 401/403), 4 shutdown could not flush (nothing
+lost: the records are re-read).
 """
 
 
@@ -45,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(run)
     run.add_argument("--group", help="consumer group shared by sink processes (kafka.group_id)")
     run.add_argument("--metrics-port", type=int, help="Prometheus port, 0 disables (metrics.port)")
+    kafkasec.add_arguments(run)
     run.set_defaults(func=_run)
     init = actions.add_parser(
         "init",
@@ -88,8 +93,13 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def _load(args: argparse.Namespace) -> Any:
     from sinks.config import load_config
+    from sinks.errors import ConfigError
 
-    return load_config(args.config, _overrides(args))
+    try:
+        security = kafkasec.from_args(args)
+    except kafkasec.KafkaSecurityError as exc:
+        raise ConfigError(str(exc)) from None
+    return load_config(args.config, _overrides(args), security)
 
 
 def _run(args: argparse.Namespace) -> int:

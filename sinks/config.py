@@ -4,7 +4,9 @@ One YAML file (see ``deploy/local/sink.yaml`` and sinks/README.md), validated at
 into frozen pydantic models; an error names the offending key and the file. The token is
 never in the file: it comes from ``CLIMASTREAM_INFLUX_TOKEN`` or from ``influx.token_file``
 (a mounted secret), and is held as a :class:`~pydantic.SecretStr` so it never appears in
-logs or reprs.
+logs or reprs. Kafka's TLS and SASL settings are not in the file either: they come from the
+``CLIMASTREAM_KAFKA_SECURITY_PROTOCOL`` ... variables (or the ``--kafka-*`` options) as for
+every cloud-side command (:mod:`climastream.kafkasec`) and land in ``kafka.security``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from climastream.contract import Topics
+from climastream.kafkasec import KafkaSecurity, KafkaSecurityError
 from climastream.validation import error_lines
 from climastream.yamlfile import KeyLines, YamlFileError, load_yaml
 from sinks.errors import ConfigError
@@ -51,6 +54,8 @@ class KafkaSettings(_Frozen):
     fetch_max_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
     max_partition_fetch_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     client_id: str = "climastream-sink"
+    #: TLS and SASL: from the environment or the command line, never from the file
+    security: KafkaSecurity = KafkaSecurity()
 
 
 class BucketSpec(_Frozen):
@@ -168,10 +173,17 @@ def _leaves(tree: dict[str, Any], at: tuple[str, ...] = ()) -> list[tuple[str, .
     return out
 
 
-def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> SinkConfig:
+def load_config(
+    path: Path | None,
+    overrides: dict[str, Any] | None = None,
+    security: KafkaSecurity | None = None,
+) -> SinkConfig:
     """Read ``path`` (or defaults), apply environment then ``overrides``; validate.
+    ``security`` (default: from the ``CLIMASTREAM_KAFKA_*`` variables) becomes
+    ``kafka.security``.
 
-    Raises :class:`ConfigError` naming the key (``influx.batch_lines: ...``) and the file.
+    Raises :class:`ConfigError` naming the key (``influx.batch_lines: ...``) and the file,
+    or the variable of a bad TLS/SASL setting.
     """
     raw: dict[str, Any] = {}
     key_lines: KeyLines | None = None
@@ -189,13 +201,25 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> S
                 f"{where}: influx.token must not be in the file; set {TOKEN_ENV} "
                 "or influx.token_file"
             )
+        if "security" in (raw.get("kafka") or {}):
+            raise ConfigError(
+                f"{where}: kafka.security must not be in the file; set "
+                "CLIMASTREAM_KAFKA_SECURITY_PROTOCOL and the CLIMASTREAM_KAFKA_SASL_* / "
+                "CLIMASTREAM_KAFKA_SSL_* variables (sinks/README.md)"
+            )
+    try:
+        security = security or KafkaSecurity.from_env()
+    except KafkaSecurityError as exc:
+        raise ConfigError(str(exc)) from None
     for over in (_env_overrides(), overrides or {}):
         raw = _merge(raw, over)
         if key_lines is not None:  # a value from the environment or the command line
             for leaf in _leaves(over):  # has no line in the file
                 key_lines.overridden(leaf)
     try:
-        return SinkConfig.model_validate(raw)
+        config = SinkConfig.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(error_lines(exc, key_lines=key_lines, model=SinkConfig))
         raise ConfigError(f"{where}: {problems}") from None
+    kafka = config.kafka.model_copy(update={"security": security})
+    return config.model_copy(update={"kafka": kafka})

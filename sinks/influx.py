@@ -459,6 +459,7 @@ class SinkRunner:
             fetch_max_bytes=kafka.fetch_max_bytes,
             max_partition_fetch_bytes=kafka.max_partition_fetch_bytes,
             isolation_level="read_committed",
+            **kafka.security.aiokafka_kwargs(),
         )
 
     def _aiokafka_producer(self) -> Any:
@@ -467,6 +468,7 @@ class SinkRunner:
             bootstrap_servers=self.config.kafka.bootstrap_servers,
             client_id=f"{self.config.kafka.client_id}-dlq",
             acks="all",
+            **self.config.kafka.security.aiokafka_kwargs(),
         )
 
     # ----------------------------------------------------------------- main loop

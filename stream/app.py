@@ -48,6 +48,7 @@ from climastream.contract import (
 )
 from climastream.durations import parse_duration
 from climastream.extras import require
+from climastream.kafkasec import KafkaSecurity
 from climastream.topics import Durability
 from stream import checkpoints
 from stream.checkpoints import DEFAULT_PART_BYTES
@@ -120,6 +121,8 @@ class StreamSettings:
     durability: Durability = field(default_factory=Durability)
     #: consumer-group session timeout (:func:`session_timeout_from_env`)
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
+    #: TLS and SASL (``CLIMASTREAM_KAFKA_SECURITY_PROTOCOL`` ...), for Faust and the admin
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @property
     def partials_topic(self) -> str:
@@ -134,8 +137,8 @@ class StreamSettings:
         """Settings from the environment; the stream config from ``config_path`` if given
         (``--config``), else ``CLIMASTREAM_STREAM_CONFIG``; the internal topics' replicas
         from ``CLIMASTREAM_TOPICS_*`` as for ``climastream topics create``. Raises
-        StreamConfigError, :class:`~climastream.topics.DurabilityError` or
-        :class:`SessionTimeoutError`."""
+        StreamConfigError, :class:`~climastream.topics.DurabilityError`,
+        :class:`SessionTimeoutError` or :class:`~climastream.kafkasec.KafkaSecurityError`."""
         config_path = config_path or os.environ.get("CLIMASTREAM_STREAM_CONFIG")
         return cls(
             bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -143,6 +146,7 @@ class StreamSettings:
             config=StreamConfig.load(config_path) if config_path else StreamConfig(),
             durability=Durability.from_env(),
             session_timeout_s=session_timeout_from_env(),
+            kafka_security=KafkaSecurity.from_env(),
         )
 
 
@@ -208,11 +212,15 @@ CHECKPOINT_WARN_BYTES = 4_000_000
 
 
 def cluster_settings(
-    durability: Durability, session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
+    durability: Durability,
+    session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+    security: KafkaSecurity | None = None,
 ) -> dict[str, Any]:
     """The Faust settings of both Faust apps (this KPI job and the alert engine) that
     depend on the Kafka cluster rather than on the job."""
     return {
+        # TLS and SASL: Faust passes them to its producer, consumers and topic creation
+        "broker_credentials": (security or KafkaSecurity()).faust_credentials(),
         # short on Tansu, within the broker's bounds on Kafka (session_timeout_from_env)
         "broker_session_timeout": session_timeout_s,
         # a third of the session at most, as Kafka asks; 1 s keeps failover quick
@@ -232,20 +240,21 @@ class KafkaUnreachable(RuntimeError):
     """No bootstrap server answered: the message says where it looked and what to set."""
 
 
-async def start_admin(bootstrap_servers: str) -> Any:
+async def start_admin(bootstrap_servers: str, security: KafkaSecurity | None = None) -> Any:
     """A started aiokafka admin client, or :class:`KafkaUnreachable` (no traceback)."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaConnectionError
 
     from climastream.topics import unreachable
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    security = security or KafkaSecurity()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **security.aiokafka_kwargs())
     try:
         await admin.start()
     except KafkaConnectionError:
         with contextlib.suppress(Exception):
             await admin.close()
-        raise KafkaUnreachable(unreachable(bootstrap_servers)) from None
+        raise KafkaUnreachable(unreachable(bootstrap_servers, security)) from None
     return admin
 
 
@@ -268,7 +277,7 @@ async def ensure_topics(settings: StreamSettings) -> None:
     from aiokafka.errors import TopicAlreadyExistsError
 
     partitions = Topics.READINGS.partitions
-    admin = await start_admin(settings.bootstrap_servers)
+    admin = await start_admin(settings.bootstrap_servers, settings.kafka_security)
     try:
         existing = set(await admin.list_topics())
         if settings.readings_topic in existing:
@@ -354,7 +363,9 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
-        **cluster_settings(settings.durability, settings.session_timeout_s),
+        **cluster_settings(
+            settings.durability, settings.session_timeout_s, settings.kafka_security
+        ),
         store=store_url(settings.store),
         datadir=settings.data_dir,
         consumer_auto_offset_reset="earliest",

@@ -7,6 +7,7 @@ import asyncio
 import sys
 from dataclasses import replace
 
+from climastream import kafkasec
 from climastream.cli import add_metrics_host
 
 
@@ -22,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     worker.add_argument(
         "--kafka", metavar="HOST:PORT", help="bootstrap servers (env CLIMASTREAM_KAFKA_BOOTSTRAP)"
     )
+    kafkasec.add_arguments(worker)
     worker.add_argument(
         "--app-id", help="Faust app id / consumer group (env CLIMASTREAM_STREAM_APP_ID)"
     )
@@ -70,7 +72,13 @@ def _worker(args: argparse.Namespace) -> int:
 
     try:  # --config, or else CLIMASTREAM_STREAM_CONFIG: one error line either way
         settings = StreamSettings.from_env(args.config)
-    except (StreamConfigError, DurabilityError, SessionTimeoutError) as exc:
+        settings = replace(settings, kafka_security=kafkasec.from_args(args))
+    except (
+        StreamConfigError,
+        DurabilityError,
+        SessionTimeoutError,
+        kafkasec.KafkaSecurityError,
+    ) as exc:
         print(f"stream worker: {exc}", file=sys.stderr)
         return 2
     if args.kafka:

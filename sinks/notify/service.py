@@ -38,6 +38,7 @@ from climastream.contract import (
     encode,
 )
 from climastream.extras import require
+from climastream.kafkasec import KafkaSecurity
 from climastream.shutdown import stop_on_signals
 from sinks.notify.channels import (
     AlertmanagerChannel,
@@ -528,6 +529,7 @@ async def consume(
     group: str,
     stop: asyncio.Event,
     ready_file: Path | None = None,
+    security: KafkaSecurity | None = None,
 ) -> None:
     """Consume ``alerts``: plan each record in the ledger, *then* commit its offset."""
     aiokafka = require("aiokafka", "sinks")
@@ -542,6 +544,7 @@ async def consume(
         heartbeat_interval_ms=1000,
         # alerts are rare and latency matters: do not let the broker hold a fetch long
         fetch_max_wait_ms=100,
+        **(security or KafkaSecurity()).aiokafka_kwargs(),
     )
     await consumer.start()
     try:
@@ -570,6 +573,7 @@ def run_notifier(
     config: NotifyConfig,
     *,
     bootstrap: str,
+    security: KafkaSecurity | None = None,
     group: str,
     ledger_path: Path | None,
     metrics_port: int | None,
@@ -589,7 +593,7 @@ def run_notifier(
         stop = stop_on_signals()
         delivering = asyncio.create_task(notifier.deliver_loop(stop))
         try:
-            await consume(notifier, bootstrap, group, stop, ready_file)
+            await consume(notifier, bootstrap, group, stop, ready_file, security)
         finally:
             stop.set()
             await delivering

@@ -43,6 +43,7 @@ from climastream.contract import (
     encode,
 )
 from climastream.extras import require
+from climastream.kafkasec import KafkaSecurity
 from climastream.topics import Durability
 from stream.alerts.engine import AlertEngine
 from stream.alerts.rules import RuleSet, load_rules
@@ -71,12 +72,15 @@ class AlertsSettings:
     durability: Durability = field(default_factory=Durability)
     #: consumer-group session timeout (``stream.app.session_timeout_from_env``)
     session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S
+    #: TLS and SASL (``CLIMASTREAM_KAFKA_SECURITY_PROTOCOL`` ...), for Faust and the admin
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
     def from_env(cls) -> AlertsSettings:
         """Raises :class:`~climastream.topics.DurabilityError` for a bad
         ``CLIMASTREAM_TOPICS_*`` variable (the same as ``climastream topics create``) and
-        ``stream.app.SessionTimeoutError`` for a bad ``CLIMASTREAM_KAFKA_SESSION_TIMEOUT``."""
+        ``stream.app.SessionTimeoutError`` for a bad ``CLIMASTREAM_KAFKA_SESSION_TIMEOUT``,
+        :class:`~climastream.kafkasec.KafkaSecurityError` for a bad TLS/SASL variable."""
         rules = os.environ.get("CLIMASTREAM_ALERT_RULES")
         return cls(
             bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", cls.bootstrap_servers),
@@ -84,6 +88,7 @@ class AlertsSettings:
             rules_path=Path(rules) if rules else None,
             durability=Durability.from_env(),
             session_timeout_s=session_timeout_from_env(),
+            kafka_security=KafkaSecurity.from_env(),
         )
 
     def changelog_topics(self) -> list[str]:
@@ -96,7 +101,7 @@ async def ensure_changelog_topics(settings: AlertsSettings) -> list[str]:
     from stream.app import start_admin
 
     admin_mod = require("aiokafka.admin", "stream")
-    admin = await start_admin(settings.bootstrap_servers)
+    admin = await start_admin(settings.bootstrap_servers, settings.kafka_security)
     try:
         existing = set(await admin.list_topics())
         missing = [t for t in settings.changelog_topics() if t not in existing]
@@ -197,7 +202,9 @@ def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",
-        **cluster_settings(settings.durability, settings.session_timeout_s),
+        **cluster_settings(
+            settings.durability, settings.session_timeout_s, settings.kafka_security
+        ),
         store="memory://",
         datadir=settings.data_dir,
         consumer_auto_offset_reset="earliest",

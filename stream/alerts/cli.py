@@ -20,7 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from climastream import kafkasec
 from climastream.cli import add_metrics_host
+from climastream.kafkasec import KafkaSecurity
 from climastream.topics import quiet_client_logs
 
 ACTIVE_STATES = ("pending", "firing", "acknowledged", "silenced")
@@ -48,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             help="bootstrap servers (default: env CLIMASTREAM_KAFKA_BOOTSTRAP, else "
             "127.0.0.1:9092)",
         )
+        kafkasec.add_arguments(p)
 
     engine = actions.add_parser(
         "engine",
@@ -141,7 +144,8 @@ def _engine(args: argparse.Namespace) -> int:
 
     try:
         settings = AlertsSettings.from_env()
-    except (DurabilityError, SessionTimeoutError) as exc:
+        settings = replace(settings, kafka_security=kafkasec.from_args(args))
+    except (DurabilityError, SessionTimeoutError, kafkasec.KafkaSecurityError) as exc:
         print(f"alerts engine: {exc}", file=sys.stderr)
         return 2
     settings = replace(
@@ -187,12 +191,14 @@ def _notify(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        security = kafkasec.from_args(args)
+    except (ConfigError, kafkasec.KafkaSecurityError) as exc:
         print(f"alerts notify: {exc}", file=sys.stderr)
         return 2
     return run_notifier(
         config,
         bootstrap=_kafka(args),
+        security=security,
         group=args.group,
         ledger_path=args.ledger,
         metrics_port=args.metrics_port,
@@ -205,7 +211,7 @@ class KafkaUnreachable(RuntimeError):
     """No bootstrap server answered; the message says where it looked and what to set."""
 
 
-async def _start(client: Any, bootstrap: str) -> None:
+async def _start(client: Any, bootstrap: str, security: KafkaSecurity | None = None) -> None:
     """Start an aiokafka client, or raise :class:`KafkaUnreachable` (closed, no traceback)."""
     from aiokafka.errors import KafkaConnectionError
 
@@ -216,22 +222,30 @@ async def _start(client: Any, bootstrap: str) -> None:
     except KafkaConnectionError:
         with contextlib.suppress(Exception):
             await client.stop()
-        raise KafkaUnreachable(unreachable(bootstrap)) from None
+        raise KafkaUnreachable(unreachable(bootstrap, security)) from None
 
 
 async def read_alerts(
-    bootstrap: str, timeout_s: float = 10.0, *, history: list[Any] | None = None
+    bootstrap: str,
+    timeout_s: float = 10.0,
+    *,
+    history: list[Any] | None = None,
+    security: KafkaSecurity | None = None,
 ) -> dict[str, Any]:
     """Latest :class:`Alert` per fingerprint on the ``alerts`` topic (compacted by key).
 
-    ``history``, if given, receives every record in topic order.
+    ``history``, if given, receives every record in topic order. ``security``: TLS and
+    SASL (default PLAINTEXT).
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from climastream.contract import Alert, ContractError, Topics, decode
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await _start(consumer, bootstrap)
+    security = security or KafkaSecurity()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **security.aiokafka_kwargs()
+    )
+    await _start(consumer, bootstrap, security)
     latest: dict[str, Alert] = {}
     try:
         await consumer.topics()
@@ -266,8 +280,9 @@ def _list(args: argparse.Namespace) -> int:
     from climastream.contract import encode
 
     try:
-        alerts = asyncio.run(read_alerts(_kafka(args)))
-    except KafkaUnreachable as exc:
+        security = kafkasec.from_args(args)
+        alerts = asyncio.run(read_alerts(_kafka(args), security=security))
+    except (KafkaUnreachable, kafkasec.KafkaSecurityError) as exc:
         print(f"alerts list: {exc}", file=sys.stderr)
         return 2
     shown = [
@@ -302,14 +317,17 @@ def parse_for(text: str) -> timedelta:
     return timedelta(seconds=float(match.group(1)) * unit)
 
 
-async def send_action(bootstrap: str, action: Any) -> None:
+async def send_action(bootstrap: str, action: Any, security: KafkaSecurity | None = None) -> None:
     """Publish one AlertAction on ``alert-actions`` (what the console calls too)."""
     from aiokafka import AIOKafkaProducer
 
     from climastream.contract import Topics, encode
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await _start(producer, bootstrap)
+    security = security or KafkaSecurity()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", **security.aiokafka_kwargs()
+    )
+    await _start(producer, bootstrap, security)
     try:
         await producer.send_and_wait(Topics.ALERT_ACTIONS.name, encode(action), key=action.key)
     finally:
@@ -374,8 +392,9 @@ def _action(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"alerts {args.kind}: {exc}", file=sys.stderr)
         return 2
-    try:
-        alerts = asyncio.run(read_alerts(_kafka(args)))
+    try:  # a KafkaSecurityError is a ValueError
+        security = kafkasec.from_args(args)
+        alerts = asyncio.run(read_alerts(_kafka(args), security=security))
         fingerprint = resolve_fingerprint(args.fingerprint, alerts)
         action = AlertAction(
             fingerprint=fingerprint,
@@ -385,7 +404,7 @@ def _action(args: argparse.Namespace) -> int:
             until=until,
             comment=args.comment,
         )
-        asyncio.run(send_action(_kafka(args), action))
+        asyncio.run(send_action(_kafka(args), action, security))
     except (KafkaUnreachable, ValueError, ContractError) as exc:
         print(f"alerts {args.kind}: {exc}", file=sys.stderr)
         return 2
@@ -400,8 +419,9 @@ def _history(args: argparse.Namespace) -> int:
     quiet_client_logs()
     records: list[Any] = []
     try:
-        asyncio.run(read_alerts(_kafka(args), history=records))
-    except KafkaUnreachable as exc:
+        security = kafkasec.from_args(args)
+        asyncio.run(read_alerts(_kafka(args), history=records, security=security))
+    except (KafkaUnreachable, kafkasec.KafkaSecurityError) as exc:
         print(f"alerts history: {exc}", file=sys.stderr)
         return 2
     changes = [a for a in records if a.fingerprint == args.fingerprint]

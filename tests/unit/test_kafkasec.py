@@ -1,5 +1,7 @@
-"""Kafka TLS/SASL settings shared by the edge and the cloud side: what aiokafka receives,
-and the one line a bad setting gives."""
+"""Kafka TLS/SASL settings of the cloud side: what aiokafka and Faust receive, and the one
+line a bad setting gives. The TLS path runs for real in tests/integration/test_kafka_tls.py;
+SASL cannot (Tansu cannot create a SCRAM user on a broker that demands authentication), so
+its mapping is checked here, down to the keywords Faust's own driver hands aiokafka."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from climastream import kafkasec
+from climastream.cli import main
 from climastream.kafkasec import KafkaSecurity, KafkaSecurityError
 
 SECRET = "hunter2-do-not-print"
@@ -89,6 +92,75 @@ async def test_an_aiokafka_client_takes_the_settings() -> None:
     assert got["sasl_plain_username"] == "climastream"
     assert got["sasl_plain_password"] == SECRET
     assert isinstance(got["ssl_context"], ssl.SSLContext)
+
+
+@pytest.mark.parametrize(
+    ("env", "protocol", "tls"),
+    [
+        (SASL_SSL, "SASL_SSL", True),
+        ({**SASL_SSL, "CLIMASTREAM_KAFKA_SECURITY_PROTOCOL": "sasl_plaintext"},
+         "SASL_PLAINTEXT", False),
+        ({"CLIMASTREAM_KAFKA_SECURITY_PROTOCOL": "SSL"}, "SSL", True),
+    ],
+)  # fmt: skip
+def test_what_faust_hands_its_clients(env: dict[str, str], protocol: str, tls: bool) -> None:
+    """Through Faust's own mapping (its aiokafka driver), for every client it opens."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from stream.app import StreamSettings, create_app
+
+    security = KafkaSecurity.from_env(env)
+    app = create_app(StreamSettings(app_id="t", store="memory", kafka_security=security))
+    auth = credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context)
+    assert auth["security_protocol"] == protocol
+    assert isinstance(auth.get("ssl_context"), ssl.SSLContext) == tls
+    if protocol.startswith("SASL"):
+        assert auth["sasl_mechanism"] == "SCRAM-SHA-512"
+        assert auth["sasl_plain_username"] == "climastream"
+        assert auth["sasl_plain_password"] == SECRET
+        assert SECRET not in repr(app.conf.broker_credentials)
+
+
+def test_the_alert_engine_gives_faust_the_same_credentials() -> None:
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from stream.alerts.app import AlertsSettings, create_app
+
+    app = create_app(AlertsSettings(kafka_security=KafkaSecurity.from_env(SASL_SSL)))
+    auth = credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context)
+    assert auth["security_protocol"] == "SASL_SSL"
+    assert auth["sasl_plain_username"] == "climastream"
+
+
+async def test_settings_from_env_reach_the_workers_and_the_sink(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for var, value in SASL_SSL.items():
+        monkeypatch.setenv(var, value)
+    from climastream.offsets import client_settings
+    from sinks.config import load_config
+    from sinks.influx import SinkRunner
+    from stream.alerts.app import AlertsSettings
+    from stream.app import StreamSettings
+
+    assert StreamSettings.from_env().kafka_security.security_protocol == "SASL_SSL"
+    assert AlertsSettings.from_env().kafka_security.sasl_username == "climastream"
+    runner = SinkRunner(load_config(None))
+    for client in (runner._aiokafka_consumer(), runner._aiokafka_producer()):
+        got = client_settings(getattr(client, "_client", None) or client.client)
+        await client.stop()
+        assert got["sasl_plain_username"] == "climastream"
+        assert got["security_protocol"] == "SASL_SSL"
+
+
+def test_the_sink_file_may_not_hold_kafka_security(tmp_path: Path) -> None:
+    from sinks.config import load_config
+    from sinks.errors import ConfigError
+
+    path = tmp_path / "sink.yaml"
+    path.write_text("kafka:\n  security: {security_protocol: SSL}\n")
+    with pytest.raises(ConfigError, match=r"kafka\.security must not be in the file"):
+        load_config(path)
 
 
 def test_a_client_certificate_is_loaded(pki: Path) -> None:
@@ -196,3 +268,73 @@ def test_a_key_that_does_not_match_the_certificate_is_named(pki: Path) -> None:
     assert str(raised.value).startswith(
         "CLIMASTREAM_KAFKA_SSL_CERTFILE / CLIMASTREAM_KAFKA_SSL_KEYFILE: cannot load"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["topics", "create"],
+        ["stream", "worker"],
+        ["alerts", "engine"],
+        ["alerts", "list"],
+        ["alerts", "ack", "0d3a263a4f79dcdc"],
+        ["alerts", "history", "0d3a263a4f79dcdc"],
+        ["tail"],
+        ["console"],
+        ["sink", "run"],
+    ],
+)
+def test_every_command_stops_with_one_line_naming_the_variable(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before connecting anywhere (the broker address is one nothing listens on)."""
+    monkeypatch.setenv("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    monkeypatch.setenv("CLIMASTREAM_CONSOLE_OPERATOR_TOKEN", "a-token-long-enough-1234")
+    env = {k: v for k, v in SASL_SSL.items() if "USERNAME" not in k}
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert out.err.strip().endswith("CLIMASTREAM_KAFKA_SASL_USERNAME is not set; SASL_SSL needs it")
+    assert len(out.err.strip().splitlines()) == 1
+    assert SECRET not in out.out + out.err
+
+
+def test_the_notifier_stops_with_one_line_naming_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "alerting.yaml"
+    config.write_text(
+        "webhooks: [{name: w, url: 'http://127.0.0.1:9/hook', secret: s}]\n"
+        "contacts: {ops: {webhook: w}}\nroutes: [{match: {}, notify: [ops]}]\n"
+        f"ledger: {tmp_path / 'ledger.db'}\n"
+    )
+    monkeypatch.setenv("CLIMASTREAM_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("CLIMASTREAM_KAFKA_SSL_CAFILE", str(tmp_path / "missing.pem"))
+    assert main(["alerts", "notify", "--config", str(config), "--kafka", "127.0.0.1:9"]) == 2
+    assert "CLIMASTREAM_KAFKA_SSL_CAFILE:" in capsys.readouterr().err
+
+
+def test_an_option_is_named_when_it_is_the_culprit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["alerts", "list", "--kafka", "127.0.0.1:9", "--kafka-security-protocol", "SSL",
+            "--kafka-ssl-cafile", "/nonexistent/ca.pem"]  # fmt: skip
+    assert main(argv) == 2
+    assert "--kafka-ssl-cafile: /nonexistent/ca.pem is not a readable file" in (
+        capsys.readouterr().err
+    )
+
+
+def test_every_command_with_kafka_lists_the_security_options(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv in (["topics", "create"], ["stream", "worker"], ["alerts", "engine"],
+                 ["alerts", "notify"], ["alerts", "list"], ["tail"], ["console"],
+                 ["sink", "run"]):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        text = capsys.readouterr().out
+        for option in kafkasec.OPTIONS:
+            assert option in text, (argv, option)
+        assert "--kafka-sasl-password " not in text  # a password is never an option

@@ -208,9 +208,12 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """Replaces the connection with a FakeAdmin; records how the command opened it."""
     seen: dict[str, Any] = {"admin": FakeAdmin()}
 
-    async def open_admin(bootstrap_servers: str, timeout_s: float) -> FakeAdmin:
+    async def open_admin(
+        bootstrap_servers: str, timeout_s: float, security: Any = None
+    ) -> FakeAdmin:
         seen["bootstrap"] = bootstrap_servers
         seen["timeout"] = timeout_s
+        seen["security"] = security
         admin: FakeAdmin = seen["admin"]
         return admin
 
@@ -295,7 +298,7 @@ def test_command_fails_naming_a_topic_with_the_wrong_count(
 def test_command_exits_2_when_kafka_is_unreachable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    async def unreachable(bootstrap_servers: str, timeout_s: float) -> Any:
+    async def unreachable(bootstrap_servers: str, timeout_s: float, security: Any = None) -> Any:
         raise topics.TopicsError(f"cannot reach Kafka at {bootstrap_servers}")
 
     monkeypatch.setattr(topics, "open_admin", unreachable)

@@ -38,7 +38,7 @@ async def test_changelog_topics_are_compacted_and_replicated_as_the_settings_say
 
     admin = _FakeAdmin()
 
-    async def start_admin(_bootstrap: str) -> _FakeAdmin:
+    async def start_admin(_bootstrap: str, _security: object = None) -> _FakeAdmin:
         return admin
 
     monkeypatch.setattr(stream_app, "start_admin", start_admin)

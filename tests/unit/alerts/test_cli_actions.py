@@ -38,7 +38,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[AlertAction]:
     async def read_alerts(bootstrap: str, **_: Any) -> dict[str, Alert]:
         return dict(alerts)
 
-    async def send_action(bootstrap: str, action: AlertAction) -> None:
+    async def send_action(bootstrap: str, action: AlertAction, security: Any = None) -> None:
         actions.append(action)
 
     monkeypatch.setattr(cli, "read_alerts", read_alerts)

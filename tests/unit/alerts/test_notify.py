@@ -635,7 +635,7 @@ def test_history_shows_since_when_a_delivery_fails_and_its_next_try(
     ledger.mark_failed(row.id, "boom", now=T0, retry_at=T0 + timedelta(seconds=1))
     ledger.mark_failed(row.id, "refused", now=later, retry_at=later + timedelta(minutes=5))
 
-    async def no_kafka(bootstrap: str, *, history: list[Any]) -> dict[str, Any]:
+    async def no_kafka(bootstrap: str, *, history: list[Any], **_: Any) -> dict[str, Any]:
         history.append(alert())
         return {}
 

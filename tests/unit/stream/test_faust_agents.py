@@ -306,7 +306,7 @@ async def test_a_readings_topic_with_another_partition_count_is_refused(
 
     admin = _FakeAdmin(partitions)
 
-    async def start_admin(_bootstrap: str) -> _FakeAdmin:
+    async def start_admin(_bootstrap: str, _security: object = None) -> _FakeAdmin:
         return admin
 
     monkeypatch.setattr(stream_app, "start_admin", start_admin)
@@ -330,7 +330,7 @@ async def test_internal_topics_are_replicated_as_the_settings_say(
 
     admin = _FakeAdmin(4)
 
-    async def start_admin(_bootstrap: str) -> _FakeAdmin:
+    async def start_admin(_bootstrap: str, _security: object = None) -> _FakeAdmin:
         return admin
 
     monkeypatch.setattr(stream_app, "start_admin", start_admin)
@@ -382,7 +382,7 @@ async def test_the_state_changelog_is_compacted(monkeypatch: pytest.MonkeyPatch)
 
     admin = _FakeAdmin(4)
 
-    async def start_admin(_bootstrap: str) -> _FakeAdmin:
+    async def start_admin(_bootstrap: str, _security: object = None) -> _FakeAdmin:
         return admin
 
     monkeypatch.setattr(stream_app, "start_admin", start_admin)
@@ -411,7 +411,7 @@ async def test_the_worker_subscribes_only_to_topics_created_before_it_starts(
 
     admin = _FakeAdmin(4)
 
-    async def start_admin(_bootstrap: str) -> _FakeAdmin:
+    async def start_admin(_bootstrap: str, _security: object = None) -> _FakeAdmin:
         return admin
 
     monkeypatch.setattr(stream_app, "start_admin", start_admin)
