@@ -91,12 +91,15 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"kafka": kafka, "influx": influx, "metrics": metrics}
 
 
-def _load(args: argparse.Namespace) -> Any:
+def _load(args: argparse.Namespace, *, kafka: bool = True) -> Any:
+    """The config; ``kafka=False`` (``sink init``, which never connects to Kafka) leaves
+    the TLS/SASL settings alone, so their files need not be mounted there."""
+    from climastream.kafkasec import KafkaSecurity
     from sinks.config import load_config
     from sinks.errors import ConfigError
 
     try:
-        security = kafkasec.from_args(args)
+        security = kafkasec.from_args(args) if kafka else KafkaSecurity()
     except kafkasec.KafkaSecurityError as exc:
         raise ConfigError(str(exc)) from None
     return load_config(args.config, _overrides(args), security)
@@ -138,7 +141,7 @@ def _init(args: argparse.Namespace) -> int:
     from sinks.errors import ConfigError, SinkError
 
     try:
-        config = _load(args)
+        config = _load(args, kafka=False)
         steps = asyncio.run(init_database(config))
     except ConfigError as exc:
         print(f"sink init: {exc}", file=sys.stderr)

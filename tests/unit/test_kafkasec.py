@@ -338,3 +338,15 @@ def test_every_command_with_kafka_lists_the_security_options(
         for option in kafkasec.OPTIONS:
             assert option in text, (argv, option)
         assert "--kafka-sasl-password " not in text  # a password is never an option
+
+
+def test_sink_init_does_not_need_the_kafka_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sink init`` talks to InfluxDB only: its pod or service need not mount Kafka's CA."""
+    from sinks.cli import _load
+
+    monkeypatch.setenv("CLIMASTREAM_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("CLIMASTREAM_KAFKA_SSL_CAFILE", str(tmp_path / "not-mounted.pem"))
+    args = argparse.Namespace(config=None, kafka=None, influx_url=None, org=None)
+    assert _load(args, kafka=False).kafka.security.security_protocol == "PLAINTEXT"
