@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
-APT_PACKAGES := mosquitto victoria-metrics socat chromium
+APT_PACKAGES := mosquitto victoria-metrics socat openssl chromium
 DEMO_SECONDS ?= 0
 
 .PHONY: help venv apt test fuzz unit integration check lint format demo stack-up stack-down clean bench-edge bench-stream bench-sink bench-alerts
