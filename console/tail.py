@@ -244,7 +244,9 @@ async def tail(
     aiokafka = require("aiokafka", "console")
     rich_console = require("rich.console", "console")
     out = console or rich_console.Console(highlight=False, soft_wrap=True)
-    err = rich_console.Console(stderr=True, highlight=False)
+    # what records say (device ids, contract errors) is data, never rich markup or emoji
+    # codes (a device id may hold ':cool:')
+    err = rich_console.Console(stderr=True, highlight=False, markup=False, emoji=False)
     security = security or KafkaSecurity()
     consumer = aiokafka.AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,

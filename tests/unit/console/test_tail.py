@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 
 from climastream.contract import GatewayStatus, SourceState, Topics, decode, encode
+from climastream.validation import key_path
 from console.tail import TailFilter, render_record
 
 
@@ -88,3 +89,75 @@ def test_json_lines_of_readings_are_what_kpi_eval_reads(
     assert main(["kpi", "eval", "--input", str(path), "--kpi", "stat.count"]) == 0
     kpis = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {k["value"] for k in kpis if k.get("device_id") == "t1"} == {30.0}
+
+
+class _OneRecordConsumer:
+    """Stands in for aiokafka's consumer: one partition of ``readings``, one record."""
+
+    def __init__(self, value: bytes) -> None:
+        self._value: bytes | None = value
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def topics(self) -> set[str]:
+        return {Topics.READINGS.name}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0} if topic == Topics.READINGS.name else set()
+
+    def assign(self, partitions: object) -> None: ...
+
+    async def end_offsets(self, partitions: list[object]) -> dict[object, int]:
+        return dict.fromkeys(partitions, 1)
+
+    async def beginning_offsets(self, partitions: list[object]) -> dict[object, int]:
+        return dict.fromkeys(partitions, 0)
+
+    def seek(self, tp: object, offset: int) -> None: ...
+
+    async def position(self, tp: object) -> int:
+        return 0
+
+    async def getmany(self, **_: object) -> dict[object, list[object]]:
+        from types import SimpleNamespace
+
+        from aiokafka import TopicPartition
+
+        value, self._value = self._value, None
+        if value is None:
+            return {}
+        tp = TopicPartition(Topics.READINGS.name, 0)
+        return {tp: [SimpleNamespace(value=value, offset=0)]}
+
+
+@pytest.mark.parametrize("device_id", ["[/red]", "[bold]x", "sds:cool:1"])
+async def test_a_bad_reading_is_named_as_written_and_tail_goes_on(
+    device_id: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a record says is data, not rich markup: a device id such as '[/red]' made the
+    'skipped bad readings' line raise MarkupError and ended tail with a traceback, and
+    '[bold]x' lost its brackets, so the operator could not tell which device it was; the
+    valid id 'sds:cool:1' (of a reading in a unit the cloud refuses) read 'sds🆒1'."""
+    import asyncio
+
+    import aiokafka
+
+    from console import tail as tail_module
+
+    now = datetime.now(UTC).isoformat()
+    good = {
+        "device_id": "d1", "gateway_id": "gw", "seq": 1, "quantity": "temperature",
+        "value": 20.0, "unit": "Cel", "event_time": now, "ingest_time": now,
+    }  # fmt: skip
+    bad = {**good, "device_id": device_id, "unit": "K"}
+    record = orjson.dumps({"schema_version": 1, "gateway_id": "gw", "readings": [good, bad]})
+    monkeypatch.setattr(aiokafka, "AIOKafkaConsumer", lambda **_: _OneRecordConsumer(record))
+    stop = asyncio.Event()
+    printed = await tail_module.tail(
+        "127.0.0.1:1", TailFilter(), stop=stop, max_lines=1, console=Console(width=300)
+    )
+    assert printed == 1  # the good reading
+    err = " ".join(capsys.readouterr().err.split())  # rich wraps the line on spaces
+    assert f"readings.1 (device {key_path([device_id])})" in err
