@@ -583,7 +583,8 @@ class MemoryBuffer:
         return dict(self._dropped)
 
     def stats(self) -> BufferStats:
-        oldest = min((chunks[0].at for chunks in self._chunks.values() if chunks), default=None)
+        readings = self._chunks[Kind.READING]  # a status record is not a backlog
+        oldest = readings[0].at if readings else None
         return BufferStats(
             depth=self._depth[Kind.READING],
             bytes=self._bytes,

@@ -188,6 +188,19 @@ def test_expire_drops_by_age_and_counts(make_buffer: MakeBuffer) -> None:
     assert buffer.stats().oldest_age_s == pytest.approx(40.0)
 
 
+def test_oldest_age_is_the_oldest_readings(make_buffer: MakeBuffer) -> None:
+    """``buffer_oldest_age_s`` (status, metric, console) is the age of the oldest buffered
+    *reading*: a gateway-status record waiting to be sent is not a backlog of readings."""
+    clock = FakeClock()
+    buffer = make_buffer(clock=clock)
+    buffer.append([rec(0, kind=Kind.STATUS)])
+    clock.now += 30
+    assert buffer.stats().oldest_age_s is None  # no reading buffered
+    buffer.append([rec(1)])
+    clock.now += 10
+    assert buffer.stats().oldest_age_s == pytest.approx(10.0)
+
+
 def test_record_larger_than_the_buffer_is_counted(make_buffer: MakeBuffer) -> None:
     buffer = make_buffer(max_records=1)
     admission = buffer.append([Record("d1", 0, b"y" * (REC * 2))])
