@@ -36,6 +36,7 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -64,7 +65,10 @@ class MqttSource:
         gateway_id: str = "gateway",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         check: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``clock`` stamps what the source receives; ``monotonic`` times its connections
+        (NTP steps the wall clock on a Pi, by days after boot)."""
         from firmware_bridge.codecs import CodecOptions
         from firmware_bridge.lorawan.layout import builtin_layout, load_layout
         from firmware_bridge.mqtt.generic_json import mapping_from_dict
@@ -73,6 +77,7 @@ class MqttSource:
         self._config = config
         self._devices = config.device_meta()  # as readings name them (DevEUIs lower case)
         self._clock = clock
+        self._monotonic = monotonic
         layout = None
         if config.layout is not None:
             layout = (
@@ -103,7 +108,7 @@ class MqttSource:
         self._backoff = config.reconnect_min_s
         self.reconnects = 0
         self._connected_once = False
-        self._connected_at: datetime | None = None
+        self._connected_at: float | None = None  # monotonic
         #: why the source is not up (for `edge check`), None while it is
         self.last_error: str | None = None
         self._hold_off = 0.0  # wait before the next connect (after a redeliver)
@@ -168,7 +173,7 @@ class MqttSource:
         self._messages = client.messages.__aiter__()
         self._generation += 1
         self._state = SourceState.UP
-        self._connected_at = self._clock()
+        self._connected_at = self._monotonic()
         self.last_error = None
         if self._connected_once:
             self.reconnects += 1
@@ -240,7 +245,7 @@ class MqttSource:
 
     def _lost(self, exc: BaseException) -> None:
         """Log a lost connection and set the delay before the next connect."""
-        up = (self._clock() - self._connected_at).total_seconds() if self._connected_at else 0.0
+        up = self._monotonic() - self._connected_at if self._connected_at is not None else 0.0
         broker = self._config.broker
         self.last_error = f"connection to {broker.host}:{broker.port} lost: {exc}"
         if up >= STABLE_S:

@@ -498,6 +498,7 @@ async def test_a_connection_dropped_at_once_is_retried_with_a_growing_delay(
     from edge.sources.mqtt_source import MqttSource
 
     now = [datetime(2026, 11, 24, 7, 0, tzinfo=UTC)]
+    mono = [100.0]  # the monotonic clock, which times connections
     session = FakeSession([])
     up_for = [0.0] * 5 + [3600.0] + [0.0]  # how long each connection lasts
 
@@ -505,7 +506,9 @@ async def test_a_connection_dropped_at_once_is_retried_with_a_growing_delay(
         async def __anext__(self) -> Any:
             if len(session.connections) > 50:  # reconnecting in a tight loop
                 raise asyncio.CancelledError
-            now[0] += timedelta(seconds=up_for[min(len(session.connections), len(up_for)) - 1])
+            up = up_for[min(len(session.connections), len(up_for)) - 1]
+            now[0] += timedelta(seconds=up)
+            mono[0] += up
             raise aiomqtt.MqttError("Disconnected during message iteration")
 
     delays: list[float] = []
@@ -513,6 +516,7 @@ async def test_a_connection_dropped_at_once_is_retried_with_a_growing_delay(
     async def sleep(seconds: float) -> None:
         delays.append(seconds)
         now[0] += timedelta(seconds=seconds)
+        mono[0] += seconds
         if len(delays) >= len(up_for):
             raise asyncio.CancelledError
 
@@ -528,6 +532,7 @@ async def test_a_connection_dropped_at_once_is_retried_with_a_growing_delay(
         ),
         gateway_id="gw1",
         clock=lambda: now[0],
+        monotonic=lambda: mono[0],
     )
     await source.start()
     with caplog.at_level(logging.WARNING), pytest.raises(asyncio.CancelledError):
@@ -536,3 +541,59 @@ async def test_a_connection_dropped_at_once_is_retried_with_a_growing_delay(
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 0.5, 1.0]
     assert len(session.connections) == len(up_for)
     assert "another client may be using client id 'climastream-gw1-lora'" in caplog.text
+
+
+async def test_how_long_an_mqtt_connection_lasted_ignores_wall_clock_steps(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """NTP steps a Pi's wall clock (by days after boot, sometimes back): a connection that
+    was up for an hour while the clock stepped back two was judged lost 'after -7200.0s',
+    so its retry waited the doubled delay and the log blamed another client with the same
+    client id. How long a connection lasted is the monotonic clock's."""
+    import aiomqtt
+
+    from edge.config import MqttSourceConfig
+    from edge.sources import mqtt_source
+    from edge.sources.mqtt_source import MqttSource
+
+    now = [datetime(2026, 11, 24, 7, 0, tzinfo=UTC)]
+    mono = [100.0]
+    session = FakeSession([])
+    refused = [3]  # the broker is down for the first three connects
+
+    class Flaky(FakeMqttClient):
+        async def __aenter__(self) -> Flaky:
+            if refused[0]:
+                refused[0] -= 1
+                raise aiomqtt.MqttError("connection refused")
+            return await super().__aenter__()  # type: ignore[return-value]
+
+        async def __anext__(self) -> Any:
+            mono[0] += 3600.0  # up for an hour, while NTP steps the wall clock back 2 h
+            now[0] -= timedelta(hours=2)
+            raise aiomqtt.MqttError("Disconnected during message iteration")
+
+    delays: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        mono[0] += seconds
+        if len(delays) == 4:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(aiomqtt, "Client", lambda *a, **k: Flaky(session))
+    monkeypatch.setattr(mqtt_source.asyncio, "sleep", sleep)
+    source = MqttSource(
+        MqttSourceConfig(
+            name="lora", topics=("city/#",), format="senml", reconnect_min_s=0.5, reconnect_max_s=4
+        ),
+        gateway_id="gw1",
+        clock=lambda: now[0],
+        monotonic=lambda: mono[0],
+    )
+    await source.start()
+    with caplog.at_level(logging.WARNING), pytest.raises(asyncio.CancelledError):
+        await source.read_acked()
+
+    assert delays == [0.5, 1.0, 2.0, 0.5]  # three refused connects, then a stable hour
+    assert "another client may be using" not in caplog.text
