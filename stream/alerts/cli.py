@@ -348,6 +348,10 @@ def fingerprint_form(given: str) -> str:
     return text
 
 
+class AmbiguousFingerprint(ValueError):
+    """The start of a fingerprint that several alerts' fingerprints start with."""
+
+
 def resolve_fingerprint(given: str, known: Iterable[str]) -> str:
     """The fingerprint on the ``alerts`` topic that ``given`` names: itself, or the one it
     is a prefix of (``tail --alerts`` shows 12 digits). ValueError saying what is wrong
@@ -361,7 +365,7 @@ def resolve_fingerprint(given: str, known: Iterable[str]) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise ValueError(f"{given} is the start of several alerts: {', '.join(matches)}")
+        raise AmbiguousFingerprint(f"{given} is the start of several alerts: {', '.join(matches)}")
     raise ValueError(
         f"no alert {given} on the alerts topic ('climastream alerts list --all' lists "
         "them); nothing sent"
@@ -424,9 +428,17 @@ def _history(args: argparse.Namespace) -> int:
     except (KafkaUnreachable, kafkasec.KafkaSecurityError) as exc:
         print(f"alerts history: {exc}", file=sys.stderr)
         return 2
-    changes = [a for a in records if a.fingerprint == args.fingerprint]
+    # the forms ack and silence take: the 12 digits 'tail --alerts' shows, any case
+    try:
+        fingerprint = resolve_fingerprint(args.fingerprint, {a.fingerprint for a in records})
+    except AmbiguousFingerprint as exc:
+        print(f"alerts history: {exc}", file=sys.stderr)
+        return 2
+    except ValueError:  # none on the topic: the ledger may still have its deliveries
+        fingerprint = args.fingerprint
+    changes = [a for a in records if a.fingerprint == fingerprint]
     if not changes:
-        print(f"no state changes for {args.fingerprint} on the alerts topic")
+        print(f"no state changes for {fingerprint} on the alerts topic")
     for alert in changes:
         print(f"{alert.updated_at:%Y-%m-%d %H:%M:%S}Z  {alert.state.value:12}  {alert.summary}")
     if args.ledger:
@@ -437,7 +449,7 @@ def _history(args: argparse.Namespace) -> int:
             return 2
         ledger = Ledger(args.ledger)
         try:
-            for d in ledger.deliveries(args.fingerprint):
+            for d in ledger.deliveries(fingerprint):
                 sent = f" sent {d.sent_at:%H:%M:%S}Z" if d.sent_at else ""
                 failing = ""
                 if d.failing_since:  # retried since then; given up a day later by default
