@@ -133,12 +133,18 @@ class StreamSettings:
         return f"{self.app_id}-kpi-state-changelog"
 
     @classmethod
-    def from_env(cls, config_path: str | Path | None = None) -> StreamSettings:
+    def from_env(
+        cls,
+        config_path: str | Path | None = None,
+        kafka_security: KafkaSecurity | None = None,
+    ) -> StreamSettings:
         """Settings from the environment; the stream config from ``config_path`` if given
         (``--config``), else ``CLIMASTREAM_STREAM_CONFIG``; the internal topics' replicas
-        from ``CLIMASTREAM_TOPICS_*`` as for ``climastream topics create``. Raises
-        StreamConfigError, :class:`~climastream.topics.DurabilityError`,
-        :class:`SessionTimeoutError` or :class:`~climastream.kafkasec.KafkaSecurityError`."""
+        from ``CLIMASTREAM_TOPICS_*`` as for ``climastream topics create``; TLS and SASL
+        from ``kafka_security`` if given (the command line's, on top of the environment),
+        else the environment. Raises StreamConfigError,
+        :class:`~climastream.topics.DurabilityError`, :class:`SessionTimeoutError` or
+        :class:`~climastream.kafkasec.KafkaSecurityError`."""
         config_path = config_path or os.environ.get("CLIMASTREAM_STREAM_CONFIG")
         return cls(
             bootstrap_servers=os.environ.get("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -146,7 +152,7 @@ class StreamSettings:
             config=StreamConfig.load(config_path) if config_path else StreamConfig(),
             durability=Durability.from_env(),
             session_timeout_s=session_timeout_from_env(),
-            kafka_security=KafkaSecurity.from_env(),
+            kafka_security=kafka_security or KafkaSecurity.from_env(),
         )
 
 

@@ -71,8 +71,7 @@ def _worker(args: argparse.Namespace) -> int:
     from stream.config import StreamConfigError
 
     try:  # --config, or else CLIMASTREAM_STREAM_CONFIG: one error line either way
-        settings = StreamSettings.from_env(args.config)
-        settings = replace(settings, kafka_security=kafkasec.from_args(args))
+        settings = StreamSettings.from_env(args.config, kafkasec.from_args(args))
     except (
         StreamConfigError,
         DurabilityError,

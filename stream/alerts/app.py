@@ -76,9 +76,11 @@ class AlertsSettings:
     kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
     @classmethod
-    def from_env(cls) -> AlertsSettings:
-        """Raises :class:`~climastream.topics.DurabilityError` for a bad
-        ``CLIMASTREAM_TOPICS_*`` variable (the same as ``climastream topics create``) and
+    def from_env(cls, kafka_security: KafkaSecurity | None = None) -> AlertsSettings:
+        """TLS and SASL from ``kafka_security`` if given (the command line's, on top of the
+        environment), else the environment. Raises
+        :class:`~climastream.topics.DurabilityError` for a bad ``CLIMASTREAM_TOPICS_*``
+        variable (the same as ``climastream topics create``) and
         ``stream.app.SessionTimeoutError`` for a bad ``CLIMASTREAM_KAFKA_SESSION_TIMEOUT``,
         :class:`~climastream.kafkasec.KafkaSecurityError` for a bad TLS/SASL variable."""
         rules = os.environ.get("CLIMASTREAM_ALERT_RULES")
@@ -88,7 +90,7 @@ class AlertsSettings:
             rules_path=Path(rules) if rules else None,
             durability=Durability.from_env(),
             session_timeout_s=session_timeout_from_env(),
-            kafka_security=KafkaSecurity.from_env(),
+            kafka_security=kafka_security or KafkaSecurity.from_env(),
         )
 
     def changelog_topics(self) -> list[str]:

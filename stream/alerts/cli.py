@@ -143,8 +143,7 @@ def _engine(args: argparse.Namespace) -> int:
     from stream.app import SessionTimeoutError
 
     try:
-        settings = AlertsSettings.from_env()
-        settings = replace(settings, kafka_security=kafkasec.from_args(args))
+        settings = AlertsSettings.from_env(kafkasec.from_args(args))
     except (DurabilityError, SessionTimeoutError, kafkasec.KafkaSecurityError) as exc:
         print(f"alerts engine: {exc}", file=sys.stderr)
         return 2

@@ -350,3 +350,21 @@ def test_sink_init_does_not_need_the_kafka_files(
     monkeypatch.setenv("CLIMASTREAM_KAFKA_SSL_CAFILE", str(tmp_path / "not-mounted.pem"))
     args = argparse.Namespace(config=None, kafka=None, influx_url=None, org=None)
     assert _load(args, kafka=False).kafka.security.security_protocol == "PLAINTEXT"
+
+
+@pytest.mark.parametrize("argv", [["stream", "worker"], ["alerts", "engine"], ["alerts", "list"]])
+def test_an_option_completes_the_environment_for_the_workers_too(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The options win over the environment, so a setting missing from it may come as an
+    option. The KPI worker and the alert engine read the environment alone first and
+    stopped with 'CLIMASTREAM_KAFKA_SASL_USERNAME is not set' although
+    --kafka-sasl-username gave it; they now get as far as the broker (nothing listens)."""
+    for var, value in SASL_SSL.items():
+        if "USERNAME" not in var:
+            monkeypatch.setenv(var, value)
+    monkeypatch.setenv("CLIMASTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9")
+    main([*argv, "--kafka-sasl-username", "climastream"])
+    err = capsys.readouterr().err
+    assert "is not set" not in err
+    assert "cannot reach Kafka at 127.0.0.1:9 over SASL_SSL SCRAM-SHA-512 user climastream" in err
