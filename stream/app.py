@@ -19,11 +19,14 @@ only after a checkpoint that covers them, and Faust flushes the changelog before
 offsets. After a crash, the new owner restores the checkpoint, skips records it already
 covers and replays the rest, so every reading counts exactly once; windows closed but not
 yet checkpointed are re-emitted with the same values (KPI consumers are idempotent per
-series and timestamp).
+series and timestamp). A replay repeats closes by event time but not by the wall clock, so
+the timer waits until the checkpoint of a wall-clock close is in the changelog before it
+acts on it (:meth:`stream.windows.DeviceWindows.advance_wall`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -331,6 +334,21 @@ class _Partition:
     written: checkpoints.Written = field(default_factory=checkpoints.Written)
 
 
+@dataclass(frozen=True)
+class _PartitionMessage:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class _PartitionEvent:
+    """The current event of a checkpoint written before its partition consumed any event
+    since its restore: Faust writes a table key to the changelog (and local store)
+    partition of the current event's message (its ``topic`` and ``partition``)."""
+
+    message: _PartitionMessage
+
+
 @dataclass
 class EngineMetrics:
     readings: int = 0
@@ -350,8 +368,16 @@ DEAD_LETTER_ERROR_BYTES = 4000
 Produce = Callable[[str, bytes | None, bytes, int | None, dict[str, bytes] | None], Awaitable[Any]]
 
 
-def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
+def create_app(
+    settings: StreamSettings,
+    produce: Produce | None = None,
+    changelog_synced: Callable[[int], Awaitable[None]] | None = None,
+) -> Any:
     """The Faust app of both stages.
+
+    ``changelog_synced(p)`` returns once the table writes made so far for partition ``p``
+    are in the changelog (acked by the broker); by default it awaits the last one. The
+    close timer calls it after checkpointing a wall-clock close, before acting on it.
 
     ``produce`` sends every output record (partials, KpiValues, late readings, dead
     letters); by default the app's own producer. It is called once per record, so it must
@@ -363,6 +389,7 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
     """
     faust = require("faust", "stream")
     from faust.streams import _current_event
+    from faust.tables.table import Table as FaustTable
 
     config = settings.config
     n = Topics.READINGS.partitions
@@ -399,8 +426,42 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         return await producer[0].send(topic, key, value, partition, None, headers)
 
     send = produce or _produce
-    state = app.Table(
-        "kpi-state", partitions=n, key_type=bytes, value_type=bytes, options=rocksdb_options()
+    # changelog partition -> the future of its last write (a FutureMessage: resolved once
+    # the broker has the record)
+    last_write: dict[int, Awaitable[Any]] = {}
+
+    class StateTable(FaustTable):
+        """``kpi-state``, keeping the future of each partition's last changelog write."""
+
+        def send_changelog(
+            self,
+            partition: int | None,
+            key: Any,
+            value: Any,
+            key_serializer: Any = None,
+            value_serializer: Any = None,
+        ) -> Any:
+            fut = super().send_changelog(partition, key, value, key_serializer, value_serializer)
+            if fut.message.partition is not None:  # set at once (eager partitioning)
+                last_write[fut.message.partition] = fut
+            return fut
+
+    async def _changelog_synced(p: int) -> None:
+        fut = last_write.get(p)
+        if fut is not None:
+            await fut
+
+    synced = changelog_synced or _changelog_synced
+    state = app.tables.add(
+        StateTable(
+            app,
+            name="kpi-state",
+            beacon=app.tables.beacon,
+            partitions=n,
+            key_type=bytes,
+            value_type=bytes,
+            options=rocksdb_options(),
+        )
     )
     metrics = EngineMetrics()
     app.climastream_metrics = metrics
@@ -428,9 +489,13 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         part.last_checkpoint = time.monotonic()
         return part
 
-    def checkpoint(prefix: str, p: int, part: _Partition) -> None:
-        """Write the partition's state to the changelogged table, then ack what it covers."""
-        if part.last_event is None:
+    def checkpoint(prefix: str, p: int, part: _Partition, changed: bool = False) -> None:
+        """Write the partition's state to the changelogged table, then ack what it covers.
+
+        ``changed``: the state changed without an event (a wall-clock close), so it is
+        written even when the partition has consumed nothing since its restore.
+        """
+        if part.last_event is None and not changed:
             return  # nothing consumed since the restart: the stored checkpoint still holds
         ops, written = checkpoints.write_ops(
             f"{prefix}:{p}".encode(),
@@ -453,7 +518,11 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         # Faust writes a table key to the changelog partition of the *current event*; the
         # timer has none, so it borrows the partition's last event (same partition), and
         # every part and the manifest go there, in this order.
-        token = _current_event.set(weakref.ref(part.last_event))
+        topic = settings.readings_topic if prefix == "s1" else settings.partials_topic
+        current = part.last_event
+        if current is None:
+            current = _PartitionEvent(_PartitionMessage(topic, p))
+        token = _current_event.set(weakref.ref(current))
         try:
             for key, value in ops:
                 if value is None:
@@ -474,14 +543,17 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         whose checkpoint cannot be read back. Processing that partition from an empty state
         would count its readings again; crashing leaves the offsets where the checkpoint
         is, and says why (systemd restarts it, and it stops again with the same message,
-        until the table is mended)."""
+        until the table is mended). Likewise when the checkpoint of a wall-clock close
+        does not reach the changelog: the state holds a close a replay would not repeat."""
 
         @functools.wraps(fun)
         async def run(*args: Any) -> None:
             try:
                 await fun(*args)
             except checkpoints.CheckpointError as exc:
-                log.critical("cannot restore a checkpoint, stopping the worker: %s", exc)
+                written = isinstance(exc, checkpoints.CheckpointNotWritten)
+                what = "cannot write a checkpoint" if written else "cannot restore a checkpoint"
+                log.critical("%s, stopping the worker: %s", what, exc)
                 await app.crash(exc)
 
         return run
@@ -533,43 +605,61 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
         part.last_event = event
         return part
 
+    # stage-1 partition -> held while its state changes: the close timer must not let an
+    # event in between its wall-clock close and the checkpoint of it reaching the changelog
+    locks: dict[int, asyncio.Lock] = {}
+
+    # stage-1 partitions whose wall-clock close did not reach the changelog: the worker is
+    # stopping, and their state in memory must not be acted on meanwhile
+    unwritten: dict[int, checkpoints.CheckpointNotWritten] = {}
+
+    def lock_of(p: int) -> asyncio.Lock:
+        lock = locks.get(p)
+        if lock is None:
+            lock = locks[p] = asyncio.Lock()
+        return lock
+
     @app.agent(readings, name="devices")
     @stops_if_unrestorable
     async def devices(stream: Any) -> None:
         async for event in stream.noack().events():
-            part = admit(stage1, "s1", event)
-            if part is None:
-                continue
             p = event.message.partition
-            try:
-                batch = decode_batch(event.value)
-            except ContractError as exc:
-                metrics.dead_letter += 1
-                headers = {"reason": b"contract", "error": str(exc).encode()[:1000]}
-                await send(Topics.DEAD_LETTER.name, event.key, event.value, None, headers)
-                continue
-            if batch.rejected:
-                metrics.dead_letter += 1
-                metrics.dead_letter_readings += len(batch.rejected)
-                headers = {
-                    "reason": PARTIAL_BATCH_REASON.encode(),
-                    "error": batch.dead_letter_error().encode()[:DEAD_LETTER_ERROR_BYTES],
-                }
-                value = batch.dead_letter_value()
-                await send(Topics.DEAD_LETTER.name, event.key, value, None, headers)
-            metrics.readings += len(batch.readings)
-            late = part.engine.add(batch.readings)
-            if late:
-                metrics.late += len(late)
-                late_batch = ReadingBatch(gateway_id=batch.gateway_id, readings=tuple(late))
-                await send(
-                    Topics.LATE_READINGS.name, late_batch.key, encode(late_batch), None, None
-                )
-            closed = part.engine.close()
-            if closed:
-                await send_partials(p, closed, part.engine.horizon())
-            if due(part):
-                checkpoint("s1", p, part)
+            async with lock_of(p):
+                await devices_event(p, event)
+
+    async def devices_event(p: int, event: Any) -> None:
+        if p in unwritten:
+            raise unwritten[p]
+        part = admit(stage1, "s1", event)
+        if part is None:
+            return
+        try:
+            batch = decode_batch(event.value)
+        except ContractError as exc:
+            metrics.dead_letter += 1
+            headers = {"reason": b"contract", "error": str(exc).encode()[:1000]}
+            await send(Topics.DEAD_LETTER.name, event.key, event.value, None, headers)
+            return
+        if batch.rejected:
+            metrics.dead_letter += 1
+            metrics.dead_letter_readings += len(batch.rejected)
+            headers = {
+                "reason": PARTIAL_BATCH_REASON.encode(),
+                "error": batch.dead_letter_error().encode()[:DEAD_LETTER_ERROR_BYTES],
+            }
+            value = batch.dead_letter_value()
+            await send(Topics.DEAD_LETTER.name, event.key, value, None, headers)
+        metrics.readings += len(batch.readings)
+        late = part.engine.add(batch.readings)
+        if late:
+            metrics.late += len(late)
+            late_batch = ReadingBatch(gateway_id=batch.gateway_id, readings=tuple(late))
+            await send(Topics.LATE_READINGS.name, late_batch.key, encode(late_batch), None, None)
+        closed = part.engine.close()
+        if closed:
+            await send_partials(p, closed, part.engine.horizon())
+        if due(part):
+            checkpoint("s1", p, part)
 
     @app.on_partitions_revoked.connect
     async def _revoked(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -593,13 +683,40 @@ def create_app(settings: StreamSettings, produce: Produce | None = None) -> Any:
             del stage2[p]
         now = datetime.now(UTC)
         for p, tp in sorted(assigned.items()):
+            await close_partition(p, app.consumer.highwater(tp), now)
+
+    async def close_partition(p: int, highwater: int | None, now: datetime) -> None:
+        """A tick of the close timer for stage-1 partition ``p``: close what the watermark
+        passed, by the wall clock ``now`` too if the partition is caught up (every record
+        below ``highwater`` processed), send the closed windows and the watermark,
+        checkpoint.
+
+        A replay cannot repeat a wall-clock close: the checkpoint that holds it must be in
+        the changelog before anything acts on it (:meth:`DeviceWindows.advance_wall`), and
+        no event of the partition is processed meanwhile.
+        """
+        async with lock_of(p):
+            if p in unwritten:
+                raise unwritten[p]
             part = load(stage1, "s1", p)
-            highwater = app.consumer.highwater(tp)
             caught_up = highwater is not None and part.offset + 1 >= highwater
-            closed = part.engine.close(now if caught_up else None)
+            as_of = now if caught_up else None
+            if as_of is not None and part.engine.advance_wall(as_of):
+                checkpoint("s1", p, part, changed=True)
+                try:
+                    await synced(p)
+                except Exception as exc:  # acting on the close now could lose readings
+                    unwritten[p] = checkpoints.CheckpointNotWritten(
+                        f"checkpoint s1:{p} of a wall-clock close did not reach the "
+                        f"changelog: {exc!r}"
+                    )
+                    raise unwritten[p] from exc
+            closed = part.engine.close()
             await send_partials(p, closed, part.engine.horizon())
             if closed or due(part):
                 checkpoint("s1", p, part)
+
+    app.climastream_close_partition = close_partition
 
     @app.agent(partials_topic, name="zones")
     @stops_if_unrestorable

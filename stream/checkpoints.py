@@ -44,6 +44,11 @@ class CheckpointError(RuntimeError):
     """A stored checkpoint cannot be read back whole."""
 
 
+class CheckpointNotWritten(CheckpointError):
+    """A checkpoint the worker must have in the changelog before it goes on did not get
+    there (the state it holds is one a replay would not rebuild)."""
+
+
 @dataclass
 class Written:
     """What the table holds for one partition's key, as far as its writer knows."""

@@ -12,7 +12,8 @@ Times are integer microseconds since the epoch (UTC) inside the engine, for spee
 * A window of a gateway is *closed* once ``max(gateway event time, wall clock) - grace``
   passes its end. The wall clock counts only when the caller says the partition is caught
   up (no backlog), so a replay after a crash closes windows exactly as the first run did,
-  while a quiet sensor's window still closes on time.
+  while a quiet sensor's window still closes on time. A replay cannot repeat a wall-clock
+  close, though: the caller checkpoints it before acting on it (:meth:`DeviceWindows.advance_wall`).
 * A gateway the engine has not heard before starts with its windows closed up to the
   horizon already handed downstream (:meth:`DeviceWindows.horizon`, which therefore never
   goes back): the zone stage may have closed those zone windows, so its older readings
@@ -326,16 +327,37 @@ class DeviceWindows:
             self.stats.added += 1
         return late
 
+    def advance_wall(self, now: datetime) -> bool:
+        """Let the wall clock ``now`` (the partition is caught up as of then) close the
+        windows whose end + grace it has passed, at the next :meth:`close`; True when that
+        moved the watermark.
+
+        The wall horizon moves in whole windows (it only ever decides which windows are
+        closed, and their ends are multiples of the window), so it changes once a window,
+        not at every call. Unlike event time, a replay cannot repeat it: the caller makes
+        the state checkpointed after a True durable before anything acts on it (the closed
+        windows, the watermark, a reading found late), or a crash would let a replay put a
+        later reading into a window already sent downstream, where it would be skipped as
+        a replayed window and lost. The windows stay in the state until :meth:`close`
+        takes them, so a checkpoint taken in between holds them and closes them once
+        restored.
+        """
+        wall = to_us(now) - self.grace_us
+        wall -= wall % self.size_us
+        if self._wall_horizon is not None and wall <= self._wall_horizon:
+            return False
+        self._wall_horizon = wall
+        return True
+
     def close(self, now: datetime | None = None) -> list[DevicePartial]:
         """Close every window whose end + grace the watermark has passed.
 
         ``now`` is the wall clock, given only when the partition is caught up; None in
-        replays and during catch-up, where event time alone decides.
+        replays and during catch-up, where event time alone decides. (The Faust app calls
+        :meth:`advance_wall` itself, to checkpoint what it decides first.)
         """
         if now is not None:
-            wall = to_us(now) - self.grace_us
-            if self._wall_horizon is None or wall > self._wall_horizon:
-                self._wall_horizon = wall
+            self.advance_wall(now)
         wall_h = self._wall_horizon
         for gateway, newest in self._max_event.items():
             horizon = newest - self.grace_us

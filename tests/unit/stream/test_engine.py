@@ -717,6 +717,92 @@ def test_stale_and_replayed_partials_are_counted_apart_and_stale_ones_logged(
     assert restored.stats == zones.stats  # counters move with the partition
 
 
+class _Stage2:
+    """One stage-1 partition ("p0") feeding a zone stage, as the worker's send does."""
+
+    def __init__(self, config: StreamConfig) -> None:
+        self.config = config
+        self.zones = ZoneWindows(config, sources=1)
+        self.kpis: list[KpiValue] = []
+
+    def send(self, engine: DeviceWindows, closed: list[dict[str, object]]) -> None:
+        for partial in closed:
+            for key, reference in routing_keys(partial, self.config):
+                self.zones.add(key, partial, reference, "p0")
+        horizon = engine.horizon()
+        if horizon is not None:
+            self.zones.advance("p0", horizon)
+        self.kpis.extend(self.zones.close())
+
+
+def test_a_crash_after_a_wall_clock_close_loses_no_reading() -> None:
+    """The timer closes window [0,5) on the wall clock (4 readings); its partial and the
+    watermark reach the zone stage. The worker dies before it reads reading 4 of that
+    window. The new owner used to restore the checkpoint from *before* the close, put
+    reading 4 into the window, close it again and send it: the zone stage skipped it as
+    a replay (its first copy was merged), and reading 4 was in no KPI and not late. The
+    checkpoint taken right after the wall clock moved (the worker waits for it to reach
+    the changelog before sending) holds the close: reading 4 is late, as it would have
+    been had the worker lived, and the window is sent again with the same 4 readings."""
+    config = cfg(window="5s", grace="1s", default_cadence="1s")
+    stage2 = _Stage2(config)
+    readings = [_reading("d", "gw1", s, 20.0 + s, T0 + timedelta(seconds=s)) for s in range(12)]
+    first = DeviceWindows(config.window, config.grace)
+    late = []
+    for reading in readings[:4]:  # seconds 0-3 of window [0, 5)
+        late += first.add([reading])
+        stage2.send(first, first.close())
+    assert first.advance_wall(T0 + timedelta(seconds=6.1))  # caught up: 6.1 - 1 s grace
+    durable = orjson.dumps(first.snapshot())  # in the changelog before anything is sent
+    closed = first.close()
+    assert [p["q"]["temperature"] for p in closed] == [[20.0, 21.0, 22.0, 23.0]]
+    stage2.send(first, closed)
+    assert [k.value for k in pick(stage2.kpis, "stat.count", device_id="d")] == [4.0]
+    # SIGKILL; the new owner restores the durable checkpoint and replays from there
+    second = DeviceWindows(config.window, config.grace)
+    second.restore(orjson.loads(durable))
+    stage2.send(second, second.close())  # its first tick sends [0, 5) again
+    for reading in readings[4:]:
+        late += second.add([reading])
+        stage2.send(second, second.close())
+    assert [r.seq for r in late] == [4]
+    assert stage2.zones.stats.replayed_partials == 1
+    counts = pick(stage2.kpis, "stat.count", device_id="d")
+    assert [(k.window_start, k.value) for k in counts] == [
+        (T0, 4.0),
+        (T0 + timedelta(seconds=5), 5.0),  # 5-9 s; 10 and 11 s are in a window still open
+    ]
+    assert second.open_windows == 1
+
+
+def test_the_wall_clock_moves_in_whole_windows() -> None:
+    """It only decides which windows are closed, so it changes (and is checkpointed and
+    waited for) once a window, not at every timer tick; it closes the same windows."""
+    engine = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    engine.add([_reading("d", "gw1", 0, 20.0, T0 + timedelta(seconds=1))])
+    assert engine.advance_wall(T0 + timedelta(seconds=5))  # the first: windows up to 0 s
+    assert not engine.advance_wall(T0 + timedelta(seconds=11.9))  # still 0 s: [0,10) open
+    assert engine.close() == []
+    assert engine.advance_wall(T0 + timedelta(seconds=12))
+    assert not engine.advance_wall(T0 + timedelta(seconds=21.9))
+    assert [p["ws"] for p in engine.close()] == [to_us(T0)]
+    assert engine.horizon() == to_us(T0 + timedelta(seconds=10))
+
+
+def test_a_checkpoint_between_the_wall_clock_and_the_close_keeps_the_windows() -> None:
+    """A crash after the checkpoint of a wall-clock close but before its windows were
+    sent: the restored state still holds them, closed, and sends them at once."""
+    engine = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    engine.add([_reading("d", "gw1", 0, 20.0, T0 + timedelta(seconds=1))])
+    assert engine.advance_wall(T0 + timedelta(seconds=12))
+    restored = DeviceWindows(timedelta(seconds=10), timedelta(seconds=2))
+    restored.restore(orjson.loads(orjson.dumps(engine.snapshot())))
+    assert restored.horizon() == to_us(T0 + timedelta(seconds=10))
+    assert [p["q"]["temperature"] for p in restored.close()] == [[20.0]]
+    late = _reading("d", "gw1", 1, 21.0, T0 + timedelta(seconds=9))
+    assert restored.add([late]) == [late]
+
+
 # ------------------------------------------------------------------ UHI nights and days across DST
 
 

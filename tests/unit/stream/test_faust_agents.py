@@ -14,7 +14,7 @@ import pytest
 from climastream.contract import KpiValue, Quantity, Reading, ReadingBatch, decode, encode
 from stream.app import StreamSettings, create_app
 from stream.config import StreamConfig
-from stream.windows import to_us
+from stream.windows import DeviceWindows, to_us
 
 T0 = datetime(2024, 7, 1, 10, 0, tzinfo=UTC)
 
@@ -276,6 +276,115 @@ async def test_stale_and_replayed_partials_are_metrics(app: Any, sent: Sent) -> 
     assert "climastream_stream_replayed_partials_total 1.0" in text
     assert "climastream_stream_stale_partials_total 1.0" in text
     assert "climastream_stream_stale_readings_total 2.0" in text
+
+
+def _at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def _items(sent: Sent) -> list[Any]:
+    return [item for raw in sent.values("t-kpi-partials") for item in orjson.loads(raw)["items"]]
+
+
+class _Synced:
+    """``changelog_synced``: records, per call, how many device windows had been sent and
+    the checkpoint of stage-1 partition 0 the table held (what a new owner restores)."""
+
+    def __init__(self, sent: Sent) -> None:
+        self.sent = sent
+        self.app: Any = None
+        self.calls: list[tuple[int, bytes]] = []
+
+    async def __call__(self, p: int) -> None:
+        self.calls.append((len(_items(self.sent)), self.app.tables["kpi-state"][b"s1:%d" % p]))
+
+
+def _timer_app(tmp_path: Any, sent: Sent, synced: _Synced) -> Any:
+    config = StreamConfig.model_validate({"window": "10s", "grace": "1s"})
+    settings = StreamSettings(config=config, store="memory", data_dir=str(tmp_path),
+                              app_id="t", checkpoint_interval_s=3600)  # fmt: skip
+    synced.app = create_app(settings, produce=sent, changelog_synced=synced)
+    return synced.app
+
+
+async def test_a_wall_clock_close_reaches_the_changelog_before_its_window_is_sent(
+    tmp_path: Any, sent: Sent
+) -> None:
+    """The close timer checkpoints a wall-clock close and waits for the changelog before it
+    sends the window: a worker killed in between used to leave the checkpoint from before
+    the close, and its successor put a later reading into the window, sent it again, and
+    the zone stage skipped it as a replay: the reading was lost. Restored from what the
+    changelog holds when the window leaves, that reading is late (counted and routed)."""
+    synced = _Synced(sent)
+    app = _timer_app(tmp_path, sent, synced)
+    close = app.climastream_close_partition
+    stage1, _ = app.climastream_stages
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", i, 2 * i) for i in range(4)]))
+        caught_up = stage1[0].offset + 1  # the high watermark: nothing more to read
+        await close(0, caught_up, _at(12.0))  # caught up: [0,10) + 1 s grace passed
+    assert [partial["q"] for _, _, partial in _items(sent)] == [
+        {"temperature": [20.0, 20.0, 20.0, 20.0]}
+    ]
+    ((sent_before, stored),) = synced.calls
+    assert sent_before == 0
+    successor = DeviceWindows(timedelta(seconds=10), timedelta(seconds=1))
+    successor.restore(orjson.loads(stored)["state"])
+    assert [p["q"] for p in successor.close()] == [{"temperature": [20.0] * 4}]  # sent again
+    after = temperature("d1", 4, 8.0)  # in the broker, not read before the worker died
+    assert successor.add([after]) == [after]
+
+
+async def test_a_restored_partition_checkpoints_a_wall_clock_close_before_any_event(
+    tmp_path: Any, sent: Sent
+) -> None:
+    """A partition loaded from the table that has read nothing since (its gateways are
+    quiet) still closes on the wall clock, and still checkpoints that first."""
+    synced = _Synced(sent)
+    app = _timer_app(tmp_path, sent, synced)
+    close = app.climastream_close_partition
+    stage1, _ = app.climastream_stages
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))
+        caught_up = stage1[0].offset + 1
+        await close(0, caught_up, _at(5.0))  # checkpointed, nothing closes
+        stage1.clear()  # a new owner: loaded from the table at the next tick, no event read
+        await close(0, caught_up, _at(20.0))  # 20 s - 1 s grace closes [0,10)
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 1, 25.0)]))  # reads on
+        assert sent.values("late-readings") == []
+    assert len(synced.calls) == 2
+    sent_before, stored = synced.calls[1]
+    assert sent_before == 0
+    assert orjson.loads(stored)["state"]["wall"] == to_us(T0 + timedelta(seconds=10))
+    assert [partial["ws"] for _, _, partial in _items(sent)] == [to_us(T0)]
+
+
+async def test_a_wall_clock_close_whose_checkpoint_fails_sends_nothing(
+    tmp_path: Any, sent: Sent
+) -> None:
+    """The broker refused the checkpoint: the worker stops (the timer's wrapper crashes the
+    app on this error) rather than act on a close that a replay would not repeat."""
+    from stream.checkpoints import CheckpointNotWritten
+
+    async def refused(p: int) -> None:
+        raise OSError("broker gone")
+
+    config = StreamConfig.model_validate({"window": "10s", "grace": "1s"})
+    settings = StreamSettings(config=config, store="memory", data_dir=str(tmp_path),
+                              app_id="t", checkpoint_interval_s=3600)  # fmt: skip
+    app = create_app(settings, produce=sent, changelog_synced=refused)
+    close = app.climastream_close_partition
+    stage1, _ = app.climastream_stages
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))
+        caught_up = stage1[0].offset + 1
+        with pytest.raises(CheckpointNotWritten, match=r"s1:0 .*broker gone"):
+            await close(0, caught_up, _at(12.0))
+        with pytest.raises(CheckpointNotWritten):  # while the worker stops: the next tick
+            await close(0, caught_up, _at(12.5))
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 1, 25.0)]))  # the agent
+    assert _items(sent) == []
+    assert stage1[0].engine.stats.added == 1
 
 
 class _FakeAdmin:
