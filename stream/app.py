@@ -35,7 +35,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from climastream.topics import Durability
 from stream import checkpoints
 from stream.checkpoints import DEFAULT_PART_BYTES
 from stream.config import StreamConfig
-from stream.windows import DevicePartial, DeviceWindows
+from stream.windows import DevicePartial, DeviceWindows, from_us
 from stream.zones import ZoneWindows, partition_for, routing_keys
 
 log = logging.getLogger(__name__)
@@ -321,6 +321,63 @@ async def ensure_topics(settings: StreamSettings) -> None:
 
 
 @dataclass
+class FetchClock:
+    """Up to when a stage-1 partition is known to be caught up, from its consumer's fetches.
+
+    "Caught up" (every record below the high watermark processed) is as of the fetch that
+    reported that high watermark, not as of now: a worker that stopped running for a while
+    (an overloaded host, a GC pause, SIGSTOP) resumes with the high watermark of a fetch
+    from before, while the readings of the pause wait at the broker. Closing windows on
+    the wall clock of the resumed timer then made those readings late.
+
+    Neither is the time of the newest fetch response safe: aiokafka stamps a response when
+    it processes it, and a response the broker built before the pause (say an empty one at
+    the end of its long poll) is stamped after it. But aiokafka has one fetch per broker in
+    flight: a partition's next fetch is requested only after the previous response was
+    processed, so the high watermark of a fetch covers every record that reached the broker
+    before the *previous* response's stamp. That stamp is the wall clock a caught-up
+    partition may close windows at. Windows of a quiet partition therefore close up to two
+    fetch intervals after ``end + grace`` (Faust's fetches wait up to 1.5 s for records).
+    """
+
+    latest_ms: int | None = None  # the stamp of the newest fetch response seen
+    before_ms: int | None = None  # the one seen before it
+
+    def caught_up_as_of(
+        self, fetched_ms: int | None, highwater: int | None, offset: int
+    ) -> datetime | None:
+        """The wall-clock time up to which the partition is caught up, or None.
+
+        ``fetched_ms``: when the consumer last processed a fetch response for it (read
+        *before* ``highwater``, so that a fetch landing in between only makes this later
+        answer more careful); ``offset``: the last offset processed.
+        """
+        if fetched_ms is not None and fetched_ms != self.latest_ms:
+            self.before_ms, self.latest_ms = self.latest_ms, fetched_ms
+        if self.before_ms is None or highwater is None or offset + 1 < highwater:
+            return None
+        return from_us(self.before_ms * 1000)
+
+
+def last_fetch_ms(consumer: Any, tp: Any) -> int | None:
+    """When ``consumer`` (Faust's) last processed a fetch response for ``tp`` (aiokafka's
+    ``last_poll_timestamp``, ms of the wall clock), None before the first.
+
+    Faust does not pass it on; its aiokafka consumer thread holds the aiokafka consumer,
+    as for :meth:`highwater`. A consumer without one (another driver) answers with the
+    time of the call, which makes :class:`FetchClock` close as of the previous tick.
+    """
+    ensure = getattr(getattr(consumer, "_thread", None), "_ensure_consumer", None)
+    if ensure is None:
+        return int(time.time() * 1000)
+    try:
+        stamp = ensure().last_poll_timestamp(tp)
+    except AssertionError:  # not (or no longer) assigned: a rebalance under way
+        return None
+    return None if stamp is None else int(stamp)
+
+
+@dataclass
 class _Partition:
     """One partition's engine plus what is needed to checkpoint and ack it."""
 
@@ -332,6 +389,7 @@ class _Partition:
     checkpoint_bytes: int = 0  # size of the last checkpoint written (all its parts)
     warned_size: bool = False  # a big checkpoint was logged
     written: checkpoints.Written = field(default_factory=checkpoints.Written)
+    fetches: FetchClock = field(default_factory=FetchClock)
 
 
 @dataclass(frozen=True)
@@ -681,15 +739,14 @@ def create_app(
             del stage1[p]  # revoked: the new owner restores it from the changelog
         for p in [p for p in stage2 if p not in _assigned(app, settings.partials_topic)]:
             del stage2[p]
-        now = datetime.now(UTC)
         for p, tp in sorted(assigned.items()):
-            await close_partition(p, app.consumer.highwater(tp), now)
+            fetched_ms = last_fetch_ms(app.consumer, tp)  # before the high watermark
+            await close_partition(p, fetched_ms, app.consumer.highwater(tp))
 
-    async def close_partition(p: int, highwater: int | None, now: datetime) -> None:
+    async def close_partition(p: int, fetched_ms: int | None, highwater: int | None) -> None:
         """A tick of the close timer for stage-1 partition ``p``: close what the watermark
-        passed, by the wall clock ``now`` too if the partition is caught up (every record
-        below ``highwater`` processed), send the closed windows and the watermark,
-        checkpoint.
+        passed, by the wall clock too if the partition is caught up (:class:`FetchClock`),
+        send the closed windows and the watermark, checkpoint.
 
         A replay cannot repeat a wall-clock close: the checkpoint that holds it must be in
         the changelog before anything acts on it (:meth:`DeviceWindows.advance_wall`), and
@@ -699,8 +756,7 @@ def create_app(
             if p in unwritten:
                 raise unwritten[p]
             part = load(stage1, "s1", p)
-            caught_up = highwater is not None and part.offset + 1 >= highwater
-            as_of = now if caught_up else None
+            as_of = part.fetches.caught_up_as_of(fetched_ms, highwater, part.offset)
             if as_of is not None and part.engine.advance_wall(as_of):
                 checkpoint("s1", p, part, changed=True)
                 try:

@@ -278,8 +278,9 @@ async def test_stale_and_replayed_partials_are_metrics(app: Any, sent: Sent) -> 
     assert "climastream_stream_stale_readings_total 2.0" in text
 
 
-def _at(seconds: float) -> datetime:
-    return T0 + timedelta(seconds=seconds)
+def _ms(seconds: float) -> int:
+    """A fetch stamp (aiokafka's, ms of the wall clock), ``seconds`` after T0."""
+    return to_us(T0 + timedelta(seconds=seconds)) // 1000
 
 
 def _items(sent: Sent) -> list[Any]:
@@ -322,7 +323,9 @@ async def test_a_wall_clock_close_reaches_the_changelog_before_its_window_is_sen
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", i, 2 * i) for i in range(4)]))
         caught_up = stage1[0].offset + 1  # the high watermark: nothing more to read
-        await close(0, caught_up, _at(12.0))  # caught up: [0,10) + 1 s grace passed
+        await close(0, _ms(11.5), caught_up)
+        assert synced.calls == []  # one fetch seen: caught up as of no time yet
+        await close(0, _ms(12.0), caught_up)  # caught up as of 11.5 s: [0,10) + 1 s passed
     assert [partial["q"] for _, _, partial in _items(sent)] == [
         {"temperature": [20.0, 20.0, 20.0, 20.0]}
     ]
@@ -347,9 +350,11 @@ async def test_a_restored_partition_checkpoints_a_wall_clock_close_before_any_ev
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))
         caught_up = stage1[0].offset + 1
-        await close(0, caught_up, _at(5.0))  # checkpointed, nothing closes
+        await close(0, _ms(5.0), caught_up)
+        await close(0, _ms(6.0), caught_up)  # caught up as of 5 s: checkpointed, nothing closes
         stage1.clear()  # a new owner: loaded from the table at the next tick, no event read
-        await close(0, caught_up, _at(20.0))  # 20 s - 1 s grace closes [0,10)
+        await close(0, _ms(20.0), caught_up)
+        await close(0, _ms(21.5), caught_up)  # caught up as of 20 s: 19 s closes [0,10)
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 1, 25.0)]))  # reads on
         assert sent.values("late-readings") == []
     assert len(synced.calls) == 2
@@ -378,13 +383,42 @@ async def test_a_wall_clock_close_whose_checkpoint_fails_sends_nothing(
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))
         caught_up = stage1[0].offset + 1
+        await close(0, _ms(11.0), caught_up)
         with pytest.raises(CheckpointNotWritten, match=r"s1:0 .*broker gone"):
-            await close(0, caught_up, _at(12.0))
+            await close(0, _ms(12.0), caught_up)
         with pytest.raises(CheckpointNotWritten):  # while the worker stops: the next tick
-            await close(0, caught_up, _at(12.5))
+            await close(0, _ms(12.5), caught_up)
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 1, 25.0)]))  # the agent
     assert _items(sent) == []
     assert stage1[0].engine.stats.added == 1
+
+
+async def test_a_worker_resuming_from_a_stall_does_not_close_on_its_old_high_watermark(
+    tmp_path: Any, sent: Sent
+) -> None:
+    """A worker that did not run for 2 s resumes with the high watermark of its last fetch,
+    from before, while the readings of those 2 s wait at the broker. The timer used to
+    close windows on the wall clock of the resumed tick, so that window's readings of
+    the pause came late. Caught up is as of the fetch *before* the one that reported the
+    high watermark (that fetch was requested after it): a response the broker built before
+    the pause, stamped when the worker resumed, does not count as after it."""
+    synced = _Synced(sent)
+    app = _timer_app(tmp_path, sent, synced)
+    close = app.climastream_close_partition
+    stage1, _ = app.climastream_stages
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 5.0)]))
+        caught_up = stage1[0].offset + 1
+        await close(0, _ms(8.0), caught_up)
+        await close(0, _ms(9.5), caught_up)  # caught up as of 8 s
+        # the worker stops from 9.6 s to 13 s; [0,10) + 1 s grace passes meanwhile
+        await close(0, _ms(9.5), caught_up)  # resumed: no fetch since
+        await close(0, _ms(13.0), caught_up)  # the empty long poll of 9.5 s, stamped now
+        assert _items(sent) == []
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 1, 9.0)]))  # next fetch
+        assert sent.values("late-readings") == []
+        await close(0, _ms(13.5), stage1[0].offset + 1)  # caught up as of 13 s
+    assert [partial["q"] for _, _, partial in _items(sent)] == [{"temperature": [20.0, 20.0]}]
 
 
 class _FakeAdmin:
