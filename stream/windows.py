@@ -124,6 +124,7 @@ class SeenSeqs:
     def __init__(self, cap: int = 4096, horizon_us: int | None = None) -> None:
         self._cap = cap
         self._horizon = horizon_us
+        self._order_limit = 2 * cap  # the arrival order is trimmed past this length
         # device -> [floor, seqs above it, newest event time (us) or None if unknown,
         #            the numbering before the last reset as (floor, seen above, newest) or
         #            None, (event time, seq) of the seqs above in arrival order]
@@ -174,6 +175,12 @@ class SeenSeqs:
             cut = ordered[len(ordered) // 2]
             state[0] = cut
             state[1] = {s for s in above if s > cut}
+        if len(order) > self._order_limit:
+            # entries the floor has passed (raised past by the cap, or a gap filled by a
+            # late arrival) stay in the arrival order until the horizon reaches their time,
+            # which never happens to a device whose clock stands still: drop them here
+            kept = state[1]
+            state[4] = deque(entry for entry in order if entry[1] in kept)
         return Seen.NEW
 
     def remembered(self) -> int:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from climastream.contract import Quantity, Reading
-from stream.windows import DeviceWindows, SeenSeqs, to_us
+from stream.windows import DeviceWindows, Seen, SeenSeqs, to_us
 
 T0 = datetime(2026, 11, 20, 10, 0, 0, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -235,3 +235,47 @@ def test_a_window_checkpointed_before_seqs_were_kept_takes_more_readings() -> No
     again.restore(snap)
     again.add([reading(1, T0 + S)])
     assert [p["q"]["temperature"] for p in again.flush()] == [[20.0, 21.0]]
+
+
+def test_a_device_whose_clock_stands_still_keeps_a_bounded_memory() -> None:
+    """A node with a dead RTC stamps every uplink with the same time: the horizon never
+    folds its numbers, so the memory must stay bounded by the cap, arrival order included,
+    whether its numbers have gaps (the cap raises the floor) or fill them late."""
+    at = to_us(L0)
+    gaps = SeenSeqs(cap=64, horizon_us=70 * 1_000_000)
+    swapped = SeenSeqs(cap=64, horizon_us=70 * 1_000_000)
+    for counter in range(1, 5_000):
+        gaps.add("lora-1", counter * 256, at)
+        # two readings per uplink, the second arriving first: each gap fills at once
+        swapped.add("node-1", 2 * counter + 2, at)
+        swapped.add("node-1", 2 * counter + 1, at)
+    for seen, device in ((gaps, "lora-1"), (swapped, "node-1")):
+        _, above, _, _, order = seen._state[device]
+        assert len(above) <= 64
+        assert len(order) <= 2 * 64 + 1
+        assert {s for _, s in order if s in above} == above
+    # what is remembered, or was raised or folded past, is still a duplicate
+    assert gaps.add("lora-1", 4_999 * 256, at) is Seen.DUPLICATE
+    assert gaps.add("lora-1", 10 * 256, at) is Seen.DUPLICATE
+    assert swapped.add("node-1", 9_000, at) is Seen.DUPLICATE
+    assert swapped.add("node-1", 10_001, at) is Seen.NEW
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 300), st.integers(0, 3)),  # (seq, event second)
+        max_size=400,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_trimming_the_arrival_order_changes_no_verdict(adds: list[tuple[int, int]]) -> None:
+    """The order is trimmed of entries the floor has passed, which the horizon would skip
+    anyway: a memory whose order is never trimmed says the same of every reading."""
+    trimmed = SeenSeqs(cap=4, horizon_us=2 * 1_000_000)
+    untrimmed = SeenSeqs(cap=4, horizon_us=2 * 1_000_000)
+    untrimmed._order_limit = 10**9
+    for seq, second in adds:
+        at = to_us(L0) + second * 1_000_000
+        assert trimmed.add("d", seq, at) is untrimmed.add("d", seq, at)
+        assert trimmed.snapshot() == untrimmed.snapshot()
+    assert len(trimmed._state.get("d", [None] * 5)[4] or ()) <= 2 * 4 + 1
