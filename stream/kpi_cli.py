@@ -85,6 +85,7 @@ def _eval(args: argparse.Namespace) -> int:
     stream.seek(0)
     run = Replay(config, args.kpi, gateways=gateways)
     batch: list[Reading] = []
+    late = 0  # only their number is printed: the readings themselves are let go per batch
     out = sys.stdout.buffer
     with stream:
         for number, line in enumerate(stream, start=1):
@@ -102,6 +103,8 @@ def _eval(args: argparse.Namespace) -> int:
                 for kpi in run.result.kpis:
                     out.write(encode(kpi) + b"\n")
                 run.result.kpis.clear()
+                late += len(run.result.late)
+                run.result.late.clear()
     if batch:
         run.add(batch)
     result = run.finish()
@@ -109,7 +112,7 @@ def _eval(args: argparse.Namespace) -> int:
         out.write(encode(kpi) + b"\n")
     out.flush()
     print(
-        f"kpi eval: late={len(result.late)} duplicates={result.duplicates} "
+        f"kpi eval: late={late + len(result.late)} duplicates={result.duplicates} "
         f"stale={result.stale_readings} bad_lines={bad}",
         file=sys.stderr,
     )

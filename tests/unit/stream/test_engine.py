@@ -912,3 +912,41 @@ def test_kpi_names_a_file_it_cannot_read_without_a_traceback(
     err = capsys.readouterr().err
     assert says.format(tmp=tmp) in err
     assert "Traceback" not in err
+
+
+def test_kpi_eval_lets_go_of_late_readings_once_counted(
+    tmp_path: object, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kpi eval`` prints only how many readings were late, but it used to keep every one
+    of them until the end of the input: a device whose clock lags its gateway's others
+    (all its readings late) took the process to 331 MB for 200,000 late readings, and a
+    month of one such 1 Hz device to gigabytes."""
+    from pathlib import Path
+
+    from climastream.cli import main
+    from climastream.contract import encode
+
+    held: list[int] = []
+    add = Replay.add
+
+    def watched(self: Replay, readings: list[Reading]) -> None:
+        add(self, readings)
+        held.append(len(self.result.late))
+
+    monkeypatch.setattr(Replay, "add", watched)
+    s = Seq()
+    rows = []
+    for second in range(3_000):
+        at = T0 + timedelta(seconds=second)
+        rows.append(s.reading("a", "temperature", 21.0, at, gateway="gw1"))
+        # two minutes behind its gateway: every reading lands in a closed window
+        lagging = s.reading("b", "temperature", 22.0, at - timedelta(minutes=2), gateway="gw1")
+        rows.append(lagging.model_copy(update={"ingest_time": at}))
+    path = Path(str(tmp_path))
+    (path / "stream.yaml").write_text("window: 1m\ngrace: 5s\nkpis: [stat.count]\n")
+    (path / "r.jsonl").write_bytes(b"".join(encode(r) + b"\n" for r in rows))
+    args = ["kpi", "eval", "--input", str(path / "r.jsonl"), "--config", str(path / "stream.yaml")]
+    assert main(args) == 0
+    _, err = capfd.readouterr()
+    assert "late=3000 duplicates=0 stale=0 bad_lines=0" in err
+    assert max(held) <= 500  # at most one batch's worth at a time
