@@ -528,6 +528,8 @@ def _as_bytes(raw: bytes | str | None) -> bytes | None:
 
 #: the ``reason`` header of the dead-letter record of a batch's rejected readings
 PARTIAL_BATCH_REASON: Final = "partial-batch"
+#: its ``error`` header is cut to this many bytes
+PARTIAL_BATCH_ERROR_BYTES: Final = 4000
 
 
 class _BatchEnvelope(_Model):
@@ -575,7 +577,15 @@ class BatchSplit:
         body = b",".join(r.raw for r in self.rejected)
         return head[:-1] + b',"readings":[' + body + b"]}"
 
-    def dead_letter_error(self, limit: int = 4000) -> str:
+    def dead_letter_headers(self) -> dict[str, bytes]:
+        """The ``reason`` and ``error`` headers of :meth:`dead_letter_value`'s record."""
+        error = self.dead_letter_error(limit=PARTIAL_BATCH_ERROR_BYTES)
+        return {
+            "reason": PARTIAL_BATCH_REASON.encode(),
+            "error": error.encode()[:PARTIAL_BATCH_ERROR_BYTES],
+        }
+
+    def dead_letter_error(self, limit: int = PARTIAL_BATCH_ERROR_BYTES) -> str:
         """What is wrong with each rejected reading (index, device, field), at most about
         ``limit`` characters; the rest are counted."""
         total = len(self.readings) + len(self.rejected)

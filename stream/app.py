@@ -42,7 +42,6 @@ from typing import Any
 import orjson
 
 from climastream.contract import (
-    PARTIAL_BATCH_REASON,
     ContractError,
     ReadingBatch,
     Topics,
@@ -419,9 +418,6 @@ class EngineMetrics:
     checkpoints: int = 0
 
 
-#: the ``error`` header of a partial-batch dead letter names each rejected reading, up to this
-DEAD_LETTER_ERROR_BYTES = 4000
-
 #: ``produce(topic, key, value, partition, headers)``: hand one record to the producer
 Produce = Callable[[str, bytes | None, bytes, int | None, dict[str, bytes] | None], Awaitable[Any]]
 
@@ -701,11 +697,7 @@ def create_app(
         if batch.rejected:
             metrics.dead_letter += 1
             metrics.dead_letter_readings += len(batch.rejected)
-            headers = {
-                "reason": PARTIAL_BATCH_REASON.encode(),
-                "error": batch.dead_letter_error().encode()[:DEAD_LETTER_ERROR_BYTES],
-            }
-            value = batch.dead_letter_value()
+            value, headers = batch.dead_letter_value(), batch.dead_letter_headers()
             await send(Topics.DEAD_LETTER.name, event.key, value, None, headers)
         metrics.readings += len(batch.readings)
         late = part.engine.add(batch.readings)

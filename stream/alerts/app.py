@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from climastream.contract import (
-    PARTIAL_BATCH_REASON,
     Alert,
     AlertAction,
     ContractError,
@@ -181,18 +180,8 @@ def read_record(
         return None, [(raw, headers, 0)]
     if model is not None or not record.rejected:
         return record, []
-    headers = {
-        "reason": PARTIAL_BATCH_REASON.encode(),
-        "source_topic": topic.encode(),
-        "error": record.dead_letter_error(limit=DEAD_LETTER_ERROR_BYTES).encode()[
-            :DEAD_LETTER_ERROR_BYTES
-        ],
-    }
+    headers = {**record.dead_letter_headers(), "source_topic": topic.encode()}
     return record, [(record.dead_letter_value(), headers, len(record.rejected))]
-
-
-#: the ``error`` header of a partial-batch dead letter, at most
-DEAD_LETTER_ERROR_BYTES = 4000
 
 
 def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
