@@ -19,6 +19,7 @@ identifiers that can never inject anything into line protocol, logs, topic keys 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -550,7 +551,10 @@ class RejectedReading:
     device_id: str | None
     #: ``field: message`` per problem, as in :class:`ContractError`
     error: str
-    #: the reading's JSON, re-serialised from the record (same values, maybe other spacing)
+    #: the reading's JSON as written in the record, byte for byte, except that the non-JSON
+    #: constants ``NaN``, ``Infinity`` and ``-Infinity`` (which the record parser accepts)
+    #: become JSON strings: always valid JSON, and a number too large for a float (``1e400``)
+    #: keeps its digits instead of turning into ``Infinity``
     raw: bytes
 
     def describe(self) -> str:
@@ -634,6 +638,7 @@ def _split(raw: bytes | str, now: datetime) -> BatchSplit | None:
     context = {"now": now}
     good: list[Reading] = []
     rejected: list[RejectedReading] = []
+    written: list[bytes] | None = None
     for index, item in enumerate(envelope.readings):
         # parsed by the same JSON parser as the record; floats and big ints round-trip
         item_raw = pydantic_core.to_json(item, inf_nan_mode="constants")
@@ -642,19 +647,94 @@ def _split(raw: bytes | str, now: datetime) -> BatchSplit | None:
         except ValidationError as exc:
             lines = error_lines(exc, limit=3, root="")
             error = "; ".join(line.removeprefix(": ") for line in lines)
-            rejected.append(RejectedReading(index, _device_of(item), error, item_raw))
-            continue
-        if reading.gateway_id != envelope.gateway_id:
+            device = _device_of(item)
+        else:
+            if reading.gateway_id == envelope.gateway_id:
+                good.append(reading)
+                continue
             error = (
                 f"gateway_id {reading.gateway_id!r} differs from the batch gateway_id "
                 f"{envelope.gateway_id!r}"
             )
-            rejected.append(RejectedReading(index, reading.device_id, error, item_raw))
-            continue
-        good.append(reading)
+            device = reading.device_id
+        if written is None:
+            written = _readings_as_written(raw, len(envelope.readings))
+        dead = written[index] if written else pydantic_core.to_json(item, inf_nan_mode="strings")
+        rejected.append(RejectedReading(index, device, error, dead))
     if not rejected:
         return None  # the record failed for a reason no single reading has: keep that verdict
     return BatchSplit(envelope.gateway_id, tuple(good), tuple(rejected))
+
+
+_JSON = json.JSONDecoder()  # finds where each value ends; pydantic-core decides validity
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+#: a JSON string, or one of the non-JSON constants the record parser (and json) accept
+_STRING_OR_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)', re.DOTALL)
+
+
+def _readings_as_written(raw: bytes | str, count: int) -> list[bytes] | None:
+    """Each item of the record's ``readings`` (the last such key, as the parser reads
+    duplicates) as written, made valid JSON; None if the items cannot be found as the
+    parser found them (the caller then re-serialises the parsed values).
+
+    A re-serialised item would turn ``1e400`` into ``Infinity`` (not JSON, and its digits
+    lost), so the dead letter keeps the record's own bytes.
+    """
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        items = _top_level_array(text, "readings")
+    except (ValueError, IndexError, RecursionError):
+        return None
+    if items is None or len(items) != count:
+        return None
+    out: list[bytes] = []
+    for item in items:
+        fixed = _STRING_OR_CONSTANT.sub(lambda m: f'"{m[1]}"' if m[1] else m[0], item)
+        try:
+            json.loads(fixed, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError):
+            return None
+        out.append(fixed.encode())
+    return out
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _top_level_array(text: str, key: str) -> list[str] | None:
+    """The text of each item of the array under ``key`` in the JSON object ``text``."""
+
+    def skip(pos: int) -> int:
+        match = _WHITESPACE.match(text, pos)
+        return match.end() if match else pos
+
+    def expect(pos: int, char: str) -> int:
+        if text[pos] != char:
+            raise ValueError(f"expected {char!r} at {pos}")
+        return skip(pos + 1)
+
+    found: list[str] | None = None
+    pos = expect(skip(0), "{")
+    while text[pos] != "}":
+        name, pos = _JSON.raw_decode(text, pos)
+        pos = expect(skip(pos), ":")
+        if name == key and text[pos] == "[":
+            found = []
+            pos = skip(pos + 1)
+            while text[pos] != "]":
+                _, end = _JSON.raw_decode(text, pos)
+                found.append(text[pos:end])
+                pos = skip(end)
+                if text[pos] == ",":
+                    pos = skip(pos + 1)
+            pos += 1
+        else:
+            _, pos = _JSON.raw_decode(text, pos)
+        pos = skip(pos)
+        if text[pos] == ",":
+            pos = skip(pos + 1)
+    return found
 
 
 def _device_of(item: Any) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -460,6 +461,80 @@ def test_a_long_error_stays_bounded_and_counts_the_rest() -> None:
     shown = error.count("(device th-centre-1)")
     assert 0 < shown < 200
     assert error.endswith(f" (and {200 - shown} more)")
+
+
+def _strict_json(raw: bytes) -> object:
+    """Parse as a strict JSON reader (jq, Jackson) would: no NaN or Infinity."""
+
+    def refuse(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(raw, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    ("written", "kept"),
+    [
+        (b"1e400", b'"value":1e400'),  # a float would be inf, written back as Infinity
+        (b"-1e400", b'"value":-1e400'),
+        (b"NaN", b'"value":"NaN"'),  # the parser accepts these constants, JSON does not
+        (b"Infinity", b'"value":"Infinity"'),
+        (b"-Infinity", b'"value":"-Infinity"'),
+        (b"123456789012345678901234567890", b'"value":123456789012345678901234567890'),
+    ],
+)
+def test_a_partial_batch_dead_letter_is_valid_json_keeping_what_was_written(
+    written: bytes, kept: bytes
+) -> None:
+    good = orjson.dumps(_reading_json(seq=1))
+    bad = orjson.dumps(_reading_json(seq=2, device_id="NaN")).replace(b"21.5", written)
+    raw = b'{"schema_version":1,"gateway_id":"gw-1","readings":[' + good + b"," + bad + b"]}"
+    split = decode_batch(raw, now=NOW)
+    assert [r.seq for r in split.readings] == [1]
+    (rejected,) = split.rejected
+    assert "value" in rejected.error
+    value = split.dead_letter_value()
+    parsed = _strict_json(value)
+    assert isinstance(parsed, dict)
+    assert parsed["readings"][0]["device_id"] == "NaN"  # a string stays a string
+    assert kept in value
+
+
+def test_a_rejected_reading_keeps_its_bytes_as_written() -> None:
+    bad = b'{ "seq" : 2,\n  "value": 1.50E+1, "unit":"K" }'
+    raw = b'{"gateway_id": "gw-1",\n "readings": [\n ' + bad + b" ,\n  5 ] }"
+    split = decode_batch(raw, now=NOW)
+    assert [r.raw for r in split.rejected] == [bad, b"5"]
+    assert _strict_json(split.dead_letter_value()) == {
+        "schema_version": 1, "gateway_id": "gw-1",
+        "readings": [{"seq": 2, "value": 15.0, "unit": "K"}, 5],
+    }  # fmt: skip
+
+
+def test_the_dead_letter_holds_the_readings_the_parser_used() -> None:
+    """An escaped key, or a key given twice (the parser keeps the last)."""
+    bad = orjson.dumps(_reading_json(seq=2)).replace(b"21.5", b"1e400")
+    escaped = b'{"gateway_id":"gw-1","r\\u0065adings":[' + bad + b"]}"
+    twice = b'{"gateway_id":"gw-1","readings":[5,6],"readings":[' + bad + b"]}"
+    for raw in (escaped, twice):
+        split = decode_batch(raw, now=NOW)
+        assert len(split.rejected) == 1
+        parsed = _strict_json(split.dead_letter_value())
+        assert isinstance(parsed, dict)
+        assert [r["seq"] for r in parsed["readings"]] == [2]
+
+
+def test_readings_not_found_as_written_are_re_serialised_as_valid_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import climastream.contract as contract
+
+    monkeypatch.setattr(contract, "_readings_as_written", lambda raw, count: None)
+    bad = orjson.dumps(_reading_json(seq=2)).replace(b"21.5", b"1e400")
+    split = decode_batch(b'{"gateway_id":"gw-1","readings":[' + bad + b"]}", now=NOW)
+    parsed = _strict_json(split.dead_letter_value())
+    assert isinstance(parsed, dict)
+    assert parsed["readings"][0]["value"] == "Infinity"
 
 
 @pytest.mark.parametrize(
