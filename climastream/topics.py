@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,25 @@ def unreachable(bootstrap_servers: str, security: KafkaSecurity | None = None) -
             'run: eval "$(climastream stack env)"'
         )
     return text
+
+
+class KafkaUnreachable(RuntimeError):
+    """No bootstrap server answered: the message says where it looked and what to set."""
+
+
+async def start_client(
+    client: Any, bootstrap_servers: str, security: KafkaSecurity | None = None
+) -> None:
+    """Start an aiokafka producer or consumer, or raise :class:`KafkaUnreachable` with
+    the client stopped: a command prints that one line, not aiokafka's traceback."""
+    from aiokafka.errors import KafkaConnectionError
+
+    try:
+        await client.start()
+    except KafkaConnectionError:
+        with contextlib.suppress(Exception):
+            await client.stop()
+        raise KafkaUnreachable(unreachable(bootstrap_servers, security)) from None
 
 
 def quiet_client_logs() -> None:
@@ -437,6 +457,7 @@ def _create(args: argparse.Namespace) -> int:
     except (DurabilityError, kafkasec.KafkaSecurityError) as exc:
         print(f"topics: {exc}", file=sys.stderr)
         return 2
+    quiet_client_logs()  # a one-shot command: its own line says what aiokafka's would
     try:
         results = asyncio.run(create_topics(bootstrap, durability, args.timeout, security))
     except TopicsError as exc:

@@ -27,8 +27,8 @@ Environment overrides: CLIMASTREAM_KAFKA_BOOTSTRAP, CLIMASTREAM_INFLUX_URL,
 CLIMASTREAM_INFLUX_ORG. Kafka TLS and SASL come from CLIMASTREAM_KAFKA_SECURITY_PROTOCOL,
 _SASL_MECHANISM, _SASL_USERNAME, _SASL_PASSWORD[_FILE], _SSL_CAFILE, _SSL_CERTFILE and
 _SSL_KEYFILE (or the --kafka-* options), never from the file. Exit status: 0 clean stop,
-2 bad config, 3 fatal database error (e.g. 401/403), 4 shutdown could not flush (nothing
-lost: the records are re-read).
+1 Kafka unreachable at start, 2 bad config, 3 fatal database error (e.g. 401/403), 4
+shutdown could not flush (nothing lost: the records are re-read).
 """
 
 
@@ -106,6 +106,7 @@ def _load(args: argparse.Namespace, *, kafka: bool = True) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from climastream.topics import KafkaUnreachable
     from sinks.errors import ConfigError, FatalWriteError
     from sinks.influx import SinkRunner
 
@@ -134,6 +135,9 @@ def _run(args: argparse.Namespace) -> int:
     except FatalWriteError as exc:
         print(f"sink: fatal: {exc}", file=sys.stderr)
         return 3
+    except KafkaUnreachable as exc:
+        print(f"sink: {exc}", file=sys.stderr)
+        return 1
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ from climastream.contract import (
     decode_batch,
 )
 from climastream.extras import require
+from climastream.topics import start_client
 from sinks.config import SinkConfig
 from sinks.errors import (
     AuthError,
@@ -474,12 +475,23 @@ class SinkRunner:
     # ----------------------------------------------------------------- main loop
 
     async def run(self, stop: asyncio.Event) -> SinkCounters:
-        """Run until ``stop``; raises FatalWriteError (e.g. 401) without committing."""
+        """Run until ``stop``; raises FatalWriteError (e.g. 401) without committing, and
+        :class:`~climastream.topics.KafkaUnreachable` (everything closed) when no bootstrap
+        server answers at start."""
+        kafka = self.config.kafka
         await self.writer.start()
-        self._consumer = self._consumer_factory()
-        self._producer = self._producer_factory()
-        await self._producer.start()
-        await self._consumer.start()
+        try:
+            self._producer = self._producer_factory()
+            await start_client(self._producer, kafka.bootstrap_servers, kafka.security)
+            self._consumer = self._consumer_factory()
+            try:
+                await start_client(self._consumer, kafka.bootstrap_servers, kafka.security)
+            except BaseException:
+                await self._producer.stop()
+                raise
+        except BaseException:
+            await self.writer.close()
+            raise
         inflight: deque[tuple[asyncio.Task[None], PendingBatch]] = deque()
         try:
             await self._loop(stop, inflight)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +41,7 @@ from climastream.contract import (
 from climastream.extras import require
 from climastream.kafkasec import KafkaSecurity
 from climastream.shutdown import stop_on_signals
+from climastream.topics import KafkaUnreachable, start_client
 from sinks.notify.channels import (
     AlertmanagerChannel,
     Channel,
@@ -546,7 +548,7 @@ async def consume(
         fetch_max_wait_ms=100,
         **(security or KafkaSecurity()).aiokafka_kwargs(),
     )
-    await consumer.start()
+    await start_client(consumer, bootstrap, security)
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
@@ -580,7 +582,8 @@ def run_notifier(
     metrics_host: str,
     ready_file: Path | None,
 ) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit status."""
+    """Run until SIGTERM/SIGINT; returns the exit status (1, after one line on stderr,
+    when no Kafka bootstrap server answers at start)."""
 
     if ready_file:
         ready_file.unlink(missing_ok=True)
@@ -601,4 +604,8 @@ def run_notifier(
             ledger.close()
         return 0
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except KafkaUnreachable as exc:
+        print(f"alerts notify: {exc}", file=sys.stderr)
+        return 1
