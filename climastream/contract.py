@@ -70,6 +70,7 @@ __all__ = [
     "SourceState",
     "TopicSpec",
     "Topics",
+    "dead_letter_source",
     "decode",
     "decode_batch",
     "encode",
@@ -531,6 +532,30 @@ def _as_bytes(raw: bytes | str | None) -> bytes | None:
 PARTIAL_BATCH_REASON: Final = "partial-batch"
 #: its ``error`` header is cut to this many bytes
 PARTIAL_BATCH_ERROR_BYTES: Final = 4000
+
+
+def dead_letter_source(
+    consumer: Literal["stream", "sink", "alerts"],
+    topic: str,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> dict[str, bytes]:
+    """The headers naming who sent a dead letter and from where, beside ``reason`` and
+    ``error``: ``consumer`` (``stream`` the KPI worker, ``sink``, ``alerts`` the alert
+    engine) and ``source_topic``, ``source_partition``, ``source_offset``.
+
+    Each consumer of a topic decides alike and sends its own dead letter, so one bad
+    reading on ``readings`` is dead-lettered once by each consumer running (up to three
+    times), and again by the same consumer if a crash redelivers its record. Whoever counts
+    bad records counts one consumer's dead letters, distinct by source topic, partition and
+    offset.
+    """
+    headers = {"consumer": consumer.encode(), "source_topic": topic.encode()}
+    if partition is not None:
+        headers["source_partition"] = str(partition).encode()
+    if offset is not None:
+        headers["source_offset"] = str(offset).encode()
+    return headers
 
 
 class _BatchEnvelope(_Model):

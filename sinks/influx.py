@@ -45,6 +45,7 @@ from climastream.contract import (
     GatewayStatus,
     KpiValue,
     Topics,
+    dead_letter_source,
     decode,
     decode_batch,
 )
@@ -616,9 +617,7 @@ class SinkRunner:
             headers=[
                 ("reason", reason.encode()),
                 ("error", error.encode()[:DEAD_LETTER_ERROR_BYTES]),
-                ("source_topic", origin.topic.encode()),
-                ("source_partition", str(origin.partition).encode()),
-                ("source_offset", str(origin.offset).encode()),
+                *dead_letter_source("sink", origin.topic, origin.partition, origin.offset).items(),
                 ("sink", b"influx"),
             ],
         )

@@ -45,6 +45,7 @@ from climastream.contract import (
     ContractError,
     ReadingBatch,
     Topics,
+    dead_letter_source,
     decode_batch,
     encode,
 )
@@ -687,18 +688,20 @@ def create_app(
         part = admit(stage1, "s1", event)
         if part is None:
             return
+        message = event.message
+        source = dead_letter_source("stream", message.topic, p, message.offset)
         try:
             batch = decode_batch(event.value)
         except ContractError as exc:
             metrics.dead_letter += 1
-            headers = {"reason": b"contract", "error": str(exc).encode()[:1000]}
+            headers = {"reason": b"contract", "error": str(exc).encode()[:1000], **source}
             await send(Topics.DEAD_LETTER.name, event.key, event.value, None, headers)
             return
         if batch.rejected:
             metrics.dead_letter += 1
             metrics.dead_letter_readings += len(batch.rejected)
             value, headers = batch.dead_letter_value(), batch.dead_letter_headers()
-            await send(Topics.DEAD_LETTER.name, event.key, value, None, headers)
+            await send(Topics.DEAD_LETTER.name, event.key, value, None, {**headers, **source})
         metrics.readings += len(batch.readings)
         late = part.engine.add(batch.readings)
         if late:

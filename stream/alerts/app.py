@@ -37,6 +37,7 @@ from climastream.contract import (
     GatewayStatus,
     KpiValue,
     Topics,
+    dead_letter_source,
     decode,
     decode_batch,
     encode,
@@ -161,26 +162,28 @@ DeadLetter = tuple[bytes, dict[str, bytes], int]
 
 
 def read_record(
-    topic: str, model: type[Any] | None, raw: bytes
+    topic: str,
+    model: type[Any] | None,
+    raw: bytes,
+    partition: int | None = None,
+    offset: int | None = None,
 ) -> tuple[Any | None, list[DeadLetter]]:
     """The record to feed to the engine (None: nothing) and the dead letters it makes.
 
     ``model`` None: a ``readings`` record, split as every consumer of that topic splits
     it (:func:`climastream.contract.decode_batch`): the valid readings are evaluated and
-    the others dead-lettered as one partial-batch record.
+    the others dead-lettered as one partial-batch record. A dead letter names this
+    consumer and the record's topic, partition and offset (``dead_letter_source``).
     """
+    source = dead_letter_source("alerts", topic, partition, offset)
     try:
         record = decode_batch(raw) if model is None else decode(raw, model)
     except ContractError as exc:
-        headers = {
-            "reason": b"contract",
-            "source_topic": topic.encode(),
-            "error": str(exc).encode()[:1000],
-        }
+        headers = {"reason": b"contract", "error": str(exc).encode()[:1000], **source}
         return None, [(raw, headers, 0)]
     if model is not None or not record.rejected:
         return record, []
-    headers = {**record.dead_letter_headers(), "source_topic": topic.encode()}
+    headers = {**record.dead_letter_headers(), **source}
     return record, [(record.dead_letter_value(), headers, len(record.rejected))]
 
 
@@ -242,7 +245,10 @@ def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
                 if event.message.timestamp < since():
                     metrics.skipped.labels(topic).inc()
                     continue
-                record, letters = read_record(topic, model, event.value)
+                message = event.message
+                record, letters = read_record(
+                    topic, model, event.value, message.partition, message.offset
+                )
                 for value, headers, readings in letters:
                     if readings:
                         metrics.rejected_readings.labels(topic, "contract").inc(readings)

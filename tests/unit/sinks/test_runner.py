@@ -270,6 +270,7 @@ async def test_contract_errors_go_to_dead_letter_before_commit() -> None:
     assert header["reason"] == b"contract"
     assert b"gateway_id" in header["error"]
     assert (header["source_topic"], header["source_offset"]) == (b"readings", b"0")
+    assert header["consumer"] == b"sink"  # the worker and the alert engine send their own
     assert counters.dead_letters == 1
     assert len(writer.stored) == 1
 
@@ -366,6 +367,7 @@ async def test_a_reading_that_fails_the_contract_alone_is_dead_lettered_and_the_
     assert header["reason"] == b"partial-batch"
     assert b"readings.1 (device fast-clock): " in header["error"]
     assert (header["source_topic"], header["source_offset"]) == (b"readings", b"0")
+    assert header["consumer"] == b"sink"  # the worker and the alert engine send their own
     assert counters.dead_letters == 1
     metrics = runner.metrics
     assert metrics.value("climastream_sink_dead_letter_readings_total", reason="contract") == 1

@@ -650,6 +650,9 @@ async def test_one_reading_from_the_future_does_not_dead_letter_its_batch(
     ((_, headers),) = [(t, h) for t, h in sent.headers if t == "dead-letter"]
     assert headers is not None
     assert headers["reason"] == b"partial-batch"
+    # the sink and the alert engine dead-letter the same reading: say whose this is
+    assert headers["consumer"] == b"stream"
+    assert (headers["source_topic"], headers["source_offset"]) == (b"readings", b"0")
     error = headers["error"].decode()
     assert "readings.17 (device fast-clock): " in error
     assert "event_time" in error
