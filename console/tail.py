@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,20 +183,14 @@ def _as_json(record: Any) -> str:
     return encode(record).decode()
 
 
-def render_record(
-    topic: str, raw: bytes, flt: TailFilter, *, as_json: bool = False
-) -> Iterable[Any]:
-    """The lines to print for one record (none if filtered out). Raises ContractError.
-
-    ``as_json``: each line is the record as JSON, one reading per line for a batch, the
-    input ``climastream kpi eval`` reads."""
-    return render(topic, raw, flt, as_json=as_json)[0]
-
-
 def render(
     topic: str, raw: bytes, flt: TailFilter, *, as_json: bool = False
 ) -> tuple[list[Any], str]:
-    """:func:`render_record`, and what of the record was skipped ("" if nothing).
+    """The lines to print for one record (none if filtered out), and what of the record
+    was skipped ("" if nothing). Raises ContractError.
+
+    ``as_json``: each line is the record as JSON, one reading per line for a batch, the
+    input ``climastream kpi eval`` reads.
 
     Of a ``readings`` record, the readings that satisfy the contract are shown, as every
     consumer of the topic decides (:func:`climastream.contract.decode_batch`): the stream
@@ -239,7 +232,7 @@ async def tail(
 ) -> int:
     """Print matching records until ``stop`` (or ``max_lines``). Returns lines printed.
 
-    ``as_json``: JSON lines on stdout (see :func:`render_record`) instead of a rich table.
+    ``as_json``: JSON lines on stdout (see :func:`render`) instead of a rich table.
     ``security``: TLS and SASL (default PLAINTEXT)."""
     aiokafka = require("aiokafka", "console")
     rich_console = require("rich.console", "console")

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from climastream.contract import GatewayStatus, SourceState, Topics, decode, encode
 from climastream.validation import key_path
-from console.tail import TailFilter, render_record
+from console.tail import TailFilter, render
 
 
 def _status(gateway: str) -> bytes:
@@ -44,14 +44,15 @@ def test_status_shows_a_gateways_health_report_and_only_that() -> None:
     drops, filtered by gateway id; readings stay off unless asked for."""
     flt = TailFilter(status=True, readings=False, gateways=frozenset({"gw-inst-1"}))
     assert flt.topics == (Topics.GATEWAY_STATUS.name,)
-    [line] = render_record(Topics.GATEWAY_STATUS.name, _status("gw-inst-1"), flt)
+    [line], skipped = render(Topics.GATEWAY_STATUS.name, _status("gw-inst-1"), flt)
+    assert skipped == ""
     text = _text(line)
     assert "status  gw-inst-1" in text
     assert "chirpstack:up sds-usb0:connecting" in text
     assert "buffered=3 (oldest 42s) sent=4713" in text
     assert "dropped=2 {'buffer_full': 2}" in text
-    assert list(render_record(Topics.GATEWAY_STATUS.name, _status("gw-other"), flt)) == []
-    assert list(render_record(Topics.GATEWAY_STATUS.name, _status("gw-x"), TailFilter())) == []
+    assert render(Topics.GATEWAY_STATUS.name, _status("gw-other"), flt) == ([], "")
+    assert render(Topics.GATEWAY_STATUS.name, _status("gw-x"), TailFilter()) == ([], "")
 
 
 def test_json_lines_of_readings_are_what_kpi_eval_reads(
@@ -81,7 +82,8 @@ def test_json_lines_of_readings_are_what_kpi_eval_reads(
         ),
     )
     flt = TailFilter(zones=frozenset({"centre"}))
-    lines = list(render_record(Topics.READINGS.name, encode(batch), flt, as_json=True))
+    lines, skipped = render(Topics.READINGS.name, encode(batch), flt, as_json=True)
+    assert skipped == ""
     assert len(lines) == 30
     assert all(decode(line, Reading).zone == "centre" for line in lines)
     path = Path(str(tmp_path)) / "r.jsonl"
