@@ -153,5 +153,7 @@ def test_one_reading_ahead_is_dead_lettered_alone_and_the_kpis_equal_kpi_eval(
         value, headers = dead[0]
         assert orjson.loads(value)["readings"] == [ahead]
         assert f"readings.1 (device fast-clock-{run}): ".encode() in headers["error"]
+        # a sink or an alert engine on the same readings sends its own: this one says whose
+        assert (headers["consumer"], headers["source_topic"]) == (b"stream", b"readings")
     finally:
         workers.stop_all()
