@@ -576,10 +576,10 @@ class RejectedReading:
     device_id: str | None
     #: ``field: message`` per problem, as in :class:`ContractError`
     error: str
-    #: the reading's JSON as written in the record, byte for byte, except that the non-JSON
-    #: constants ``NaN``, ``Infinity`` and ``-Infinity`` (which the record parser accepts)
-    #: become JSON strings: always valid JSON, and a number too large for a float (``1e400``)
-    #: keeps its digits instead of turning into ``Infinity``
+    #: the reading's JSON, always valid JSON: re-serialised from the record (same values,
+    #: maybe other spacing), except a reading holding a number no float can hold
+    #: (``1e400``) or a non-JSON constant (``NaN``, ``Infinity``, which the record parser
+    #: accepts): that one is kept as written, its constants as JSON strings (``"NaN"``)
     raw: bytes
 
     def describe(self) -> str:
@@ -663,7 +663,7 @@ def _split(raw: bytes | str, now: datetime) -> BatchSplit | None:
     context = {"now": now}
     good: list[Reading] = []
     rejected: list[RejectedReading] = []
-    written: list[bytes] | None = None
+    written: list[str] | None = None
     for index, item in enumerate(envelope.readings):
         # parsed by the same JSON parser as the record; floats and big ints round-trip
         item_raw = pydantic_core.to_json(item, inf_nan_mode="constants")
@@ -682,10 +682,12 @@ def _split(raw: bytes | str, now: datetime) -> BatchSplit | None:
                 f"{envelope.gateway_id!r}"
             )
             device = reading.device_id
-        if written is None:
-            written = _readings_as_written(raw, len(envelope.readings))
-        dead = written[index] if written else pydantic_core.to_json(item, inf_nan_mode="strings")
-        rejected.append(RejectedReading(index, device, error, dead))
+        if _has_constant(item_raw):  # inf or nan: not JSON, and 1e400's digits are lost
+            if written is None:
+                written = _readings_as_written(raw, len(envelope.readings)) or []
+            as_written = _as_json(written[index]) if written else None
+            item_raw = as_written or pydantic_core.to_json(item, inf_nan_mode="strings")
+        rejected.append(RejectedReading(index, device, error, item_raw))
     if not rejected:
         return None  # the record failed for a reason no single reading has: keep that verdict
     return BatchSplit(envelope.gateway_id, tuple(good), tuple(rejected))
@@ -697,30 +699,35 @@ _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _STRING_OR_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)', re.DOTALL)
 
 
-def _readings_as_written(raw: bytes | str, count: int) -> list[bytes] | None:
-    """Each item of the record's ``readings`` (the last such key, as the parser reads
-    duplicates) as written, made valid JSON; None if the items cannot be found as the
-    parser found them (the caller then re-serialises the parsed values).
+def _has_constant(text: bytes) -> bool:
+    return any(match[1] for match in _STRING_OR_CONSTANT.finditer(text.decode()))
+
+
+def _readings_as_written(raw: bytes | str, count: int) -> list[str] | None:
+    """The text of each item of the record's ``readings`` (the last such key, as the
+    parser reads duplicates) as written; None if the items cannot be found as the parser
+    found them (the caller then re-serialises the parsed values).
 
     A re-serialised item would turn ``1e400`` into ``Infinity`` (not JSON, and its digits
-    lost), so the dead letter keeps the record's own bytes.
+    lost), so the dead letter keeps the record's own text (see :func:`_as_json`).
     """
     try:
         text = raw.decode() if isinstance(raw, bytes) else raw
         items = _top_level_array(text, "readings")
     except (ValueError, IndexError, RecursionError):
         return None
-    if items is None or len(items) != count:
+    return items if items is not None and len(items) == count else None
+
+
+def _as_json(item: str) -> bytes | None:
+    """One item as written, with the non-JSON constants as strings; None if that is still
+    not JSON."""
+    fixed = _STRING_OR_CONSTANT.sub(lambda m: f'"{m[1]}"' if m[1] else m[0], item)
+    try:
+        json.loads(fixed, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
         return None
-    out: list[bytes] = []
-    for item in items:
-        fixed = _STRING_OR_CONSTANT.sub(lambda m: f'"{m[1]}"' if m[1] else m[0], item)
-        try:
-            json.loads(fixed, parse_constant=_refuse_constant)
-        except (ValueError, RecursionError):
-            return None
-        out.append(fixed.encode())
-    return out
+    return fixed.encode()
 
 
 def _refuse_constant(name: str) -> Any:

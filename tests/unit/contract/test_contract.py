@@ -500,14 +500,14 @@ def test_a_partial_batch_dead_letter_is_valid_json_keeping_what_was_written(
     assert kept in value
 
 
-def test_a_rejected_reading_keeps_its_bytes_as_written() -> None:
-    bad = b'{ "seq" : 2,\n  "value": 1.50E+1, "unit":"K" }'
+def test_a_rejected_reading_that_no_float_holds_keeps_its_bytes_as_written() -> None:
+    bad = b'{ "seq" : 2,\n  "value": 1.50E+400, "note": "NaN", "unit":"K" , "x": NaN}'
     raw = b'{"gateway_id": "gw-1",\n "readings": [\n ' + bad + b" ,\n  5 ] }"
     split = decode_batch(raw, now=NOW)
-    assert [r.raw for r in split.rejected] == [bad, b"5"]
+    assert [r.raw for r in split.rejected] == [bad.replace(b"NaN}", b'"NaN"}'), b"5"]
     assert _strict_json(split.dead_letter_value()) == {
         "schema_version": 1, "gateway_id": "gw-1",
-        "readings": [{"seq": 2, "value": 15.0, "unit": "K"}, 5],
+        "readings": [{"seq": 2, "value": math.inf, "note": "NaN", "unit": "K", "x": "NaN"}, 5],
     }  # fmt: skip
 
 
