@@ -19,7 +19,6 @@ identifiers that can never inject anything into line protocol, logs, topic keys 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -576,10 +575,10 @@ class RejectedReading:
     device_id: str | None
     #: ``field: message`` per problem, as in :class:`ContractError`
     error: str
-    #: the reading's JSON, always valid JSON: re-serialised from the record (same values,
-    #: maybe other spacing), except a reading holding a number no float can hold
-    #: (``1e400``) or a non-JSON constant (``NaN``, ``Infinity``, which the record parser
-    #: accepts): that one is kept as written, its constants as JSON strings (``"NaN"``)
+    #: the reading's JSON, re-serialised from the record (same values, maybe other
+    #: spacing), always valid JSON: a value no float can hold (``1e400``) and the non-JSON
+    #: constants the record parser accepts (``NaN``, ``Infinity``) become the strings
+    #: ``"Infinity"``/``"NaN"``
     raw: bytes
 
     def describe(self) -> str:
@@ -663,7 +662,6 @@ def _split(raw: bytes | str, now: datetime) -> BatchSplit | None:
     context = {"now": now}
     good: list[Reading] = []
     rejected: list[RejectedReading] = []
-    written: list[str] | None = None
     for index, item in enumerate(envelope.readings):
         # parsed by the same JSON parser as the record; floats and big ints round-trip
         item_raw = pydantic_core.to_json(item, inf_nan_mode="constants")
@@ -682,91 +680,12 @@ def _split(raw: bytes | str, now: datetime) -> BatchSplit | None:
                 f"{envelope.gateway_id!r}"
             )
             device = reading.device_id
-        if _has_constant(item_raw):  # inf or nan: not JSON, and 1e400's digits are lost
-            if written is None:
-                written = _readings_as_written(raw, len(envelope.readings)) or []
-            as_written = _as_json(written[index]) if written else None
-            item_raw = as_written or pydantic_core.to_json(item, inf_nan_mode="strings")
+        # a dead letter is read by strict JSON tools (jq): inf and nan become strings
+        item_raw = pydantic_core.to_json(item, inf_nan_mode="strings")
         rejected.append(RejectedReading(index, device, error, item_raw))
     if not rejected:
         return None  # the record failed for a reason no single reading has: keep that verdict
     return BatchSplit(envelope.gateway_id, tuple(good), tuple(rejected))
-
-
-_JSON = json.JSONDecoder()  # finds where each value ends; pydantic-core decides validity
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-#: a JSON string, or one of the non-JSON constants the record parser (and json) accept
-_STRING_OR_CONSTANT = re.compile(r'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)', re.DOTALL)
-
-
-def _has_constant(text: bytes) -> bool:
-    return any(match[1] for match in _STRING_OR_CONSTANT.finditer(text.decode()))
-
-
-def _readings_as_written(raw: bytes | str, count: int) -> list[str] | None:
-    """The text of each item of the record's ``readings`` (the last such key, as the
-    parser reads duplicates) as written; None if the items cannot be found as the parser
-    found them (the caller then re-serialises the parsed values).
-
-    A re-serialised item would turn ``1e400`` into ``Infinity`` (not JSON, and its digits
-    lost), so the dead letter keeps the record's own text (see :func:`_as_json`).
-    """
-    try:
-        text = raw.decode() if isinstance(raw, bytes) else raw
-        items = _top_level_array(text, "readings")
-    except (ValueError, IndexError, RecursionError):
-        return None
-    return items if items is not None and len(items) == count else None
-
-
-def _as_json(item: str) -> bytes | None:
-    """One item as written, with the non-JSON constants as strings; None if that is still
-    not JSON."""
-    fixed = _STRING_OR_CONSTANT.sub(lambda m: f'"{m[1]}"' if m[1] else m[0], item)
-    try:
-        json.loads(fixed, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
-        return None
-    return fixed.encode()
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _top_level_array(text: str, key: str) -> list[str] | None:
-    """The text of each item of the array under ``key`` in the JSON object ``text``."""
-
-    def skip(pos: int) -> int:
-        match = _WHITESPACE.match(text, pos)
-        return match.end() if match else pos
-
-    def expect(pos: int, char: str) -> int:
-        if text[pos] != char:
-            raise ValueError(f"expected {char!r} at {pos}")
-        return skip(pos + 1)
-
-    found: list[str] | None = None
-    pos = expect(skip(0), "{")
-    while text[pos] != "}":
-        name, pos = _JSON.raw_decode(text, pos)
-        pos = expect(skip(pos), ":")
-        if name == key and text[pos] == "[":
-            found = []
-            pos = skip(pos + 1)
-            while text[pos] != "]":
-                _, end = _JSON.raw_decode(text, pos)
-                found.append(text[pos:end])
-                pos = skip(end)
-                if text[pos] == ",":
-                    pos = skip(pos + 1)
-            pos += 1
-        else:
-            _, pos = _JSON.raw_decode(text, pos)
-        pos = skip(pos)
-        if text[pos] == ",":
-            pos = skip(pos + 1)
-    return found
 
 
 def _device_of(item: Any) -> str | None:
