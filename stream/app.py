@@ -35,7 +35,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from climastream.topics import Durability
 from stream import checkpoints
 from stream.checkpoints import DEFAULT_PART_BYTES
 from stream.config import StreamConfig
-from stream.windows import DevicePartial, DeviceWindows, from_us
+from stream.windows import DevicePartial, DeviceWindows, from_us, to_us
 from stream.zones import ZoneWindows, partition_for, routing_keys
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,40 @@ def rocksdb_options() -> dict[str, int]:
 #: a checkpoint bigger than this is logged as a warning (once per partition): the whole
 #: state is serialised and written to the changelog every ``checkpoint_interval_s``
 CHECKPOINT_WARN_BYTES = 4_000_000
+
+#: a stage-1 partition whose watermark, as the zone stage has it, is behind the wall clock
+#: by more than one window plus grace plus this is logged as holding the zone windows back
+#: (a caught-up partition's is one window plus grace plus a few seconds of fetches behind)
+WATERMARK_LAG_WARN = timedelta(minutes=1)
+#: ... at most this often (each time with every lagging partition and what is held)
+WATERMARK_LOG_INTERVAL_S = 60.0
+
+
+@dataclass
+class SourceLag:
+    """A stage-1 partition the zone stage waits for, as one of its partitions sees it."""
+
+    source: str  # the stage-1 partition
+    watermark: int | None  # µs; None: the zone stage has had none from it yet
+    lag_s: float  # behind the wall clock; inf when there is no watermark
+
+
+def source_lags(stage2: Mapping[int, Any], sources: int, now: datetime) -> dict[str, SourceLag]:
+    """How far each stage-1 partition's watermark is behind ``now``, from the lowest that
+    this worker's zone-stage partitions have (they all receive every watermark; one that
+    lags behind in reading them holds its zones back as well). Empty without zone-stage
+    partitions."""
+    now_us = to_us(now)
+    lags: dict[str, SourceLag] = {}
+    for part in list(stage2.values()):
+        marks = part.engine.source_watermarks()
+        for source in map(str, range(sources)):
+            mark = marks.get(source)
+            lag = float("inf") if mark is None else (now_us - mark) / 1_000_000
+            known = lags.get(source)
+            if known is None or lag > known.lag_s:
+                lags[source] = SourceLag(source, mark, lag)
+    return lags
 
 
 def cluster_settings(
@@ -737,6 +771,7 @@ def create_app(
         for p, tp in sorted(assigned.items()):
             fetched_ms = last_fetch_ms(app.consumer, tp)  # before the high watermark
             await close_partition(p, fetched_ms, app.consumer.highwater(tp))
+        watch_watermarks(datetime.now(UTC))
 
     async def close_partition(p: int, fetched_ms: int | None, highwater: int | None) -> None:
         """A tick of the close timer for stage-1 partition ``p``: close what the watermark
@@ -768,6 +803,43 @@ def create_app(
                 checkpoint("s1", p, part)
 
     app.climastream_close_partition = close_partition
+
+    # monotonic time before which no lagging watermark is logged again
+    lag_log_at = [0.0]
+    window_and_grace = config.window + config.grace
+
+    def watch_watermarks(now: datetime) -> None:
+        """Log (at most every ``WATERMARK_LOG_INTERVAL_S``) the stage-1 partitions whose
+        watermark holds this worker's zone windows back: a partition whose worker hangs
+        without losing its partitions, or that catches up after an outage. The zone
+        stage waits for it by design; without this, KPIs stopped and nothing said why."""
+        allowed = (window_and_grace + WATERMARK_LAG_WARN).total_seconds()
+        lagging = [lag for lag in source_lags(stage2, n, now).values() if lag.lag_s > allowed]
+        clock = time.monotonic()
+        if not lagging or clock < lag_log_at[0]:
+            return
+        lag_log_at[0] = clock + WATERMARK_LOG_INTERVAL_S
+        held = [h for h in (part.engine.held() for part in list(stage2.values())) if h]
+        count = sum(h[0] for h in held)
+        oldest = min((h[1] for h in held), default=None)
+        waits = ", ".join(
+            f"{lag.source} (no watermark received yet)"
+            if lag.watermark is None
+            else f"{lag.source} (watermark {from_us(lag.watermark).isoformat()}, "
+            f"{lag.lag_s:.0f} s behind)"
+            for lag in sorted(lagging, key=lambda lag: int(lag.source))
+        )
+        log.warning(
+            "zone stage waits for stage-1 partition(s) %s: it holds %d zone windows%s and "
+            "emits no zone KPI until every partition's watermark passes them; that "
+            "partition's worker is stuck, or it is catching up (logged at most every %.0f s)",
+            waits,
+            count,
+            "" if oldest is None else f" from {from_us(oldest).isoformat()} on",
+            WATERMARK_LOG_INTERVAL_S,
+        )
+
+    app.climastream_watch_watermarks = watch_watermarks
 
     @app.agent(partials_topic, name="zones")
     @stops_if_unrestorable
@@ -801,8 +873,9 @@ class EngineCollector:
     with it on a rebalance.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, clock: Callable[[], datetime] | None = None) -> None:
         self._app = app
+        self._clock = clock or (lambda: datetime.now(UTC))
 
     def describe(self) -> list[Any]:
         return []  # collected lazily; nothing to check at registration
@@ -878,6 +951,52 @@ class EngineCollector:
         partitions.add_metric(["devices"], len(stage1))
         partitions.add_metric(["zones"], len(stage2))
         yield partitions
+        yield from self._waits(stage2)
+
+    def _waits(self, stage2: Mapping[int, Any]) -> Iterator[Any]:
+        """What the zone stage waits for: each stage-1 partition's watermark lag, and the
+        zone windows held meanwhile. Read in the metrics server's thread while the event loop
+        runs: a dict changing under the iteration gives up that sample for this scrape."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        now = self._clock()
+        n = Topics.READINGS.partitions
+        lag = GaugeMetricFamily(
+            "climastream_stream_watermark_lag_seconds",
+            "how far each stage-1 partition's watermark, as this worker's zone stage has it, "
+            "is behind the wall clock (+Inf: none received yet); a zone window closes only "
+            "once every partition's has passed it, so a caught-up partition is one window "
+            "plus grace plus a few seconds behind",
+            labels=["source"],
+        )
+        with contextlib.suppress(RuntimeError):
+            for source, value in sorted(source_lags(stage2, n, now).items()):
+                lag.add_metric([source], value.lag_s)
+        yield lag
+        held = GaugeMetricFamily(
+            "climastream_stream_held_zone_windows",
+            "zone base windows with device windows in them waiting for the watermark",
+            labels=["partition"],
+        )
+        oldest = GaugeMetricFamily(
+            "climastream_stream_oldest_held_zone_window_seconds",
+            "how long ago the oldest zone window waiting for the watermark ended (0: none)",
+            labels=["partition"],
+        )
+        for p, part in sorted(list(stage2.items())):
+            try:
+                waiting = part.engine.held()
+            except RuntimeError:
+                continue
+            count, age = 0, 0.0
+            if waiting is not None:
+                count = waiting[0]
+                end = waiting[1] + part.engine.size_us
+                age = max(0.0, (to_us(now) - end) / 1_000_000)
+            held.add_metric([str(p)], count)
+            oldest.add_metric([str(p)], age)
+        yield held
+        yield oldest
 
 
 def serve_metrics(app: Any, port: int, host: str = "127.0.0.1") -> None:

@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         metavar="PORT",
         help="serve Prometheus metrics on PORT (climastream_stream_*: readings, "
-        "late readings, duplicates, counter resets, dead letters, KPIs, open windows)",
+        "late readings, duplicates, counter resets, dead letters, KPIs, open windows, "
+        "each partition's watermark lag and the zone windows held for it)",
     )
     add_metrics_host(worker)
     worker.add_argument("--loglevel", default="info")

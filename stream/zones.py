@@ -285,6 +285,27 @@ class ZoneWindows:
             return None
         return min(self._src_wm.values())
 
+    def source_watermarks(self) -> dict[str, int]:
+        """Each stage-1 source's watermark (µs) as this stage has it; a source not in it
+        has sent none yet (the zone windows wait for it all the same)."""
+        return dict(self._src_wm)
+
+    def held(self) -> tuple[int, int] | None:
+        """The zone windows this stage holds for want of a watermark: how many base
+        windows with device windows in them are pending, and the start (µs) of the oldest;
+        None when there are none. It goes over every pending window (for metrics and a
+        rate-limited log line, not per record)."""
+        count = 0
+        oldest: int | None = None
+        for state in self._keys.values():
+            pending = state["pending"]
+            if pending:
+                count += len(pending)
+                first = min(pending)
+                if oldest is None or first < oldest:
+                    oldest = first
+        return None if oldest is None else (count, oldest)
+
     # ------------------------------------------------------------------ closing
 
     def close(self, final: bool = False, now: datetime | None = None) -> list[KpiValue]:

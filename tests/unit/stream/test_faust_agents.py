@@ -421,6 +421,70 @@ async def test_a_worker_resuming_from_a_stall_does_not_close_on_its_old_high_wat
     assert [partial["q"] for _, _, partial in _items(sent)] == [{"temperature": [20.0, 20.0]}]
 
 
+async def test_a_partition_without_traffic_passes_its_watermark_on_by_the_wall_clock(
+    tmp_path: Any, sent: Sent
+) -> None:
+    """A city with fewer gateways than partitions: a stage-1 partition that never gets a
+    record is caught up (its high watermark is 0) and moves its watermark on the wall
+    clock, so the zone stage does not wait for it forever."""
+    synced = _Synced(sent)
+    app = _timer_app(tmp_path, sent, synced)
+    close = app.climastream_close_partition
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))  # partition 0
+        await close(3, _ms(20.0), 0)
+        await close(3, _ms(21.5), 0)  # caught up as of 20 s: 19 s is past [0,10) + grace
+    marks = [orjson.loads(value) for value in sent.values("t-kpi-partials")]
+    assert [(m["src"], m["wm"], m["items"]) for m in marks] == [
+        (3, to_us(T0 + timedelta(seconds=10)), [])
+    ] * 4  # to every partition of the zone stage
+    assert len(synced.calls) == 1  # checkpointed before it was sent
+
+
+async def test_a_stage1_partition_holding_the_zone_windows_back_is_a_metric_and_a_log_line(
+    app: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The zone stage waits for every stage-1 partition's watermark by design; when one
+    stops (its worker hangs without losing its partitions), KPIs stopped and neither a
+    metric nor the log said why. Now each partition's watermark lag is a metric, the held
+    zone windows are, and a warning names the partition, at most once a minute."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stream.app import EngineCollector
+
+    now = T0 + timedelta(minutes=10)
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(app, clock=lambda: now))
+    partial = {"d": "d1", "g": "gw", "z": "centre", "ws": to_us(T0),
+               "we": to_us(T0 + timedelta(seconds=10)), "q": {"temperature": [20.0]},
+               "l": {}, "m": []}  # fmt: skip
+    watch = app.climastream_watch_watermarks
+    async with _agent(app, "zones").test_context() as ctx:
+        item = {"src": 0, "wm": None, "items": [["centre", False, partial]]}
+        await ctx.put(key=b"0", value=orjson.dumps(item))
+        for src in (0, 1, 2):  # partition 3 sends nothing
+            mark = {"src": src, "wm": to_us(now - timedelta(seconds=15)), "items": []}
+            await ctx.put(key=b"0", value=orjson.dumps(mark))
+        with caplog.at_level(logging.WARNING, logger="stream.app"):
+            watch(now)
+            watch(now + timedelta(seconds=1))  # within the minute: not again
+        text = generate_latest(registry).decode()
+        assert 'climastream_stream_watermark_lag_seconds{source="3"} +Inf' in text
+        assert 'climastream_stream_watermark_lag_seconds{source="0"} 15.0' in text
+        assert 'climastream_stream_held_zone_windows{partition="0"} 1.0' in text
+        assert 'climastream_stream_oldest_held_zone_window_seconds{partition="0"} 590.0' in text
+        (record,) = [r for r in caplog.records if "waits for stage-1" in r.getMessage()]
+        assert "partition(s) 3 (no watermark received yet)" in record.getMessage()
+        assert "holds 1 zone windows from 2024-07-01T10:00:00+00:00" in record.getMessage()
+        # partition 3 comes back, its worker having caught up to the 10:00:10 window
+        mark = {"src": 3, "wm": partial["we"], "items": []}
+        await ctx.put(key=b"0", value=orjson.dumps(mark))
+        assert app.climastream_stages[1][0].engine.held() is None  # the window closed
+        text = generate_latest(registry).decode()
+        assert 'climastream_stream_watermark_lag_seconds{source="3"} 590.0' in text
+        assert 'climastream_stream_held_zone_windows{partition="0"} 0.0' in text
+
+
 class _FakeAdmin:
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
