@@ -32,6 +32,9 @@ Times are integer microseconds since the epoch (UTC) inside the engine, for spee
   ``kpi eval`` learns the gateways of its whole input first, so it has no such case.
   The zone stage merges a device's windows from its gateways and drops a reading that
   arrived through two of them (same seq, same event time) there.
+* A gateway silent for a day by the wall clock, with no window open, is forgotten (so is a
+  device behind a gateway that still sends): its later readings are late, so nothing
+  counts twice (:meth:`DeviceWindows.advance_wall`).
 
 Closed windows leave as :class:`DevicePartial` dicts (the values per quantity), which the
 zone stage (:mod:`stream.zones`) turns into KPIs; see ``stream/README.md`` for why.
@@ -183,6 +186,19 @@ class SeenSeqs:
             state[4] = deque(entry for entry in order if entry[1] in kept)
         return Seen.NEW
 
+    def newest(self) -> int | None:
+        """The newest event time (µs) of any device here, None when none is known."""
+        times = [state[2] for state in self._state.values() if state[2] is not None]
+        return max(times, default=None)
+
+    def prune(self, before_us: int) -> None:
+        """Forget the devices whose newest reading is older than ``before_us``: the caller
+        makes sure any reading that old lands in a closed window (late, whatever it is).
+        A device whose newest time is unknown (restored from before they were kept) stays."""
+        gone = [d for d, st in self._state.items() if st[2] is not None and st[2] < before_us]
+        for device in gone:
+            del self._state[device]
+
     def remembered(self) -> int:
         """How many seqs are held one by one, over all devices (not the floors)."""
         return sum(len(state[1]) for state in self._state.values())
@@ -228,6 +244,7 @@ class DeviceWindows:
         gateways: Collection[str] | None = None,
         withhold: bool = False,
         zones: Mapping[str, str] | None = None,
+        retention: timedelta = timedelta(days=1),
     ) -> None:
         """``zones``: the zone of each device the stream config declares with one; it wins
         over the zone on the readings, which each gateway stamps (with its own default for
@@ -239,11 +256,17 @@ class DeviceWindows:
         ``gateways``: the gateways of the whole input; :meth:`horizon` is None until each
         has been heard. ``withhold``: they are not known; :meth:`horizon` is always None
         (the caller closes zone windows at the end).
+
+        ``retention``: a gateway (or a device behind one) that has sent nothing for this
+        long by the wall clock is forgotten (:meth:`advance_wall`).
         """
         if size <= timedelta(0) or grace < timedelta(0):
             raise ValueError("window size must be positive and grace non-negative")
         self.size_us = size // timedelta(microseconds=1)
         self.grace_us = grace // timedelta(microseconds=1)
+        # at least one window plus grace: what is forgotten must be late by then
+        retention_us = retention // timedelta(microseconds=1)
+        self.retention_us = max(retention_us, self.size_us + self.grace_us)
         # (device, gateway, window start) -> the open window
         self._partials: dict[tuple[str, str, int], DevicePartial] = {}
         # gateway -> its seqs, remembered one by one for as long as a reading could still
@@ -348,13 +371,50 @@ class DeviceWindows:
         a replayed window and lost. The windows stay in the state until :meth:`close`
         takes them, so a checkpoint taken in between holds them and closes them once
         restored.
+
+        It also forgets what it keeps per gateway (watermark, closed windows, the
+        deduplication memory) for a gateway that has sent nothing for ``retention`` by the
+        wall clock and has no window open, and the deduplication memory of a device that
+        has not, behind a gateway that still sends: a gateway taken out of service stayed
+        in memory and in every checkpoint for good. Any reading of it that comes after is
+        older than ``wall`` and so late, counted and routed as such: no reading counts
+        twice. (A redelivery of one is then counted late, not duplicate.) A gateway
+        forgotten and heard again starts where a new one does (:meth:`horizon`, which the
+        wall has passed). This is decided with the wall horizon, so the checkpoint of this
+        close holds it; ``kpi eval`` (no wall clock) forgets nothing.
         """
         wall = to_us(now) - self.grace_us
         wall -= wall % self.size_us
         if self._wall_horizon is not None and wall <= self._wall_horizon:
             return False
         self._wall_horizon = wall
+        self._prune(wall - self.retention_us)
         return True
+
+    def _prune(self, before_us: int) -> None:
+        """Forget gateways and devices with nothing newer than ``before_us`` (see
+        :meth:`advance_wall`)."""
+        if self._expected is not None or self._withhold:
+            return  # an offline replay that waits for its gateways: keep them all
+        gateways = set(self._seen) | set(self._closed) | set(self._max_event)
+        busy: set[str] | None = None
+        for gateway in gateways:
+            seen = self._seen.get(gateway)
+            newest = max(
+                self._max_event.get(gateway, -1),
+                -1 if seen is None else (seen.newest() or -1),
+            )
+            if newest >= before_us:
+                if seen is not None:
+                    seen.prune(before_us)
+                continue
+            if busy is None:
+                busy = {partial["g"] for partial in self._partials.values()}
+            if gateway in busy:
+                continue  # a window still to close: the next move of the wall forgets it
+            self._seen.pop(gateway, None)
+            self._closed.pop(gateway, None)
+            self._max_event.pop(gateway, None)
 
     def close(self, now: datetime | None = None) -> list[DevicePartial]:
         """Close every window whose end + grace the watermark has passed.

@@ -90,7 +90,9 @@ def test_state_and_checkpoints_stay_flat_over_days() -> None:
         kpis.extend(k.kpi_id for k in s2.close())
         if minute % 1440 == 0 and minute:  # each midnight UTC
             snap = s1.snapshot()
-            del snap["seen"]["gw-2"]  # the stuck node's, below
+            # the stuck node's, below (its gateway, which sends nothing newer than its
+            # first day, is forgotten at every move of the wall clock after that)
+            snap["seen"].pop("gw-2", None)
             ckpt = len(orjson.dumps(snap)) + len(orjson.dumps(s2.snapshot()))
             seen[minute // 1440] = (sizes(s1, s2), ckpt)
     # the daily KPIs were emitted (so their windows did close) ...
@@ -108,3 +110,81 @@ def test_state_and_checkpoints_stay_flat_over_days() -> None:
     for day in (3, 4, 5):
         assert seen[day][0] == seen[2][0], day
         assert seen[day][1] < seen[2][1] * 1.05, day
+
+
+def _gateway_state(s1: DeviceWindows) -> dict[str, int]:
+    snap = s1.snapshot()
+    return {
+        "seen": len(snap["seen"]),
+        "devices": sum(len(per_device) for per_device in snap["seen"].values()),
+        "max_event": len(snap["max_event"]),
+        "closed": len(snap["closed"]),
+    }
+
+
+def test_gateways_taken_out_of_service_are_forgotten() -> None:
+    """A city replaces a gateway (and its sensors) every day; each serves two days, and
+    behind a gateway that stays, a sensor is swapped every day. Stage 1 kept every
+    gateway's watermark, closed-window mark and deduplication memory, and every device's,
+    for good, in memory and in every checkpoint; now one silent for a day (by the wall
+    clock) with no window open is let go, so the state stays the size of what is in
+    service."""
+    s1 = DeviceWindows(timedelta(minutes=1), timedelta(seconds=5))
+    per_day: list[tuple[dict[str, int], int]] = []
+    for minute in range(10 * 1440):
+        now = T0 + timedelta(minutes=minute)
+        day = minute // 1440
+        batch = [
+            Reading(device_id=f"th-{g}", gateway_id=f"gw-{g}", seq=minute * 256,
+                    quantity=Quantity.TEMPERATURE, value=20.0, unit="Cel",
+                    event_time=now, ingest_time=now, zone="centre")
+            for g in (day - 1, day) if g >= 0
+        ]  # fmt: skip
+        batch.append(Reading(device_id=f"swapped-{day}", gateway_id="gw-main", seq=minute,
+                             quantity=Quantity.TEMPERATURE, value=20.0, unit="Cel",
+                             event_time=now, ingest_time=now, zone="centre"))  # fmt: skip
+        assert s1.add(batch) == []
+        s1.close(now + timedelta(seconds=30))
+        if minute % 1440 == 1439:
+            per_day.append((_gateway_state(s1), len(orjson.dumps(s1.snapshot()))))
+    # three gateways in service, plus the one retired yesterday (silent for less than a
+    # day), and behind gw-main today's sensor and yesterday's
+    for day in range(2, 10):
+        assert per_day[day][0] == {"seen": 4, "devices": 5, "max_event": 4, "closed": 4}, day
+        assert per_day[day][1] < per_day[2][1] * 1.05, day
+
+
+def test_a_forgotten_gateway_heard_again_counts_each_reading_once() -> None:
+    """A retired gateway plugged in again: a redelivery of a reading it sent before it was
+    forgotten is late (its window closed long ago), never counted a second time, and its
+    new readings are taken as a new gateway's, including an old checkpoint's."""
+    s1 = DeviceWindows(timedelta(minutes=1), timedelta(seconds=5))
+
+    def reading(gateway: str, seq: int, at: datetime) -> Reading:
+        return Reading(device_id=f"th-{gateway}", gateway_id=gateway, seq=seq,
+                       quantity=Quantity.TEMPERATURE, value=20.0, unit="Cel",
+                       event_time=at, ingest_time=at, zone="centre")  # fmt: skip
+
+    old = reading("gw-old", 7, T0)
+    assert s1.add([old]) == []
+    before_forgetting = orjson.dumps(s1.snapshot())
+    for minute in range(1, 2 * 1440):
+        now = T0 + timedelta(minutes=minute)
+        s1.add([reading("gw-live", minute, now)])
+        s1.close(now + timedelta(seconds=30))
+    assert "gw-old" not in s1.snapshot()["seen"]
+    restored = DeviceWindows(timedelta(minutes=1), timedelta(seconds=5))
+    restored.restore(orjson.loads(before_forgetting))
+    restored.add([reading("gw-live", 1, T0 + timedelta(days=2))])
+    closed = restored.close(T0 + timedelta(days=2, seconds=30))  # gw-old's window closes
+    assert [p["g"] for p in closed] == ["gw-old"]
+    restored.close(T0 + timedelta(days=2, seconds=90))  # and gw-old is forgotten here
+    assert "gw-old" not in restored.snapshot()["seen"]
+    now = T0 + timedelta(days=2, minutes=1)
+    for engine in (s1, restored):
+        added = engine.stats.added
+        assert engine.add([old]) == [old]  # late, not added again
+        fresh = reading("gw-old", 1, now)  # its counter restarted meanwhile
+        assert engine.add([fresh]) == []
+        assert engine.stats.added == added + 1
+        assert engine.stats.duplicates == 0
