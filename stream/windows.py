@@ -109,9 +109,16 @@ class SeenSeqs:
     * **Cap** (``cap`` per device, for fast devices within the horizon): the floor is
       raised past the oldest half.
 
-    A reading at or below a folded or raised floor counts as a duplicate ("stale"). It
-    could only be new if the device's numbers ran against its clock by more than the
-    horizon, and then it would be late anyway.
+    A reading at or below a folded or raised floor counts as a duplicate ("stale"). It is
+    a redelivery, or a reading never seen whose number lay in a gap the floor passed (an
+    uplink the gateway delivers more than the horizon after a newer one of the same
+    device). Either lands in a closed window (unless the device's numbers ran against its
+    clock by more than the horizon), so no KPI changes; but the second is *late*, not a
+    duplicate, and is not routed to ``late-readings``, where the same reading arriving
+    within the horizon would have been. The memory cannot tell the two apart without the
+    gaps it folded (what the horizon saves), nor can the caller check lateness first
+    without counting every redelivery after its window closed late (a gateway resending
+    after a link drop: the common case). So ``duplicates`` includes such readings.
 
     **Counter resets.** A device whose counter starts again (a LoRaWAN rejoin sets fCnt to
     0; a node that rebooted without keeping its frame counter) repeats numbers it used

@@ -165,6 +165,22 @@ def test_a_redelivery_older_than_the_horizon_is_still_a_duplicate() -> None:
         assert engine.stats.added == 40
 
 
+def test_a_lost_uplink_delivered_after_the_fold_counts_as_duplicate_as_documented() -> None:
+    """Pins what SeenSeqs' docstring and the README say: a never-seen reading in a gap the
+    floor was folded past counts as a duplicate (not routed late), while the same reading
+    delivered within the horizon is late. In no KPI either way."""
+    lost = uplink(1, L0 + 600 * S)
+    soon, after_fold = DeviceWindows(size=60 * S, grace=10 * S), DeviceWindows(60 * S, 10 * S)
+    for engine, counters in ((soon, (0, 2)), (after_fold, (0, 2, 3, 4))):
+        for counter in counters:
+            engine.add(uplink(counter, L0 + counter * 600 * S))
+            engine.close()
+    assert soon.add(lost) == lost
+    assert (soon.stats.late, soon.stats.duplicates) == (4, 0)
+    assert after_fold.add(lost) == []
+    assert (after_fold.stats.late, after_fold.stats.duplicates) == (0, 4)
+
+
 def test_a_checkpoint_without_seq_times_folds_them_one_horizon_later() -> None:
     windows = DeviceWindows(size=60 * S, grace=10 * S)
     windows.add(uplink(0, L0) + uplink(1, L0 + 30 * S))
