@@ -398,17 +398,40 @@ def last_fetch_ms(consumer: Any, tp: Any) -> int | None:
     ``last_poll_timestamp``, ms of the wall clock), None before the first.
 
     Faust does not pass it on; its aiokafka consumer thread holds the aiokafka consumer,
-    as for :meth:`highwater`. A consumer without one (another driver) answers with the
-    time of the call, which makes :class:`FetchClock` close as of the previous tick.
+    as for :meth:`highwater`. Without any of these (another driver, or a Faust or aiokafka
+    release that renamed one) it answers with the time of the call, which makes
+    :class:`FetchClock` close as of the previous tick, and warns once: a worker that
+    stalls may then close windows on the wall clock before it has read what reached the
+    broker during the stall (those readings are late, counted and routed).
     """
     ensure = getattr(getattr(consumer, "_thread", None), "_ensure_consumer", None)
-    if ensure is None:
+    poll_stamp = None if ensure is None else getattr(ensure(), "last_poll_timestamp", None)
+    if poll_stamp is None:
+        _warn_no_fetch_stamp(consumer)
         return int(time.time() * 1000)
     try:
-        stamp = ensure().last_poll_timestamp(tp)
+        stamp = poll_stamp(tp)
     except AssertionError:  # not (or no longer) assigned: a rebalance under way
         return None
     return None if stamp is None else int(stamp)
+
+
+#: whether :func:`last_fetch_ms` has warned that it has no fetch stamps (once a process)
+_warned_no_fetch_stamp = False
+
+
+def _warn_no_fetch_stamp(consumer: Any) -> None:
+    global _warned_no_fetch_stamp
+    if _warned_no_fetch_stamp:
+        return
+    _warned_no_fetch_stamp = True
+    log.warning(
+        "the Kafka consumer (%s) gives no fetch times (aiokafka's last_poll_timestamp through "
+        "Faust's consumer thread): windows close on the wall clock as of the previous "
+        "close tick, so after a stall of the worker they may close before the readings "
+        "of the stall are read (those are then late)",
+        type(consumer).__name__,
+    )
 
 
 @dataclass

@@ -485,6 +485,74 @@ async def test_a_stage1_partition_holding_the_zone_windows_back_is_a_metric_and_
         assert 'climastream_stream_held_zone_windows{partition="0"} 0.0' in text
 
 
+class _Thread:
+    """Faust's aiokafka consumer thread, holding ``consumer`` (aiokafka's)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+
+    def _ensure_consumer(self) -> Any:
+        return self.consumer
+
+
+class _Faust:
+    def __init__(self, thread: Any) -> None:
+        self._thread = thread
+
+
+class _NoPollStamp:
+    """An aiokafka consumer without ``last_poll_timestamp`` (renamed in some version)."""
+
+    def highwater(self, tp: Any) -> int:
+        return 1
+
+
+@pytest.mark.parametrize(
+    "consumer",
+    [object(), _Faust(object()), _Faust(_Thread(_NoPollStamp()))],
+    ids=["no consumer thread", "no _ensure_consumer", "no last_poll_timestamp"],
+)
+def test_without_aiokafka_fetch_stamps_a_quiet_partition_closes_as_of_the_previous_tick(
+    consumer: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fetch stamp comes through Faust's private consumer thread. When any step of
+    that is missing (another driver, a Faust or aiokafka release that renamed it), the
+    time of the tick stands in for it, so windows still close on the wall clock, as of
+    the previous tick, and a warning says the pause protection is off. Before, an aiokafka
+    consumer without ``last_poll_timestamp`` raised AttributeError in the close timer on
+    every tick: no window closed on the wall clock again."""
+    from stream import app as app_module
+    from stream.app import FetchClock, last_fetch_ms
+
+    now = [100.0]
+    monkeypatch.setattr(app_module.time, "time", lambda: now[0])
+    monkeypatch.setattr(app_module, "_warned_no_fetch_stamp", False, raising=False)
+    clock = FetchClock()
+    with caplog.at_level(logging.WARNING, logger="stream.app"):
+        first = last_fetch_ms(consumer, "tp")
+        assert first == 100_000
+        assert clock.caught_up_as_of(first, 1, 0) is None  # one tick: as of no time yet
+        now[0] = 100.25
+        second = last_fetch_ms(consumer, "tp")
+        assert clock.caught_up_as_of(second, 1, 0) == datetime.fromtimestamp(100.0, UTC)
+        now[0] = 100.5
+        assert clock.caught_up_as_of(last_fetch_ms(consumer, "tp"), 2, 0) is None  # behind
+    warnings = [r for r in caplog.records if "fetch" in r.getMessage()]
+    assert len(warnings) == 1  # once per process
+
+
+def test_with_aiokafka_fetch_stamps_the_stamp_is_the_consumers() -> None:
+    from stream.app import last_fetch_ms
+
+    class Stamped(_NoPollStamp):
+        def last_poll_timestamp(self, tp: Any) -> int | None:
+            return 1234 if tp == "tp" else None
+
+    faust_consumer = _Faust(_Thread(Stamped()))
+    assert last_fetch_ms(faust_consumer, "tp") == 1234
+    assert last_fetch_ms(faust_consumer, "other") is None  # no fetch response yet
+
+
 class _FakeAdmin:
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
