@@ -221,7 +221,7 @@ CHECKPOINT_WARN_BYTES = 4_000_000
 
 #: a stage-1 partition whose watermark, as the zone stage has it, is behind the wall clock
 #: by more than one window plus grace plus this is logged as holding the zone windows back
-#: (a caught-up partition's is one window plus grace plus a few seconds of fetches behind)
+#: (a caught-up partition's is at most one window plus grace plus a few seconds behind)
 WATERMARK_LAG_WARN = timedelta(minutes=1)
 #: ... at most this often (each time with every lagging partition and what is held)
 WATERMARK_LOG_INTERVAL_S = 60.0
@@ -988,8 +988,8 @@ class EngineCollector:
             "climastream_stream_watermark_lag_seconds",
             "how far each stage-1 partition's watermark, as this worker's zone stage has it, "
             "is behind the wall clock (+Inf: none received yet); a zone window closes only "
-            "once every partition's has passed it, so a caught-up partition is one window "
-            "plus grace plus a few seconds behind",
+            "once every partition's has passed it; a caught-up partition is at most one "
+            "window plus grace plus a few seconds behind",
             labels=["source"],
         )
         with contextlib.suppress(RuntimeError):
