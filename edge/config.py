@@ -495,7 +495,8 @@ class MetricsConfig(_Frozen):
     """The Prometheus endpoint (`climastream_edge_*` metrics)."""
 
     listen: str | None = "127.0.0.1:9108"
-    """`host:port` of the Prometheus `/metrics` endpoint; null disables it."""
+    """`host:port` of the Prometheus `/metrics` endpoint; null disables it. An IPv6
+    address goes in brackets: `[::1]:9108` (loopback), `[::]:9108` (every address)."""
 
     @field_validator("listen")
     @classmethod
@@ -504,7 +505,10 @@ class MetricsConfig(_Frozen):
             return None
         host, sep, port = value.rpartition(":")
         if not sep or not _HOST.fullmatch(host) or not _is_port(port):
-            raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {value!r}")
+            raise ValueError(
+                "expected host:port such as 127.0.0.1:9108, or [::1]:9108 for an IPv6 "
+                f"address, got {value!r}"
+            )
         return value
 
 

@@ -110,10 +110,16 @@ class AgentCollector:
 
 
 def serve(listen: str, collector: AgentCollector) -> Any:
-    """Start the /metrics endpoint on ``host:port`` in a daemon thread; returns the server."""
+    """Start the /metrics endpoint on ``host:port`` in a daemon thread; returns the server.
+
+    An IPv6 address is written in brackets (``[::1]:9108``, ``[::]:9108``), as in a URL;
+    the socket is given it without them (with them, the name lookup fails).
+    """
     from prometheus_client import CollectorRegistry, start_http_server
 
     host, _, port = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
     registry = CollectorRegistry()
     registry.register(collector)
     server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
