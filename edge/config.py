@@ -382,10 +382,10 @@ class BufferConfig(_Frozen):
     readings; `drop_newest` refuses new readings. Every drop is counted by reason."""
     fsync_window_s: Annotated[Float, Field(ge=0, le=60)] = 0.0
     """0: each append is fsynced before it counts as accepted (nothing accepted is lost
-    on a power cut). > 0: appends survive a process crash at once and reach the disk
-    within this window (at most 1 s apart); a power cut loses at most the window, counted
-    as `power_cut_unsynced` on restart: an upper bound, by at most one sync interval's
-    readings (edge/README.md, Power cut)."""
+    on a power cut). > 0: appends survive a process crash at once and are synced to the
+    disk every window (fewer fsyncs, less SD wear, the longer it is); a power cut loses at
+    most the window, counted as `power_cut_unsynced` on restart: an upper bound, by at
+    most one window's readings (edge/README.md, Power cut)."""
     seq_lease: Annotated[Int, Field(ge=1, le=1_000_000)] = 1000
     """Gateway-assigned sequence numbers are leased this many ahead, durably, so a power
     cut never makes the agent reuse a (device, seq) that Kafka may already hold. After a

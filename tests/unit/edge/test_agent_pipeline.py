@@ -597,3 +597,50 @@ async def test_how_long_an_mqtt_connection_lasted_ignores_wall_clock_steps(
 
     assert delays == [0.5, 1.0, 2.0, 0.5]  # three refused connects, then a stable hour
     assert "another client may be using" not in caplog.text
+
+
+class SyncCounting(MemoryBuffer):
+    def __init__(self) -> None:
+        super().__init__(max_bytes=10**7, max_age_s=3600)
+        self.syncs: list[float] = []
+
+
+@pytest.mark.parametrize(("window", "syncs"), [(5.0, 6), (2.5, 12), (0.5, 60)])
+async def test_the_buffer_is_synced_every_fsync_window_not_every_second(
+    monkeypatch: pytest.MonkeyPatch, window: float, syncs: int
+) -> None:
+    """``fsync_window_s: 5`` (the example config's "1-5: less SD wear") synced every
+    second all the same: housekeeping synced on each 1 s tick, so a window above 1 s saved
+    no SD wear. Now the sync follows the window while the watchdog keeps its second.
+    Simulated time (housekeeping's clock and sleep), so no timing is measured."""
+    notified: list[str] = []
+    monkeypatch.setattr(agent_module.systemd, "notify", lambda message: notified.append(message))
+    clock = [1000.0]
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        clock[0] += seconds
+        if clock[0] > 1030.0:  # 30 simulated seconds
+            raise asyncio.CancelledError
+        await real_sleep(0)
+
+    monkeypatch.setattr(agent_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(
+        agent_module, "asyncio", types.SimpleNamespace(**{**vars(asyncio), "sleep": sleep})
+    )
+    buffer = SyncCounting()
+    buffer.sync = lambda: buffer.syncs.append(clock[0])  # type: ignore[method-assign]
+    agent = Agent(
+        _config(buffer={"backend": "memory", "fsync_window_s": window}, status_interval_s=3600),
+        sources=[],
+        uplink=RecordingUplink(),
+        models=[],
+        buffer_factory=lambda: buffer,
+    )
+    agent.buffer = buffer
+    with pytest.raises(asyncio.CancelledError):
+        await agent._housekeeping()
+
+    assert len(buffer.syncs) == syncs
+    assert buffer.syncs[0] == 1000.0 + window
+    assert notified.count("WATCHDOG=1") >= 30  # still every second (or window)
