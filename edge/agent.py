@@ -121,6 +121,26 @@ class AckingSource(Protocol):
     async def read_acked(self) -> tuple[list[Sample], Callable[[], None]]: ...
 
 
+#: while the buffer refuses writes, a summary is logged this often (not a line per batch)
+STORE_FAILING_LOG_S = 60.0
+
+
+@dataclass
+class _StoreFailure:
+    """Batches the buffer refused since storing started failing or the last summary."""
+
+    since: float = 0.0
+    last_log: float = 0.0
+    batches: int = 0
+    lost: int = 0
+    again: int = 0
+
+    def add(self, lost: int, again: int, batches: int = 1) -> None:
+        self.batches += batches
+        self.lost += lost
+        self.again += again
+
+
 @dataclass
 class Counters:
     accepted: int = 0
@@ -267,6 +287,9 @@ class Agent:
         self.last_status: GatewayStatus | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        #: the buffer refused the last ingest batch (disk full): a gauge on /metrics
+        self.store_failing = False
+        self._store_failure = _StoreFailure()
 
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -421,10 +444,12 @@ class Agent:
                 items.append(self._queue.get_nowait())
             samples = [s for chunk, _ in items for s in chunk]
             try:
-                await self._in_worker(self.ingest, samples)
-            except Exception:
-                self._not_stored(items)
+                stored = await self._in_worker(self.ingest, samples)
+            except Exception as exc:
+                self._not_stored(items, exc)
             else:
+                if self.store_failing and stored:  # an empty append writes nothing
+                    self._stored_again()
                 for _, ack in items:
                     if ack is not None:
                         try:
@@ -436,13 +461,20 @@ class Agent:
                     self._queue.task_done()
             self._new_data.set()
 
-    def _not_stored(self, items: list[tuple[list[Sample], Callable[[], None] | None]]) -> None:
+    def _not_stored(
+        self, items: list[tuple[list[Sample], Callable[[], None] | None]], exc: Exception
+    ) -> None:
         """A batch the buffer refused (disk full): its sources redeliver it, or it is lost.
 
         Readings whose source sends them again (unacked MQTT messages: ``redeliver`` drops
         the connection, the broker redelivers after the reconnect) are not dropped, and
         counting them would count them twice when they are stored later; the others are
         lost here and counted as ``store_failed``.
+
+        Logged once when storing starts failing (with the traceback), then summed up every
+        :data:`STORE_FAILING_LOG_S` and when it works again (:meth:`_stored_again`): a full
+        disk refuses every batch, and a line with a traceback per batch (every reading of
+        a serial sensor) filled the journal of the gateway whose disk was full already.
         """
         lost = again = 0
         for samples, ack in items:
@@ -455,13 +487,46 @@ class Agent:
                 redeliver()
             except Exception:
                 log.exception("asking a source to redeliver failed")
-        log.exception(
-            "storing readings failed: %d lost (store_failed), %d to be redelivered",
-            lost,
-            again,
-        )
         if lost:
             self.counters.drop("store_failed", lost)
+        failure, now = self._store_failure, time.monotonic()
+        if not self.store_failing:
+            self.store_failing = True
+            self._store_failure = failure = _StoreFailure(since=now, last_log=now)
+            log.error(
+                "storing readings failed: %d lost (store_failed), %d to be redelivered; "
+                "until it works again this is summed up every %.0fs",
+                lost,
+                again,
+                STORE_FAILING_LOG_S,
+                exc_info=exc,
+            )
+            return
+        failure.add(lost, again)
+        if now - failure.last_log >= STORE_FAILING_LOG_S:
+            failure.last_log = now
+            log.error(
+                "storing readings still fails after %.0fs: %d more batches refused, %d lost "
+                "(store_failed), %d to be redelivered: %s",
+                now - failure.since,
+                failure.batches,
+                failure.lost,
+                failure.again,
+                exc,
+            )
+            failure.add(-failure.lost, -failure.again, -failure.batches)
+
+    def _stored_again(self) -> None:
+        failure = self._store_failure
+        self.store_failing = False
+        log.warning(
+            "storing readings works again after %.0fs (since the last report: %d batches "
+            "refused, %d lost as store_failed, %d to be redelivered)",
+            time.monotonic() - failure.since,
+            failure.batches,
+            failure.lost,
+            failure.again,
+        )
 
     def _location(self, location: Location) -> dict[str, float]:
         """A device's configured location as the reading carries it (dumped once)."""
@@ -619,7 +684,10 @@ class Agent:
         Never ends on an error: a failed send (:class:`UplinkError`) or buffer call (disk
         full: in WAL mode even the DELETE of an ack needs room) is logged, the taken
         records are released and, after a backoff, sent again from the oldest unacked one
-        (a resend repeats ``(device, seq)`` pairs; consumers deduplicate). It returns once
+        (a resend repeats ``(device, seq)`` pairs; consumers deduplicate). Records Kafka
+        has acknowledged are never sent again because their ack failed: the retry repeats
+        only the ack (a full disk refused every ack and the same batch went to Kafka again
+        at each retry, every 10 s for as long as the disk stayed full). It returns once
         ``stop`` is set and nothing is left to send, or still failing at an 8 s backoff.
         """
         assert self.buffer is not None
@@ -627,8 +695,15 @@ class Agent:
         backoff = 0.5
         topic = self.config.kafka.readings_topic
         in_flight: deque[tuple[Awaitable[Any], int, int]] = deque()
+        #: (last, count) of records Kafka acknowledged whose ack the buffer has not taken
+        delivered: tuple[int, int] | None = None
+        traced = False  # a failing buffer's traceback is logged once until it works again
         while True:
             try:
+                if delivered is not None:
+                    await self._store(buffer.ack, Kind.READING, delivered[0])
+                    self.counters.sent += delivered[1]
+                    delivered = None
                 while len(in_flight) < self._max_in_flight():  # known once connected
                     pending = await self._store(self._take, Kind.READING)
                     if not pending:
@@ -649,9 +724,12 @@ class Agent:
                 future, last, count = in_flight.popleft()
                 await future
                 self.kafka_up = True
+                delivered = (last, count)
                 await self._store(buffer.ack, Kind.READING, last)
                 self.counters.sent += count
+                delivered = None
                 backoff = 0.5
+                traced = False
             except Exception as exc:
                 if isinstance(exc, StorageError):
                     # Kafka has the records (or will not get them yet): sent again later
@@ -659,17 +737,26 @@ class Agent:
                         "buffer failed while forwarding, retrying in %.1fs: %s",
                         backoff,
                         exc,
-                        exc_info=exc.__cause__,
+                        exc_info=None if traced else exc.__cause__,
                     )
+                    traced = True
                 else:
                     if not isinstance(exc, UplinkError):
                         log.exception("unexpected error while sending; retrying")
                     self.kafka_up = False
                     self.counters.send_failures += 1
                     log.warning("kafka send failed, retrying in %.1fs: %s", backoff, exc)
-                for future, _, _ in in_flight:  # settle the rest before retrying in order
-                    with contextlib.suppress(Exception):
+                # settle the rest before retrying in order; those Kafka acknowledged right
+                # after records whose ack failed join them (acked, not sent again)
+                chained = delivered is not None
+                for future, last, count in in_flight:
+                    try:
                         await future
+                    except Exception:
+                        chained = False  # resent from here, with everything after it
+                        continue
+                    if chained and delivered is not None:
+                        delivered = (last, delivered[1] + count)
                 in_flight.clear()
                 await self._in_worker(buffer.release, Kind.READING)  # a cursor reset
                 if stop.is_set() and backoff >= 8.0:

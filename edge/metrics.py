@@ -49,6 +49,11 @@ class AgentCollector:
             prefix + "buffer_capacity_bytes", "buffer bound", status.buffer_capacity_bytes
         )
         yield GaugeMetricFamily(
+            prefix + "buffer_store_failing",
+            "1 while the buffer refuses new readings (disk full, I/O error)",
+            1.0 if getattr(self._agent, "store_failing", False) else 0.0,
+        )
+        yield GaugeMetricFamily(
             prefix + "buffer_oldest_age_seconds",
             "age of the oldest buffered reading",
             status.buffer_oldest_age_s or 0.0,

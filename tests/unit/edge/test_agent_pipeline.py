@@ -644,3 +644,98 @@ async def test_the_buffer_is_synced_every_fsync_window_not_every_second(
     assert len(buffer.syncs) == syncs
     assert buffer.syncs[0] == 1000.0 + window
     assert notified.count("WATCHDOG=1") >= 30  # still every second (or window)
+
+
+class IdempotentRecordingUplink(RecordingUplink):
+    idempotent = True
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_records_kafka_acknowledged_are_not_sent_again_when_their_ack_fails(
+    idempotent: bool,
+) -> None:
+    """With the disk full, the buffer's ack (a DELETE, which needs WAL room) failed after
+    Kafka had acknowledged the batch; the forwarder released it and sent the same batch
+    again at every retry: every 10 s for as long as the disk stayed full (reproduced with
+    RLIMIT_FSIZE: 1000 duplicate readings in 25 s). Now only the ack is retried; with
+    several batches in flight, those acknowledged after it are acked with it."""
+    buffer = AckFailsOnce()
+    uplink = IdempotentRecordingUplink() if idempotent else RecordingUplink()
+    agent = Agent(
+        _config(batch_max_readings=5, kafka={"max_in_flight": 5}),
+        sources=[],
+        uplink=uplink,
+        models=[],
+        buffer_factory=lambda: buffer,
+    )
+    agent.buffer = buffer
+    agent.ingest(_samples("dev1", range(5)))
+    agent.ingest(_samples("dev1", range(5, 10)))
+    agent.ingest(_samples("dev1", range(10, 20)))
+
+    await _forward(agent, lambda: agent.counters.sent == 20)
+
+    assert buffer.ack_failures == 1
+    sent = [
+        (r.device_id, r.seq)
+        for topic, value in uplink.records
+        if topic == "readings"
+        for r in ReadingBatch.model_validate_json(value).readings
+    ]
+    assert sorted(sent) == [("dev1", i) for i in range(20)]  # each once
+    assert buffer.stats().depth == 0
+
+
+async def test_a_full_disk_is_logged_once_then_summed_up_and_shown_until_it_recovers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the buffer's disk was full every refused batch logged an ERROR with its
+    traceback: 20 a second from one simulated source (RLIMIT_FSIZE reproduction), one per
+    reading of a serial sensor, filling the journal on the disk that was full already.
+    Nothing but the store_failed counter showed it, and nothing said when it was over.
+    Now: the first failure with its traceback, a summary a minute, a line when it works
+    again, and ``climastream_edge_buffer_store_failing`` meanwhile."""
+    from edge.metrics import AgentCollector
+
+    clock = [5000.0]
+    monkeypatch.setattr(agent_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    buffer = DiskFullWhile()
+    agent = Agent(
+        _config(), sources=[], uplink=RecordingUplink(), models=[], buffer_factory=lambda: buffer
+    )
+    agent.buffer = buffer
+    writer = asyncio.create_task(agent._writer())
+
+    async def batches(n: int, start: int) -> None:
+        for i in range(n):
+            await agent._queue.put((_samples("serial-1", range(start + i, start + i + 1)), None))
+            await agent._queue.join()  # one batch each
+
+    def store_failing() -> float:
+        snapshot = agent.snapshot()
+        for family in AgentCollector(lambda: snapshot, agent).collect():
+            if family.name == "climastream_edge_buffer_store_failing":
+                return float(family.samples[0].value)
+        raise AssertionError("no buffer_store_failing metric")
+
+    with caplog.at_level(logging.INFO, logger="edge.agent"):
+        assert store_failing() == 0.0
+        await batches(40, 0)
+        assert buffer.refused == 40
+        assert store_failing() == 1.0
+        clock[0] += 61.0
+        await batches(1, 40)
+        buffer.full = False
+        await batches(1, 41)
+    writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
+
+    lines = [r for r in caplog.records if "storing readings" in r.getMessage()]
+    assert [r.levelname for r in lines] == ["ERROR", "ERROR", "WARNING"]
+    assert lines[0].exc_info is not None  # the first with its traceback
+    assert "40 more batches refused, 40 lost (store_failed)" in lines[1].getMessage()
+    assert "works again" in lines[2].getMessage()
+    assert agent.counters.dropped == {"store_failed": 41}
+    assert agent.counters.accepted == 1
+    assert store_failing() == 0.0
