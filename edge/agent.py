@@ -108,6 +108,10 @@ class StorageError(RuntimeError):
     """A buffer call of the forwarder failed (SQLite: disk full, I/O error); retried."""
 
 
+#: one read of a source: its samples and, for an acking source, the ack
+_Item = tuple[list[Sample], Callable[[], bool | None] | None]
+
+
 @runtime_checkable
 class AckingSource(Protocol):
     """A source whose input must be acknowledged once it is durable (MQTT QoS 1).
@@ -116,9 +120,14 @@ class AckingSource(Protocol):
     batch could not be stored, and the source has its input sent again (the MQTT source
     reconnects; the broker redelivers what was not acknowledged). Such readings are not
     counted as dropped. Without it, unstored readings count as ``store_failed``.
+
+    An ack that returns False did not acknowledge (the connection is gone): the input
+    comes again. The batch's readings that failed the contract are counted as
+    ``invalid_reading`` only with an ack that went through (or returned None), so a
+    redelivered message's bad readings count once, like the source's decode errors.
     """
 
-    async def read_acked(self) -> tuple[list[Sample], Callable[[], None]]: ...
+    async def read_acked(self) -> tuple[list[Sample], Callable[[], bool | None]]: ...
 
 
 #: while the buffer refuses writes, a summary is logged this often (not a line per batch)
@@ -269,9 +278,7 @@ class Agent:
         self.tune_gc = tune_gc
         self.counters = Counters()
         self.buffer: Buffer | None = None
-        self._queue: asyncio.Queue[tuple[list[Sample], Callable[[], None] | None]] = asyncio.Queue(
-            maxsize=256
-        )
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=256)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-worker")
         self._new_data = asyncio.Event()
         self._started = time.monotonic()
@@ -443,27 +450,52 @@ class Agent:
             while not self._queue.empty() and len(items) < 64:
                 items.append(self._queue.get_nowait())
             samples = [s for chunk, _ in items for s in chunk]
+            invalid: list[int] = []
             try:
-                stored = await self._in_worker(self.ingest, samples)
+                stored = await self._in_worker(self.ingest, samples, invalid)
             except Exception as exc:
                 self._not_stored(items, exc)
             else:
                 if self.store_failing and stored:  # an empty append writes nothing
                     self._stored_again()
-                for _, ack in items:
-                    if ack is not None:
-                        try:
-                            ack()  # durable now: the broker may forget the message
-                        except Exception:
-                            log.exception("acknowledging stored input failed")
+                self._acknowledge(items, invalid)
             finally:
                 for _ in items:
                     self._queue.task_done()
             self._new_data.set()
 
-    def _not_stored(
-        self, items: list[tuple[list[Sample], Callable[[], None] | None]], exc: Exception
-    ) -> None:
+    def _acknowledge(self, items: list[_Item], invalid: list[int]) -> None:
+        """Ack the stored items; count their invalid readings (positions in the batch).
+
+        The invalid readings of an item whose ack did not go through (False: its MQTT
+        connection is gone, the broker sends the message again) are counted when it comes
+        again, not now as well. A reading a model derived (past the samples) counts now.
+        """
+        start = 0
+        counted = 0
+        marks = iter(invalid)
+        mark = next(marks, None)
+        for samples, ack in items:
+            end = start + len(samples)
+            here = 0
+            while mark is not None and mark < end:
+                here += 1
+                mark = next(marks, None)
+            start = end
+            if ack is not None:
+                try:
+                    acked = ack()  # durable now: the broker may forget the message
+                except Exception:
+                    log.exception("acknowledging stored input failed")
+                    acked = None
+                if acked is False:
+                    continue
+            counted += here
+        counted += sum(1 for _ in marks) + (mark is not None)  # derived readings
+        if counted:
+            self.counters.drop("invalid_reading", counted)
+
+    def _not_stored(self, items: list[_Item], exc: Exception) -> None:
         """A batch the buffer refused (disk full): its sources redeliver it, or it is lost.
 
         Readings whose source sends them again (unacked MQTT messages: ``redeliver`` drops
@@ -538,8 +570,14 @@ class Agent:
             self._locations[id(location)] = cached
         return cached[1]
 
-    def ingest(self, samples: list[Sample]) -> int:
-        """Stamp, infer, validate and durably append (worker thread). Returns stored count."""
+    def ingest(self, samples: list[Sample], invalid: list[int] | None = None) -> int:
+        """Stamp, infer, validate and durably append (worker thread). Returns stored count.
+
+        Readings that fail the contract are counted as ``invalid_reading`` once the append
+        succeeded (a batch the buffer refuses is redelivered or counted as ``store_failed``
+        as a whole), or, given ``invalid``, their positions are added to it (in order;
+        past ``len(samples)``: a reading a model derived) for the caller to count.
+        """
         assert self.buffer is not None
         gateway_id = self.config.gateway_id
         default_zone = self.config.zone
@@ -596,7 +634,8 @@ class Agent:
         bound = ingest_time + UNSYNCED_MAX_BEHIND if unsynced else ingest_time
         encode_reading = ReadingEncoder(bound).encode
         append = records.append
-        for reading in readings:
+        failed: list[int] = []
+        for position, reading in enumerate(readings):
             device_id = reading["device_id"]
             if reading["seq"] is None:
                 reading["seq"] = next_seq[device_id]
@@ -604,7 +643,7 @@ class Agent:
             try:
                 payload = encode_reading(reading)
             except (ContractError, ValueError, TypeError) as exc:
-                self.counters.drop("invalid_reading")
+                failed.append(position)
                 key = (device_id, type(exc).__name__)
                 if key not in self._warned:
                     self._warned.add(key)
@@ -613,6 +652,10 @@ class Agent:
             append(Record(device_id, reading["seq"], payload))
         admission = self.buffer.append(records)
         self.counters.accepted += admission.stored
+        if invalid is not None:
+            invalid += failed
+        elif failed:
+            self.counters.drop("invalid_reading", len(failed))
         if records:
             # what the buffer charges for them (records of one append share a chunk or a
             # few), so the outage-capacity estimate divides like by like

@@ -19,6 +19,12 @@ redelivers every unacknowledged message of the session. Unacked messages are nev
 counted as dropped; left on a live connection they would only fill the broker's in-flight
 window until it stops delivering.
 
+Bad input (a ``DecodeError``, and the agent's ``invalid_reading``) counts once per message:
+a batch's decode errors are added to :attr:`MqttSource.decode_errors` when its ack goes
+through, like its readings are stored then. A batch that is redelivered instead (not
+stored, or its connection gone before the ack) counts when it comes again; counted at each
+delivery, one bad payload read as one per delivery.
+
 A payload the decoder chokes on (a decoder bug: it raised instead of returning a
 ``DecodeError``) is counted as ``internal_error``, logged with its topic, and acked with
 its batch: left unacked it would be redelivered after every reconnect, and unacked messages
@@ -197,7 +203,7 @@ class MqttSource:
         ack()
         return samples
 
-    async def read_acked(self) -> tuple[list[Sample], Callable[[], None]]:
+    async def read_acked(self) -> tuple[list[Sample], Callable[[], bool]]:
         """Next batch of samples and the ack to call once they are durable.
 
         The ack is a :class:`Delivery`: ``redeliver()`` instead when they cannot be stored.
@@ -241,7 +247,9 @@ class MqttSource:
                 # that could not be stored; returned now they would be stored twice, and
                 # before that batch
                 continue
-            return self._decode(messages), Delivery(self, client, generation, messages)
+            errors: dict[str, int] = {}
+            samples = self._decode(messages, errors)
+            return samples, Delivery(self, client, generation, messages, errors)
 
     def _lost(self, exc: BaseException) -> None:
         """Log a lost connection and set the delay before the next connect."""
@@ -267,7 +275,8 @@ class MqttSource:
             hint,
         )
 
-    def _decode(self, messages: list[Any]) -> list[Sample]:
+    def _decode(self, messages: list[Any], errors: dict[str, int]) -> list[Sample]:
+        """Samples of the messages; their decode errors counted into ``errors``."""
         from dataclasses import replace
 
         from firmware_bridge.codecs import decode_payload
@@ -284,12 +293,12 @@ class MqttSource:
             try:
                 results = decode_payload(self._config.format, payload, options)
             except Exception as exc:  # a decoder bug: count it, skip the message, carry on
-                self._decoder_failed(exc, topic, payload)
+                self._decoder_failed(exc, topic, payload, errors)
                 continue
             samples.extend(
                 to_samples(
                     results,
-                    errors=self._errors,
+                    errors=errors,
                     now=self._clock,
                     zone=self._zone,
                     location=self._location,
@@ -297,8 +306,10 @@ class MqttSource:
             )
         return samples
 
-    def _decoder_failed(self, exc: Exception, topic: str, payload: bytes) -> None:
-        self._errors["internal_error"] = self._errors.get("internal_error", 0) + 1
+    def _decoder_failed(
+        self, exc: Exception, topic: str, payload: bytes, errors: dict[str, int]
+    ) -> None:
+        errors["internal_error"] = errors.get("internal_error", 0) + 1
         kind = type(exc).__name__
         log.error(
             "decoder failed, message skipped source=%s format=%s topic=%s payload=%s error=%r",
@@ -314,13 +325,18 @@ class MqttSource:
     def _current(self, client: Any, generation: int) -> bool:
         return generation == self._generation and self._client is client
 
-    def _ack(self, client: Any, generation: int, messages: list[Any]) -> None:
+    def _ack(
+        self, client: Any, generation: int, messages: list[Any], errors: dict[str, int]
+    ) -> bool:
         if not self._current(client, generation):
-            return  # that connection is gone; the broker redelivers
+            return False  # that connection is gone; the broker redelivers
         for message in messages:
             if message.qos > 0:
                 client._client.ack(message.mid, message.qos)
         self._redeliver_backoff = self._config.reconnect_min_s
+        for reason, count in errors.items():
+            self._errors[reason] = self._errors.get(reason, 0) + count
+        return True
 
     def _redeliver(self, client: Any, generation: int) -> None:
         if not self._current(client, generation):
@@ -349,22 +365,32 @@ class MqttSource:
 class Delivery:
     """The ack of one batch of messages (a callable, as the agent expects).
 
-    Call it once the batch's readings are durable: the messages are acknowledged (PUBACK).
-    :meth:`redeliver` when they could not be stored: the source drops the connection they
-    came on, and the broker sends every unacknowledged message again after the reconnect.
-    Both are no-ops once that connection is gone (the broker redelivers anyway).
+    Call it once the batch's readings are durable: the messages are acknowledged (PUBACK)
+    and their decode errors counted; it returns True. :meth:`redeliver` when they could
+    not be stored: the source drops the connection they came on, and the broker sends
+    every unacknowledged message again after the reconnect. Both are no-ops once that
+    connection is gone (the broker redelivers anyway): the call returns False, and the
+    batch's bad input is counted when it comes again.
     """
 
-    __slots__ = ("_client", "_generation", "_messages", "_source")
+    __slots__ = ("_client", "_errors", "_generation", "_messages", "_source")
 
-    def __init__(self, source: MqttSource, client: Any, generation: int, messages: list[Any]):
+    def __init__(
+        self,
+        source: MqttSource,
+        client: Any,
+        generation: int,
+        messages: list[Any],
+        errors: dict[str, int],
+    ):
         self._source = source
         self._client = client
         self._generation = generation
         self._messages = messages
+        self._errors = errors
 
-    def __call__(self) -> None:
-        self._source._ack(self._client, self._generation, self._messages)
+    def __call__(self) -> bool:
+        return self._source._ack(self._client, self._generation, self._messages, self._errors)
 
     def redeliver(self) -> None:
         self._source._redeliver(self._client, self._generation)

@@ -739,3 +739,127 @@ async def test_a_full_disk_is_logged_once_then_summed_up_and_shown_until_it_reco
     assert agent.counters.dropped == {"store_failed": 41}
     assert agent.counters.accepted == 1
     assert store_failing() == 0.0
+
+
+async def test_bad_input_of_a_redelivered_mqtt_message_is_counted_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A message the buffer could not store is redelivered by design (never acked before
+    it is durable), and its bad input was counted again at every delivery: undecodable
+    payloads under their decode-error reason by the source, readings that fail the
+    contract as invalid_reading by the agent. Three refused deliveries made 'one bad
+    payload, one implausible reading' read as three of each. Now bad input counts when its
+    message is acknowledged, as the readings it came with are stored: once."""
+    session = FakeSession(
+        [
+            b"not json",
+            json.dumps([{"bn": "st1:", "n": "temperature", "v": 20.0}]).encode(),
+            json.dumps([{"bn": "st2:", "n": "temperature", "v": 900.0}]).encode(),
+        ]
+    )
+    mqtt = _senml_source(session, monkeypatch)
+    buffer = DiskFullWhile()
+    agent = Agent(
+        _config(),
+        sources=[mqtt],
+        uplink=RecordingUplink(),
+        models=[],
+        buffer_factory=lambda: buffer,
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    await asyncio.wait_for(
+        _until(lambda: len(session.connections) >= 3 and buffer.refused >= 3), timeout=60
+    )
+    buffer.full = False
+    await asyncio.wait_for(_until(lambda: not session.unacked), timeout=60)
+    stop.set()
+    counters = await asyncio.wait_for(run, timeout=60)
+
+    assert counters.accepted == 1
+    assert counters.dropped == {"invalid_reading": 1}
+    assert sum(mqtt.decode_errors.values()) == 1, mqtt.decode_errors
+
+
+class AckLostOnce:
+    """An acking source whose first ack finds its connection gone (returns False): the
+    broker sends the same message again, which is then acked."""
+
+    name = "acking"
+    state = SourceState.UP
+    decode_errors: dict[str, int] = {}  # noqa: RUF012
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self._samples = samples
+        self.deliveries = 0
+        self.acked = False
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def read(self) -> list[Sample]:
+        raise AssertionError("the agent reads with read_acked")
+
+    async def read_acked(self) -> tuple[list[Sample], Callable[[], bool]]:
+        if self.acked or self.deliveries >= 2:
+            await asyncio.Event().wait()
+        self.deliveries += 1
+        first = self.deliveries == 1
+
+        def ack() -> bool:
+            self.acked = not first
+            return self.acked
+
+        return list(self._samples), ack
+
+
+async def test_invalid_readings_of_a_message_whose_ack_was_lost_count_once() -> None:
+    """Stored, but the connection dropped before the ack: the broker redelivers the
+    message, and its invalid readings were counted at both deliveries."""
+    now = datetime.now(UTC)
+    source = AckLostOnce(
+        [
+            Sample("dev1", Quantity.TEMPERATURE, 900.0, "Cel", now, seq=1),
+            Sample("dev1", Quantity.TEMPERATURE, 20.0, "Cel", now, seq=2),
+        ]
+    )
+    agent = Agent(
+        _config(),
+        sources=[source],
+        uplink=RecordingUplink(),
+        models=[],
+        buffer_factory=lambda: MemoryBuffer(max_bytes=10**7, max_age_s=3600),
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    await asyncio.wait_for(_until(lambda: source.acked), timeout=60)
+    stop.set()
+    counters = await asyncio.wait_for(run, timeout=60)
+
+    assert source.deliveries == 2
+    assert counters.accepted == 2  # the valid reading twice (same seq: deduplicated later)
+    assert counters.dropped == {"invalid_reading": 1}
+
+
+async def test_decode_errors_count_when_the_message_is_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The MQTT source counted a payload's decode error as it decoded it; a delivery whose
+    connection was lost before the ack came again and counted it again."""
+    session = FakeSession([b"not json"])
+    source = _senml_source(session, monkeypatch)
+    await source.start()
+    samples, delivery = await source.read_acked()
+    assert samples == []
+    assert source.decode_errors == {}  # not before the ack
+    await source._drop()  # the connection is lost before the agent acks
+    assert delivery() is False
+    assert source.decode_errors == {}
+    _, again = await source.read_acked()  # the broker redelivers it
+    assert again() is True
+    await source.stop()
+    assert sum(source.decode_errors.values()) == 1
+    assert not session.unacked
