@@ -300,7 +300,7 @@ class KafkaConfig(_Frozen):
     """How long to wait for the broker to answer one request."""
     idempotent: Literal["auto", "on", "off"] = "auto"
     """`auto` turns the idempotent producer on when the broker supports it
-    (InitProducerId)."""
+    (InitProducerId), asked again at each connect."""
     max_in_flight: Annotated[Int, Field(ge=1, le=16)] = 4
     """`readings` records sent before the oldest is acknowledged, used only with the
     idempotent producer (above 5 counts as 5, as Kafka requires for ordered retries);

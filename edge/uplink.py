@@ -6,10 +6,13 @@ The producer keeps records of one partition in order (aiokafka sends one batch p
 partition at a time), and the agent keys every ``readings`` record by gateway id, so each
 device's readings stay in order on Kafka.
 
-Idempotence: ``idempotent: auto`` asks the broker for a producer id (InitProducerId) once
-connected and turns the idempotent producer on only if that works. Tansu's in-memory
+Idempotence: ``idempotent: auto`` asks the broker for a producer id (InitProducerId) at
+each connect and turns the idempotent producer on only if that works. Tansu's in-memory
 engine answers InitProducerId with an error, so locally the producer runs without it;
-retries may then duplicate a record, which consumers absorb by (device, seq).
+retries may then duplicate a record, which consumers absorb by (device, seq). Asked once
+per process, a probe that timed out on a flaky uplink at boot, or hit a broker still
+starting, left the gateway without idempotence (one batch in flight, duplicates on
+retries) until it restarted; at each connect it follows the broker.
 
 One producer at a time: the forwarder and the status publisher both send, and a lock
 around connecting makes the second wait for the first's producer instead of starting one
@@ -102,19 +105,22 @@ class KafkaUplink:
         aiokafka = require("aiokafka", "edge")
         cfg = self._config
         want = {"on": True, "off": False}.get(cfg.idempotent)
-        if want is None and self.idempotent is None:
+        if want is None:
             probe = aiokafka.AIOKafkaProducer(**producer_kwargs(cfg, self._client_id, False))
             try:
                 await probe.start()
-                self.idempotent = await broker_supports_idempotence(probe)
+                supported = await broker_supports_idempotence(probe)
             finally:
                 await probe.stop()
-            if not self.idempotent:
+            if not supported and self.idempotent is not False:  # logged when it changes
                 log.warning(
                     "broker refuses InitProducerId: idempotent producer off; retries may "
                     "duplicate records, consumers deduplicate by (device, seq)"
                 )
-        elif want is not None:
+            elif supported and self.idempotent is False:
+                log.info("broker grants InitProducerId now: idempotent producer on")
+            self.idempotent = supported
+        else:
             self.idempotent = want
         producer = aiokafka.AIOKafkaProducer(
             **producer_kwargs(cfg, self._client_id, bool(self.idempotent))

@@ -64,3 +64,36 @@ async def test_concurrent_first_sends_share_one_producer(producers: type[FakePro
     assert producer.sent == [b"batch-1", b"status", b"batch-2"]
     await uplink.stop()
     assert producer.stopped
+
+
+async def test_idempotence_is_asked_again_at_each_connect(
+    producers: type[FakeProducer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`idempotent: auto` asked the broker once per process: a probe that timed out (a
+    flaky uplink at boot, a broker still starting) or a broker upgraded later left the
+    producer without idempotence, one batch in flight and duplicates on retries, until
+    the agent restarted. It is asked again whenever the producer reconnects."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from edge import uplink as uplink_module
+
+    answers = iter([False, True])
+
+    async def probe(producer: Any, timeout_s: float = 5.0) -> bool:
+        return next(answers)
+
+    monkeypatch.setattr(uplink_module, "broker_supports_idempotence", probe)
+    producers.may_start.set()
+    uplink = KafkaUplink(KafkaConfig(idempotent="auto"), client_id="gw1")
+    await uplink.send_and_wait("readings", b"gw1", b"batch-1")
+    assert uplink.idempotent is False
+
+    async def lost(topic: str, value: bytes, key: bytes) -> Any:
+        raise KafkaConnectionError("connection lost")
+
+    producers.made[-1].send = lost  # type: ignore[method-assign]
+    with pytest.raises(uplink_module.UplinkError):
+        await uplink.send("readings", b"gw1", b"batch-2")
+    await uplink.send_and_wait("readings", b"gw1", b"batch-2")  # a new producer
+    assert uplink.idempotent is True
+    await uplink.stop()
