@@ -247,11 +247,12 @@ async def _check_sources(config: Any, count: int, wait_s: float) -> int:
                     shown += 1
         agent.buffer.ack(Kind.READING, 2**62)
         errors = dict(source.decode_errors)
+        retained = getattr(source, "retained", 0)
         why = getattr(source, "last_error", None)
         if not why and not got and source.state.value == "up":
             topics = getattr(source, "topics", None)
             why = (
-                f"connected, but no message on {', '.join(topics)} within {wait_s:g} s: "
+                f"connected, but no new message on {', '.join(topics)} within {wait_s:g} s: "
                 "check the topic filters; a LoRaWAN device may send less often (--timeout)"
                 if topics
                 else f"open, but nothing decoded within {wait_s:g} s: check codec and baudrate"
@@ -259,6 +260,12 @@ async def _check_sources(config: Any, count: int, wait_s: float) -> int:
         print(
             f"source {source.name}: {source.state.value}, {got} readings"
             + (f", decode errors {errors}" if errors else "")
+            + (
+                f", {retained} retained messages skipped (the broker's stored last value of "
+                "a topic, replayed at subscribe: not a new uplink; the service skips them too)"
+                if retained
+                else ""
+            )
             + (f" ({why})" if why and not got else ""),
             file=sys.stderr,
         )

@@ -25,6 +25,14 @@ through, like its readings are stored then. A batch that is redelivered instead 
 stored, or its connection gone before the ack) counts when it comes again; counted at each
 delivery, one bad payload read as one per delivery.
 
+A *retained* message the broker replays because the source subscribed (MQTT sets the
+RETAIN flag only on those: a message matching an established subscription, live or
+queued in the persistent session, comes with it cleared) is acknowledged and skipped,
+counted in :attr:`MqttSource.retained`: it is the topic's last value from some earlier
+time, replayed at every (re)subscribe, not a new uplink. Decoded, a payload without a
+time of its own became a stale value stamped "now", and one without a device counter a
+new gateway seq at every reconnect: a duplicate that no consumer could recognise.
+
 A payload the decoder chokes on (a decoder bug: it raised instead of returning a
 ``DecodeError``) is counted as ``internal_error``, logged with its topic, and acked with
 its batch: left unacked it would be redelivered after every reconnect, and unacked messages
@@ -120,6 +128,8 @@ class MqttSource:
         self._hold_off = 0.0  # wait before the next connect (after a redeliver)
         self._redeliver_backoff = config.reconnect_min_s
         self._closing: set[asyncio.Task[None]] = set()
+        #: retained messages replayed at subscribe and skipped (see the module docstring)
+        self.retained = 0
 
     @property
     def state(self) -> SourceState:
@@ -289,6 +299,17 @@ class MqttSource:
                 else str(message.payload).encode()
             )
             topic = str(message.topic)
+            if getattr(message, "retain", False):
+                if not self.retained:
+                    log.info(
+                        "retained message skipped source=%s topic=%s: the broker replays a "
+                        "topic's retained last value at each subscribe; it is not a new "
+                        "uplink (logged once, counted in edge check)",
+                        self.name,
+                        topic,
+                    )
+                self.retained += 1
+                continue
             options = replace(self._options, topic=topic)
             try:
                 results = decode_payload(self._config.format, payload, options)

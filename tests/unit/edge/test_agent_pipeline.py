@@ -863,3 +863,38 @@ async def test_decode_errors_count_when_the_message_is_acknowledged(
     await source.stop()
     assert sum(source.decode_errors.values()) == 1
     assert not session.unacked
+
+
+async def test_a_retained_message_replayed_at_subscribe_is_acked_not_ingested(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MQTT replays a topic's retained message at every subscribe, so at every reconnect
+    (reproduced with Mosquitto: the same retained SenML value came back on three
+    connections). Each became a reading: without a device time, a stale value stamped
+    with the receive time; without a device counter, a new gateway seq each time, a
+    duplicate no consumer can recognise. It is acknowledged and skipped now; a message
+    matching the subscription (live or queued in the session) has RETAIN cleared."""
+
+    def payload(value: float) -> bytes:
+        return json.dumps([{"bn": "st1:", "n": "temperature", "v": value}]).encode()
+
+    session = FakeSession([])
+    source = _senml_source(session, monkeypatch)
+    await source.start()
+    pending = asyncio.create_task(source.read_acked())
+    await asyncio.wait_for(_until(lambda: bool(session.connections)), timeout=60)
+    connection = session.connections[-1]
+    for mid, value, retain in [(1, 1.0, True), (2, 2.0, False)]:
+        session.unacked[mid] = payload(value)
+        connection._queue.put_nowait(
+            types.SimpleNamespace(
+                mid=mid, qos=1, retain=retain, topic="city/a", payload=payload(value)
+            )
+        )
+    samples, ack = await asyncio.wait_for(pending, timeout=60)
+    ack()
+    await source.stop()
+
+    assert [s.value for s in samples] == [2.0]
+    assert source.retained == 1
+    assert not session.unacked  # the retained replay is acknowledged too

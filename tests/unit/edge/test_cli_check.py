@@ -221,6 +221,41 @@ class _SilentMessages(list[Any]):
         await asyncio.Event().wait()
 
 
+class _RetainedThenSilent(list[Any]):
+    def __aiter__(self) -> _RetainedThenSilent:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self:
+            return self.pop(0)
+        await asyncio.Event().wait()
+
+
+class _RetainedOnlyMqttClient(_FakeMqttClient):
+    """The broker replays a topic's retained message at subscribe (from whenever it was
+    published), then nothing new comes: check counted it as a live uplink and passed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.messages = _RetainedThenSilent(
+            [
+                types.SimpleNamespace(
+                    mid=1,
+                    qos=1,
+                    retain=True,
+                    topic="application/1/devices/0004a30b001c0530/event/up",
+                    payload=json.dumps(
+                        {
+                            "deviceInfo": {"devEui": "0004a30b001c0530"},
+                            "fCnt": 1,
+                            "data": "AWcA6w==",
+                        }
+                    ),
+                )
+            ]
+        )
+
+
 class _RefusedMqttClient(_FakeMqttClient):
     async def __aenter__(self) -> _FakeMqttClient:
         raise ConnectionRefusedError(111, "Connection refused")
@@ -231,8 +266,15 @@ class _RefusedMqttClient(_FakeMqttClient):
     [
         (
             _SilentMqttClient,
-            "source lora: up, 0 readings (connected, but no message on "
+            "source lora: up, 0 readings (connected, but no new message on "
             "application/+/devices/+/event/up within 0.3 s: check the topic filters",
+        ),
+        (
+            _RetainedOnlyMqttClient,
+            "source lora: up, 0 readings, 1 retained messages skipped (the broker's stored "
+            "last value of a topic, replayed at subscribe: not a new uplink; the service "
+            "skips them too) (connected, but no new message on "
+            "application/+/devices/+/event/up within 0.3 s",
         ),
         (
             _RefusedMqttClient,
