@@ -61,6 +61,7 @@ from climastream.fastpath import ReadingEncoder
 from edge import systemd
 from edge.buffer import (
     Buffer,
+    DropReason,
     Kind,
     MemoryBuffer,
     Pending,
@@ -297,6 +298,7 @@ class Agent:
         #: the buffer refused the last ingest batch (disk full): a gauge on /metrics
         self.store_failing = False
         self._store_failure = _StoreFailure()
+        self._status_unbuffered = False  # the last status could not be buffered either
 
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -897,12 +899,21 @@ class Agent:
         return await self._in_worker(self.snapshot)
 
     async def _publish_status(self) -> GatewayStatus:
+        """Send the status, or buffer it while Kafka is away.
+
+        A full disk stops neither the send (the status file failing to write is logged)
+        nor the next status: one that can be neither sent nor buffered is counted as
+        ``status_evicted`` (a newer one follows), its traceback logged once a run.
+        """
         status = await self.status()
         self.last_status = status
         if self.status_file is not None:
-            tmp = self.status_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(status.model_dump(mode="json")))
-            os.replace(tmp, self.status_file)
+            try:
+                tmp = self.status_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(status.model_dump(mode="json")))
+                os.replace(tmp, self.status_file)
+            except OSError as exc:
+                log.warning("writing the status file failed: %s", exc)
         payload = encode(status)
         try:
             future = await asyncio.wait_for(
@@ -913,7 +924,19 @@ class Agent:
             # buffered; evicted first when the buffer is full (a newer status supersedes it)
             assert self.buffer is not None
             record = Record(self.config.gateway_id, 0, payload, Kind.STATUS)
-            await self._in_worker(self.buffer.append, [record])
+            try:
+                await self._in_worker(self.buffer.append, [record])
+            except Exception as exc:
+                self.counters.drop(DropReason.STATUS_EVICTED)
+                log.warning(
+                    "gateway status neither sent nor buffered, counted as status_evicted "
+                    "(a newer one follows): %s",
+                    exc,
+                    exc_info=None if self._status_unbuffered else exc,
+                )
+                self._status_unbuffered = True
+            else:
+                self._status_unbuffered = False
         return status
 
     async def _housekeeping(self) -> None:

@@ -898,3 +898,61 @@ async def test_a_retained_message_replayed_at_subscribe_is_acked_not_ingested(
     assert [s.value for s in samples] == [2.0]
     assert source.retained == 1
     assert not session.unacked  # the retained replay is acknowledged too
+
+
+class DownUplink(RecordingUplink):
+    async def send(self, topic: str, key: bytes, value: bytes) -> Awaitable[Any]:
+        raise UplinkError("KafkaConnectionError: down")
+
+
+class DiskFull(MemoryBuffer):
+    def __init__(self) -> None:
+        super().__init__(max_bytes=10**7, max_age_s=3600)
+
+    def append(self, records: Any) -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_a_status_neither_sent_nor_buffered_is_counted_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Kafka away and the disk full: buffering the status raised, and housekeeping
+    logged 'publishing gateway status failed' with a traceback at every status interval,
+    the status lost without a count."""
+    buffer = DiskFull()
+    agent = Agent(
+        _config(),
+        sources=[],
+        uplink=DownUplink(),
+        models=[],
+        buffer_factory=lambda: buffer,
+    )
+    agent.buffer = buffer
+    with caplog.at_level(logging.WARNING, logger="edge.agent"):
+        await agent._publish_status()
+        status = await agent._publish_status()
+
+    assert status.dropped == {"status_evicted": 1}  # the first one, when the second was built
+    assert agent.counters.dropped == {"status_evicted": 2}
+    unbuffered = [r for r in caplog.records if "neither sent nor buffered" in r.getMessage()]
+    assert [r.exc_info is not None for r in unbuffered] == [True, False]
+
+
+async def test_a_status_file_that_cannot_be_written_does_not_stop_the_send(
+    tmp_path: Any,
+) -> None:
+    """A status file on the full disk raised before the send was even tried, so the
+    status (where the cloud side sees store_failed rising) never left while it was."""
+    uplink = RecordingUplink()
+    buffer = MemoryBuffer(max_bytes=10**7, max_age_s=3600)
+    agent = Agent(
+        _config(),
+        sources=[],
+        uplink=uplink,
+        models=[],
+        buffer_factory=lambda: buffer,
+        status_file=tmp_path / "missing-dir" / "status.json",
+    )
+    agent.buffer = buffer
+    await agent._publish_status()
+    assert [topic for topic, _ in uplink.records] == ["gateway-status"]
