@@ -246,8 +246,8 @@ async def _check_sources(config: Any, count: int, wait_s: float) -> int:
                     print(payload.decode())
                     shown += 1
         agent.buffer.ack(Kind.READING, 2**62)
-        errors = dict(source.decode_errors)
         retained = getattr(source, "retained", 0)
+        errors = {k: v for k, v in source.decode_errors.items() if k != "retained_replay"}
         why = getattr(source, "last_error", None)
         if not why and not got and source.state.value == "up":
             topics = getattr(source, "topics", None)

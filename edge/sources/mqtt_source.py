@@ -28,7 +28,9 @@ delivery, one bad payload read as one per delivery.
 A *retained* message the broker replays because the source subscribed (MQTT sets the
 RETAIN flag only on those: a message matching an established subscription, live or
 queued in the persistent session, comes with it cleared) is acknowledged and skipped,
-counted in :attr:`MqttSource.retained`: it is the topic's last value from some earlier
+counted in :attr:`MqttSource.retained` and, like bad input, in the source's decode errors
+as ``retained_replay`` (so the gateway status and ``/metrics`` show it): it is the topic's
+last value from some earlier
 time, replayed at every (re)subscribe, not a new uplink. Decoded, a payload without a
 time of its own became a stale value stamped "now", and one without a device counter a
 new gateway seq at every reconnect: a duplicate that no consumer could recognise.
@@ -62,6 +64,9 @@ from edge.sources import Sample
 from edge.sources.convert import to_samples
 
 log = logging.getLogger(__name__)
+
+#: the decode-error reason of a retained message replayed at subscribe, skipped
+RETAINED_REPLAY = "retained_replay"
 
 MAX_BATCH = 500
 #: A connection that stayed up this long was healthy: after it is lost the source
@@ -309,6 +314,7 @@ class MqttSource:
                         topic,
                     )
                 self.retained += 1
+                errors[RETAINED_REPLAY] = errors.get(RETAINED_REPLAY, 0) + 1
                 continue
             options = replace(self._options, topic=topic)
             try:

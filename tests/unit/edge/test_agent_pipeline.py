@@ -897,6 +897,8 @@ async def test_a_retained_message_replayed_at_subscribe_is_acked_not_ingested(
 
     assert [s.value for s in samples] == [2.0]
     assert source.retained == 1
+    # not silent: the gateway status and /metrics carry it as a decode-error reason
+    assert source.decode_errors == {"retained_replay": 1}
     assert not session.unacked  # the retained replay is acknowledged too
 
 
