@@ -425,13 +425,26 @@ class SourceState(StrEnum):
 
 
 class GatewayStatus(_Model):
-    """Periodic health report of one gateway, on the ``gateway-status`` topic."""
+    """Periodic health report of one gateway, on the ``gateway-status`` topic.
+
+    ``time`` is the gateway's wall clock, which a Pi without a real-time clock gets wrong
+    for hours after a power cut, until NTP syncs (``clock_synchronized`` says when);
+    ``uptime_s`` is the agent run's monotonic uptime, so the statuses of one run are
+    ordered by it whatever the clock does, and a lower one with a later run start
+    (``time - uptime_s``) is a new run. Statuses buffered by the gateway arrive late and
+    out of order, also those of an earlier run after the current one's.
+    """
 
     schema_version: Literal[1] = SCHEMA_VERSION
     gateway_id: SafeId
     time: UtcTime
     software_version: SafeText
     uptime_s: Annotated[FiniteFloat, Field(ge=0)]
+    #: whether the gateway's clock was synchronized (NTP) when it wrote ``time``; None: it
+    #: cannot tell, or a gateway older than this field. Optional, so older statuses still
+    #: decode; a consumer older than it refuses a status that carries it (upgrade the
+    #: cloud first, see README "Upgrading").
+    clock_synchronized: Annotated[bool, Strict()] | None = None
     buffer_depth: Count
     buffer_bytes: Count
     buffer_capacity_bytes: Count

@@ -16,7 +16,8 @@ Clocks: a Pi has no real-time clock, and NTP steps the wall clock (by days after
 power cut) once the uplink is up. Timers, rates, uptime and buffer ages use the monotonic
 clock; the wall clock only stamps readings and the status. A reading whose event time the
 gateway stamped while its clock is not synchronized (:mod:`edge.clock`) is kept and
-flagged ``clock_unsynced``, never dropped.
+flagged ``clock_unsynced``, never dropped; a status says the same in
+``clock_synchronized``.
 
 The stored payload of a reading is exactly ``contract.encode`` of the validated
 :class:`~climastream.contract.Reading`, produced by :mod:`climastream.fastpath` (same
@@ -857,6 +858,9 @@ class Agent:
             time=self.clock(),
             software_version=__version__,
             uptime_s=now - self._started,
+            # read with ``time``: the cloud must not take an unsynchronized clock's time
+            # for when the gateway came back (stream/alerts/README.md, Inhibition)
+            clock_synchronized=self._check_clock(),
             buffer_depth=stats.depth,
             buffer_bytes=stats.bytes,
             buffer_capacity_bytes=self.buffer.max_bytes,

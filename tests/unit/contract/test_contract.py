@@ -148,6 +148,7 @@ def statuses(draw: st.DrawFn) -> GatewayStatus:
         outage_capacity_hours=draw(st.none() | st.floats(0, 1e6)),
         dropped=draw(st.dictionaries(safe_ids, st.integers(0, 10**9), max_size=3)),
         sources=draw(st.dictionaries(safe_ids, st.sampled_from(list(SourceState)), max_size=3)),
+        clock_synchronized=draw(st.none() | st.booleans()),
     )
 
 
@@ -367,6 +368,31 @@ def test_a_hostile_key_in_an_error_path_is_quoted() -> None:
         decode(orjson.dumps(status), GatewayStatus, now=NOW)
     assert "\n" not in str(info.value)
     assert "'mqtt\\nINJECTED'" in str(info.value)
+
+
+def test_a_status_without_clock_synchronized_still_decodes() -> None:
+    """Gateways older than ``clock_synchronized`` keep reporting (None: not known); a
+    status that has it decodes with it; it is a JSON boolean, nothing else."""
+    old = {
+        "schema_version": 1,
+        "gateway_id": "gw1",
+        "time": "2026-11-23T11:00:00Z",
+        "software_version": "0.9.0",
+        "uptime_s": 12.5,
+        "buffer_depth": 0,
+        "buffer_bytes": 0,
+        "buffer_capacity_bytes": 1,
+    }
+    assert decode(orjson.dumps(old), GatewayStatus, now=NOW).clock_synchronized is None
+    new = {**old, "clock_synchronized": False}
+    assert decode(orjson.dumps(new), GatewayStatus, now=NOW).clock_synchronized is False
+    unknown = {**old, "clock_synchronized": None}  # null: not known, as when absent
+    assert decode(orjson.dumps(unknown), GatewayStatus, now=NOW).clock_synchronized is None
+    for wrong in (0, "false"):
+        with pytest.raises(ContractError, match="clock_synchronized"):
+            decode(orjson.dumps({**old, "clock_synchronized": wrong}), GatewayStatus, now=NOW)
+    # re-encoded, an old status is byte for byte what an old consumer accepts
+    assert b"clock_synchronized" not in encode(decode(orjson.dumps(old), GatewayStatus, now=NOW))
 
 
 @settings(max_examples=200, deadline=None)

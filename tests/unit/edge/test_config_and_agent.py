@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from climastream.contract import QualityFlag, Quantity, Reading, ReadingBatch, decode
+from climastream.contract import (
+    GatewayStatus,
+    QualityFlag,
+    Quantity,
+    Reading,
+    ReadingBatch,
+    decode,
+    encode,
+)
 from edge.agent import Agent
 from edge.buffer import Kind, MemoryBuffer
 from edge.config import (
@@ -398,6 +406,22 @@ def test_readings_the_gateway_stamped_before_ntp_sync_are_flagged_not_dropped(
     assert agent.counters.clock_unsynced == 1
     assert agent.counters.accepted == 4
     assert agent.clock_synchronized is None
+
+
+@pytest.mark.parametrize("synced", [False, True, None])
+def test_the_status_says_whether_the_clock_that_stamped_it_was_synchronized(
+    synced: bool | None,
+) -> None:
+    """After a power cut the status's ``time`` is fake-hwclock's until NTP syncs: the cloud
+    is told, so it does not take that time for when the gateway came back."""
+    agent = Agent(_config(), sources=[], uplink=None, clock_synced=lambda: synced)  # type: ignore[arg-type]
+    agent.buffer = MemoryBuffer(max_bytes=10**7, max_age_s=3600)
+    agent.clock = lambda: NOW - timedelta(hours=2)
+    status = agent.snapshot()
+    assert status.clock_synchronized is synced
+    assert status.time == NOW - timedelta(hours=2)
+    decoded = decode(encode(status), GatewayStatus, now=NOW)
+    assert decoded.clock_synchronized is synced
 
 
 @pytest.mark.parametrize("synced", [False, True])
