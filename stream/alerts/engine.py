@@ -385,22 +385,34 @@ class AlertEngine:
                 "backlog_since": backlog_since,
             },
         )
+        # a gateway that says its clock is not synchronized (a Pi after a power cut, before
+        # NTP: fake-hwclock's time, hours behind) does not know when it came back
+        clock_known = status.clock_synchronized is not False
         for rule in self._gateway_rules:
             condition = Condition.SET if all_down and rule.all_sources_down else Condition.CLEAR
             # no "value": the record keeps how long the gateway was out of contact; the
             # status's own time says when, in the records' time, the gateway was back
-            context: JsonDict = {
-                "gateway_id": status.gateway_id,
-                "unit": "s",
-                "observed_since": status.time,
-            }
+            context: JsonDict = {"gateway_id": status.gateway_id, "unit": "s"}
+            fp = fingerprint(rule.id, [("gateway", status.gateway_id)])
+            if clock_known:
+                context["observed_since"] = status.time
+            else:
+                self._forget_observed_since(fp)
             if condition is Condition.SET:
                 down = sorted(status.sources)
                 context["labels"] = {"sources_down": ",".join(down)[:300]}
-            fp = fingerprint(rule.id, [("gateway", status.gateway_id)])
             self._observe(rule, fp, condition, context, now)
-        self._raise_return(status.gateway_id, status.time, now)
+        if clock_known:
+            self._raise_return(status.gateway_id, status.time, now)
         return self._flush()
+
+    def _forget_observed_since(self, fp: str) -> None:
+        """An open gateway record's status time must not outlive a status without a
+        trustworthy one: the outage would end at that older time (see :meth:`_resolve`)."""
+        record = self._record(fp)
+        if record is not None and record.phase is not Phase.RESOLVED:
+            record.observed_since = None
+            self._save(record)
 
     def on_action(self, action: AlertAction) -> list[Alert]:
         """Apply a person's acknowledge / silence / unsilence to a live alert, or a silence
@@ -749,6 +761,10 @@ class AlertEngine:
         records' time, so it is compared with the gateway's return in the records' time
         (see :meth:`_raise_return`); a stale device's "now", and anything judged in the
         first gateway timeout after the engine saw the return, with the engine's clock.
+        A gateway whose statuses of that first timeout all say its clock is not
+        synchronized gives no return in the records' time: the engine's clock stands in
+        for it (later than the return, never earlier, if the engine is behind: it holds
+        more, never less).
         """
         if isinstance(rule, GatewayOfflineRule) or not record.gateway_id or not self._gateway_rules:
             return False

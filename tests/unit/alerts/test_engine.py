@@ -528,6 +528,7 @@ def _outage_with_windowed_completeness(
     lag: timedelta = timedelta(0),
     kpi_delay: timedelta = timedelta(0),
     buffered_statuses: bool = False,
+    reboot_clock_behind: timedelta | None = None,
 ) -> list[tuple[float, str, str, str]]:
     """Shipped defaults; gateway gw1 with three devices is out of contact for 63 minutes
     while the stream keeps closing 5-minute windows with completeness 0 for its devices.
@@ -540,6 +541,9 @@ def _outage_with_windowed_completeness(
     ``buffered_statuses``: back, the gateway first sends the statuses it buffered during
     the outage (their own, old times; the edge forwards them once its readings are out)
     and its current one 30 s later.
+    ``reboot_clock_behind``: the outage is a power cut; the gateway comes back as a new
+    agent run (its uptime restarts) whose clock, not synchronized, is that far behind
+    (fake-hwclock's last save), and it says so in its statuses.
     Returns (minute of the engine's clock, rule, device or gateway, state) of every
     published change."""
     clock = Clock()  # the engine's (processing) clock
@@ -581,6 +585,15 @@ def _outage_with_windowed_completeness(
                         update={"time": T0 - lag + timedelta(seconds=old)}
                     )
                     run(eng.on_gateway_status(buffered))
+            elif reboot_clock_behind is not None:
+                rebooted = status(event, "gw1").model_copy(
+                    update={
+                        "time": event.now - reboot_clock_behind,
+                        "uptime_s": second - 63 * 60 + 20.0,
+                        "clock_synchronized": False,
+                    }
+                )
+                run(eng.on_gateway_status(rebooted))
             else:
                 run(eng.on_gateway_status(status(event, "gw1")))
             live = [reading(event, d, 20, seq=second) for d in devices if d not in dead]
@@ -671,6 +684,55 @@ def test_statuses_buffered_through_an_uplink_outage_do_not_end_it_early(
     outage's windows are held as when its current status comes first."""
     live = _outage_with_windowed_completeness(dead)
     assert _outage_with_windowed_completeness(dead, buffered_statuses=True) == live
+
+
+@pytest.mark.parametrize("dead", [set(), {"th-3"}], ids=["all-return", "th-3-dead"])
+def test_a_power_cut_s_windows_arriving_late_are_held_while_the_gateway_clock_is_wrong(
+    dead: set[str],
+) -> None:
+    """A power cut: the gateway boots with fake-hwclock's last save (95 min behind) and its
+    NTP does not sync for hours. Its statuses' times are not when it came back: the
+    outage's windows, delivered three hours late by a stream job catching up, must be held
+    as for a gateway whose clock is right, and a dead device alerts on the same window."""
+    late = _outage_with_windowed_completeness(dead, kpi_delay=timedelta(hours=3))
+    rebooted = _outage_with_windowed_completeness(
+        dead, kpi_delay=timedelta(hours=3), reboot_clock_behind=timedelta(minutes=95)
+    )
+    assert rebooted == late
+
+
+def test_an_outage_that_began_with_every_source_down_ends_on_no_status_time_unknown() -> None:
+    """The gateway reports every source down (its alert fires, on that status's time), then
+    loses power; it comes back with its clock not synchronized. The earlier status's time
+    is not when it came back: a window of the outage judged later is held."""
+    low = {"id": "low", "kind": "threshold", "kpi_id": "completeness", "scope": "device",
+           "direction": "below", "set": 0.5, "clear": 0.8}  # fmt: skip
+    eng, clock = engine([low, GATEWAY])  # gateway timeout: 2 x 30 s
+    start = clock.now
+    eng.on_batch(batch(reading(clock, "a", 20)))
+    down = status(clock, "gw1", {"radio": SourceState.DOWN})
+    assert [a.state for a in eng.on_gateway_status(down)] == [AlertState.FIRING]
+    for _ in range(3600):  # dark for an hour
+        clock.advance(1)
+        eng.tick()
+    rebooted = status(clock, "gw1", {"radio": SourceState.UP}).model_copy(
+        update={"time": start - timedelta(minutes=20), "clock_synchronized": False}
+    )
+    assert [a.state for a in eng.on_gateway_status(rebooted)] == [AlertState.RESOLVED]
+    for second in range(1, 121):  # two gateway timeouts, its clock still not synchronized
+        clock.advance(1)
+        if second % 30 == 0:
+            later = rebooted.time + timedelta(seconds=second)
+            eng.on_gateway_status(rebooted.model_copy(update={"time": later}))
+        eng.tick()
+    window = KpiValue(
+        kpi_id="completeness", kpi_version="1", zone="centre", device_id="a",
+        window_start=start + timedelta(minutes=30), window_end=start + timedelta(minutes=35),
+        value=0.0, unit="1", sample_count=0, completeness=0.0,
+    )  # fmt: skip
+    assert [a.state for a in eng.on_kpi(window)] == [AlertState.PENDING]  # held, not fired
+    assert eng.counters.inhibited == 1
+    assert [r.phase.value for r in eng.current() if r.rule_id == "gw-off"] == ["resolved"]
 
 
 def test_a_window_judged_right_after_an_old_status_ends_the_outage_still_waits() -> None:
