@@ -343,7 +343,10 @@ function renderGateways(snapshot) {
     const errors = Object.entries(g.decode_errors || {}).map(([k, v]) => `${k}: ${v}`).join(", ");
     return el("tr", { class: g.stale ? "stale" : "", "data-gateway": g.gateway_id },
       el("td", { text: g.gateway_id }),
-      el("td", {}, agoNode(g.last_seen, "", g.stale ? " (stale)" : "")),
+      // a gateway back from a power cut runs on fake-hwclock's time until NTP syncs: its
+      // last_seen is when the console heard it, and the row says why
+      el("td", { title: `reported ${g.reported_time} on the gateway's clock, up ${fmt(g.uptime_s)} s` },
+        agoNode(g.last_seen, g.clock_synchronized === false ? "clock not synced · " : "", g.stale ? " (stale)" : "")),
       el("td", { class: "num", text: String(g.buffer_depth) }),
       el("td", { class: "num", text: g.buffer_oldest_age_s === null || g.buffer_oldest_age_s === undefined ? "–" : `${fmt(g.buffer_oldest_age_s)} s` }),
       el("td", { class: "num", text: use === null ? "–" : `${fmt(use, 1)} %` }),
