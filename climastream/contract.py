@@ -20,7 +20,7 @@ identifiers that can never inject anything into line protocol, logs, topic keys 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -47,6 +47,7 @@ __all__ = [
     "EARLIEST_EVENT_TIME",
     "MAX_BATCH_READINGS",
     "MAX_CLOCK_SKEW",
+    "RUN_START_TOLERANCE",
     "SAFE_ID_PATTERN",
     "SCHEMA_VERSION",
     "TOPICS",
@@ -67,6 +68,7 @@ __all__ = [
     "ReadingBatch",
     "RejectedReading",
     "SourceState",
+    "StatusOrder",
     "TopicSpec",
     "Topics",
     "dead_letter_source",
@@ -429,10 +431,8 @@ class GatewayStatus(_Model):
 
     ``time`` is the gateway's wall clock, which a Pi without a real-time clock gets wrong
     for hours after a power cut, until NTP syncs (``clock_synchronized`` says when);
-    ``uptime_s`` is the agent run's monotonic uptime, so the statuses of one run are
-    ordered by it whatever the clock does, and a lower one with a later run start
-    (``time - uptime_s``) is a new run. Statuses buffered by the gateway arrive late and
-    out of order, also those of an earlier run after the current one's.
+    ``uptime_s`` is the agent run's monotonic uptime. Statuses the gateway buffered
+    arrive late and out of order: :attr:`order` tells the newest.
     """
 
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -464,6 +464,55 @@ class GatewayStatus(_Model):
     @property
     def key(self) -> bytes:
         return self.gateway_id.encode()
+
+    @property
+    def order(self) -> StatusOrder:
+        """Where this status stands among its gateway's (see :class:`StatusOrder`)."""
+        return StatusOrder(self.time - timedelta(seconds=self.uptime_s), self.uptime_s)
+
+
+#: The statuses of one agent run agree on when it started (``time - uptime_s``) within
+#: this (clock drift, NTP slewing); a larger difference is another run, or NTP stepping
+#: the clock, which orders like a new run.
+RUN_START_TOLERANCE: Final = timedelta(seconds=60)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusOrder:
+    """A gateway status's agent run start (on the gateway's clock) and uptime in that run.
+
+    Which of a gateway's statuses is the newest cannot be read from ``time``: a Pi boots
+    after a power cut with fake-hwclock's time, hours behind, and statuses it buffered
+    arrive late, those of the run before the cut after the new run's. One run's statuses
+    are ordered by uptime; a run that started later by the clocks is newer (a restart, or
+    NTP stepping the clock forward). One that started earlier by the clocks is a status
+    buffered by an older run, or a new run whose clock is further behind than the last run
+    lasted: nothing in the statuses tells which, so it counts as newer only once the
+    newest has gone stale (nothing newer for a while: the old run is not sending), as
+    does a lower uptime of the newest's run (a new run started, by the clocks, with it).
+    A run that has been replaced stays old.
+    """
+
+    run_start: datetime
+    uptime_s: float
+
+    def same_run(self, other: StatusOrder) -> bool:
+        return abs(self.run_start - other.run_start) <= RUN_START_TOLERANCE
+
+    def is_newer_than(
+        self,
+        newest: StatusOrder,
+        *,
+        replaced: Iterable[datetime] = (),
+        newest_stale: bool = False,
+    ) -> bool:
+        """Whether this status replaces ``newest`` (the newest so far), given the starts of
+        runs it replaced before and whether ``newest`` was received too long ago."""
+        if self.same_run(newest):
+            return self.uptime_s >= newest.uptime_s or newest_stale
+        if any(abs(self.run_start - old) <= RUN_START_TOLERANCE for old in replaced):
+            return False
+        return self.run_start > newest.run_start or newest_stale
 
 
 # --------------------------------------------------------------------------- topics

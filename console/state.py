@@ -135,39 +135,18 @@ class DeviceInfo:
     observed: dict[str, datetime] = field(default_factory=dict)
 
 
-#: The statuses of one agent run agree on when it started (``time - uptime_s``) within
-#: this (clock drift, NTP slewing); a larger difference is another run, or NTP stepping
-#: the clock (forward, after a power cut), which orders like a new run.
-RUN_START_TOLERANCE = timedelta(seconds=60)
 #: run starts remembered per gateway as replaced, so their buffered statuses stay old
 REPLACED_RUNS_KEPT = 8
 
 
 @dataclass
 class GatewayView:
-    """A gateway's newest status, when the console got it, and the runs it replaced.
-
-    Which status is newest cannot be read from ``time``: a Pi boots after a power cut with
-    fake-hwclock's time, hours behind, and statuses it buffered arrive late, those of the
-    previous run after the current one's. ``uptime_s`` orders one run; a run that started
-    later by the clocks replaces the shown one, and one that started earlier by the clocks
-    (a clock further behind than the last run lasted, or a buffered status of a run not
-    seen yet) only once the shown status is ``stale_after`` old, as does an older status
-    of the shown run. A replaced run never comes back.
-    """
+    """A gateway's newest status (by :attr:`GatewayStatus.order`, not by its time), when
+    the console got it, and the starts of the runs it replaced."""
 
     status: GatewayStatus
     received: datetime
     replaced: deque[datetime] = field(default_factory=lambda: deque(maxlen=REPLACED_RUNS_KEPT))
-
-    @property
-    def run_start(self) -> datetime:
-        return run_start(self.status)
-
-
-def run_start(status: GatewayStatus) -> datetime:
-    """When the status's agent run started, on the gateway's clock of that status."""
-    return status.time - timedelta(seconds=status.uptime_s)
 
 
 def eaqi_band_index(quantity: Quantity, value: float) -> int | None:
@@ -377,32 +356,22 @@ class LiveState:
             self.alerts.put(alert.fingerprint, alert)
 
     def add_gateway_status(self, status: GatewayStatus) -> None:
-        """Show ``status`` if it is the gateway's newest (see :class:`GatewayView`)."""
+        """Show ``status`` if it is the gateway's newest (:class:`StatusOrder`): after a
+        power cut a gateway's clock is hours behind, and statuses it buffered arrive late."""
         now = self.clock()
         view = self.gateways.get(status.gateway_id)
         if view is None:
             self.gateways.put(status.gateway_id, GatewayView(status, now))
-        elif self._is_newer(status, view, now):
-            start, shown_start = run_start(status), view.run_start
-            if abs(start - shown_start) > RUN_START_TOLERANCE:
-                view.replaced.append(shown_start)
-            view.status, view.received = status, now
-            self.gateways.put(status.gateway_id, view)
+        else:
+            order, shown = status.order, view.status.order
+            stale = now - view.received > self.limits.stale_after
+            if order.is_newer_than(shown, replaced=view.replaced, newest_stale=stale):
+                if not order.same_run(shown):
+                    view.replaced.append(shown.run_start)
+                view.status, view.received = status, now
+                self.gateways.put(status.gateway_id, view)
         self.counts["gateway_status"] += 1
         self._dirty.update(("gateways", "stats"))
-
-    def _is_newer(self, status: GatewayStatus, view: GatewayView, now: datetime) -> bool:
-        start, shown_start = run_start(status), view.run_start
-        stale = now - view.received > self.limits.stale_after
-        if abs(start - shown_start) <= RUN_START_TOLERANCE:
-            # the shown run; or a new one whose clock is behind by just the last run's
-            # uptime (it cannot be told apart): that one shows once the shown is stale
-            return status.uptime_s >= view.status.uptime_s or stale
-        if any(abs(start - old) <= RUN_START_TOLERANCE for old in view.replaced):
-            return False  # buffered by a run that has been replaced since
-        if start > shown_start:
-            return True  # a later run (a restart), or NTP stepped the clock forward
-        return stale
 
     # ------------------------------------------------------------------ derived values
 

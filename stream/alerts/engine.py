@@ -29,8 +29,9 @@ changelog record per changed key per input record, not one per reading):
 
 - ``alerts``: fingerprint -> :class:`AlertRecord` as a JSON-able dict;
 - ``signals``: ``dev|<device>`` (last seen, gateway, zone, location), ``gw|<gateway>``
-  (last status, last heard), ``ev|<device>|<quantity>`` and ``kev|<kpi scope>`` (recent
-  values, the evidence carried in messages) and ``roc|<device>|<quantity>`` (rate history).
+  (last status, last heard, the newest status's order and the runs it replaced),
+  ``ev|<device>|<quantity>`` and ``kev|<kpi scope>`` (recent values, the evidence carried
+  in messages) and ``roc|<device>|<quantity>`` (rate history).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from climastream.contract import (
     Reading,
     ReadingBatch,
     SourceState,
+    StatusOrder,
 )
 from stream.alerts.rules import (
     AnomalyRule,
@@ -80,6 +82,11 @@ JsonDict = dict[str, Any]
 
 #: how many recent values an alert carries as evidence
 EVIDENCE_POINTS = 5
+#: how long a gateway's newest status stands against one of a run that started earlier by
+#: the clocks, without gateway rules (with them: the shortest gateway timeout)
+STATUS_STALE_AFTER = timedelta(minutes=2)
+#: run starts remembered per gateway as replaced, so statuses they buffered stay old
+REPLACED_RUNS_KEPT = 8
 #: resolved records are kept this long beyond ``renotify`` (flap damping needs them), and in
 #: any case while a timed silence on them is in force (it covers the alert's next incident)
 RESOLVED_RETENTION = timedelta(hours=1)
@@ -286,6 +293,11 @@ class AlertEngine:
         ]
         self._stale_rules = [r for r in self.rules if isinstance(r, StaleRule)]
         self._gateway_rules = [r for r in self.rules if isinstance(r, GatewayOfflineRule)]
+        #: a gateway's newest status this old gives way to one of a run that started
+        #: earlier by the clocks (StatusOrder): its shortest gateway timeout
+        self._status_stale_after = min(
+            (r.limit for r in self._gateway_rules), default=STATUS_STALE_AFTER
+        )
         self._evidence_quantities = {
             r.quantity for r in self._reading_rules if r.quantity is not None
         }
@@ -365,26 +377,30 @@ class AlertEngine:
         return self._flush()
 
     def on_gateway_status(self, status: GatewayStatus) -> list[Alert]:
-        """Record a gateway's heartbeat; a status saying every source is down fires at once."""
+        """Record a gateway's heartbeat; a status saying every source is down fires at once.
+
+        Any status says the gateway is in contact; only its newest
+        (:attr:`~climastream.contract.GatewayStatus.order`, not its time) says what state
+        it is in: statuses it buffered arrive after its current one.
+        """
         now = self.clock()
-        all_down = bool(status.sources) and all(
-            state in (SourceState.DOWN, SourceState.DISABLED) for state in status.sources.values()
-        )
-        previous = self._signal(f"gw|{status.gateway_id}") or {}
-        backlog_since = None
-        if status.buffer_depth > 0 and status.buffer_oldest_age_s is not None:
-            # readings taken since then may still be in the gateway's buffer
-            backlog_since = _iso(now - timedelta(seconds=status.buffer_oldest_age_s))
-        self._set_signal(
-            f"gw|{status.gateway_id}",
-            {
-                **previous,
-                "last_status": _iso(now),
-                "last_heard": _iso(now),
-                "all_sources_down": all_down,
-                "backlog_since": backlog_since,
-            },
-        )
+        key = f"gw|{status.gateway_id}"
+        previous = self._signal(key) or {}
+        gateway = {**previous, "last_status": _iso(now), "last_heard": _iso(now)}
+        newest = self._newest(status, gateway, now)
+        if newest:
+            all_down = bool(status.sources) and all(
+                state in (SourceState.DOWN, SourceState.DISABLED)
+                for state in status.sources.values()
+            )
+            backlog_since = None
+            if status.buffer_depth > 0 and status.buffer_oldest_age_s is not None:
+                # readings taken since then may still be in the gateway's buffer
+                backlog_since = _iso(now - timedelta(seconds=status.buffer_oldest_age_s))
+            gateway.update(all_sources_down=all_down, backlog_since=backlog_since)
+        else:
+            all_down = bool(previous.get("all_sources_down"))
+        self._set_signal(key, gateway)
         # a gateway that says its clock is not synchronized (a Pi after a power cut, before
         # NTP: fake-hwclock's time, hours behind) does not know when it came back
         clock_known = status.clock_synchronized is not False
@@ -398,13 +414,30 @@ class AlertEngine:
                 context["observed_since"] = status.time
             else:
                 self._forget_observed_since(fp)
-            if condition is Condition.SET:
+            if condition is Condition.SET and newest:
                 down = sorted(status.sources)
                 context["labels"] = {"sources_down": ",".join(down)[:300]}
             self._observe(rule, fp, condition, context, now)
         if clock_known:
             self._raise_return(status.gateway_id, status.time, now)
         return self._flush()
+
+    def _newest(self, status: GatewayStatus, gateway: JsonDict, now: datetime) -> bool:
+        """Whether ``status`` is its gateway's newest so far; if so, remember its order in
+        ``gateway`` (the signal), with the runs it replaced."""
+        order = status.order
+        kept = gateway.get("order")
+        replaced = [datetime.fromisoformat(t) for t in gateway.get("replaced", [])]
+        if kept is not None:
+            newest = StatusOrder(datetime.fromisoformat(kept[0]), kept[1])
+            stale = now - datetime.fromisoformat(kept[2]) >= self._status_stale_after
+            if not order.is_newer_than(newest, replaced=replaced, newest_stale=stale):
+                return False
+            if not order.same_run(newest):
+                replaced = [*replaced, newest.run_start][-REPLACED_RUNS_KEPT:]
+        gateway["order"] = [_iso(order.run_start), order.uptime_s, _iso(now)]
+        gateway["replaced"] = [_iso(t) for t in replaced]
+        return True
 
     def _forget_observed_since(self, fp: str) -> None:
         """An open gateway record's status time must not outlive a status without a

@@ -414,6 +414,35 @@ def test_gateway_status_with_every_source_down_fires_at_once() -> None:
     assert [a.state for a in up] == [AlertState.RESOLVED]
 
 
+def test_a_buffered_status_arriving_after_a_newer_one_does_not_page() -> None:
+    """A 45 s uplink blip: the status of 30 s (its radio briefly down) is buffered, and the
+    gateway sends it after its current one (radio up), as the edge does. The gateway's
+    state is its newest status's, by uptime; the old one only says it is in contact."""
+    eng, clock = engine([GATEWAY])
+    up, down = {"radio": SourceState.UP}, {"radio": SourceState.DOWN}
+    t0 = clock.now
+
+    def report(sources: dict[str, SourceState], uptime: float, time: datetime) -> list[Any]:
+        return eng.on_gateway_status(
+            status(clock, "gw1", sources).model_copy(update={"uptime_s": uptime, "time": time})
+        )
+
+    assert report(up, 1000.0, t0) == []
+    clock.advance(60)
+    assert report(up, 1060.0, clock.now) == []
+    clock.advance(1)
+    assert report(down, 1030.0, t0 + timedelta(seconds=30)) == []
+    # a status that is newer says every source is down: that pages at once
+    clock.advance(29)
+    fired = report(down, 1090.0, clock.now)
+    assert [a.state for a in fired] == [AlertState.FIRING]
+    # ...and an older one saying the radio was up does not end it
+    clock.advance(1)
+    assert report(up, 1060.0, t0 + timedelta(seconds=60)) == []
+    clock.advance(29)
+    assert [a.state for a in report(up, 1120.0, clock.now)] == [AlertState.RESOLVED]
+
+
 def test_acknowledge_silence_unsilence_and_expiry() -> None:
     eng, clock = engine([{**UHI, "for": "0s"}])
     fp = eng.on_kpi(uhi(clock, "c", 4))[0].fingerprint
