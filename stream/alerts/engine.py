@@ -46,6 +46,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from climastream.contract import (
+    RUN_START_TOLERANCE,
     Alert,
     AlertAction,
     AlertActionKind,
@@ -388,6 +389,9 @@ class AlertEngine:
         previous = self._signal(key) or {}
         gateway = {**previous, "last_status": _iso(now), "last_heard": _iso(now)}
         newest = self._newest(status, gateway, now)
+        # a gateway whose clock is wrong (a Pi after a power cut, before NTP: fake-hwclock's
+        # time, hours behind) does not know when it came back
+        clock_known = self._clock_known(status, previous, gateway, newest=newest)
         if newest:
             all_down = bool(status.sources) and all(
                 state in (SourceState.DOWN, SourceState.DISABLED)
@@ -401,9 +405,6 @@ class AlertEngine:
         else:
             all_down = bool(previous.get("all_sources_down"))
         self._set_signal(key, gateway)
-        # a gateway that says its clock is not synchronized (a Pi after a power cut, before
-        # NTP: fake-hwclock's time, hours behind) does not know when it came back
-        clock_known = status.clock_synchronized is not False
         for rule in self._gateway_rules:
             condition = Condition.SET if all_down and rule.all_sources_down else Condition.CLEAR
             # no "value": the record keeps how long the gateway was out of contact; the
@@ -438,6 +439,37 @@ class AlertEngine:
         gateway["order"] = [_iso(order.run_start), order.uptime_s, _iso(now)]
         gateway["replaced"] = [_iso(t) for t in replaced]
         return True
+
+    def _clock_known(
+        self, status: GatewayStatus, previous: JsonDict, gateway: JsonDict, *, newest: bool
+    ) -> bool:
+        """Whether the status's time can say when, in the records' time, the gateway was
+        back; remembers in ``gateway`` (the signal) a run whose clock is found behind.
+
+        Not if the gateway says its clock is not synchronized. A gateway that does not say
+        (older than ``clock_synchronized``) gives itself away after a power cut: a new run
+        (its uptime went down) whose time is earlier than the last run's newest status's
+        plus its own uptime started after that status was written, so its clock is behind
+        (fake-hwclock's last save), and so it stays for the whole run (until NTP steps
+        it: a new start by the clocks, judged anew). A clock behind by less than the
+        time since that status goes unnoticed: after a clean shutdown, say.
+        """
+        if status.clock_synchronized is not None:
+            return status.clock_synchronized
+        order = status.order
+        behind = gateway.get("clock_behind")
+        kept = previous.get("order")
+        if newest and kept is not None:
+            last = StatusOrder(datetime.fromisoformat(kept[0]), kept[1])
+            if not order.same_run(last):
+                last_time = last.run_start + timedelta(seconds=last.uptime_s)
+                earliest = last_time + timedelta(seconds=order.uptime_s) - RUN_START_TOLERANCE
+                new_run = order.uptime_s < last.uptime_s
+                behind = _iso(order.run_start) if new_run and status.time < earliest else None
+                gateway["clock_behind"] = behind
+        if behind is None:
+            return True
+        return not order.same_run(StatusOrder(datetime.fromisoformat(behind), 0.0))
 
     def _forget_observed_since(self, fp: str) -> None:
         """An open gateway record's status time must not outlive a status without a

@@ -558,6 +558,7 @@ def _outage_with_windowed_completeness(
     kpi_delay: timedelta = timedelta(0),
     buffered_statuses: bool = False,
     reboot_clock_behind: timedelta | None = None,
+    says_unsynced: bool | None = False,
 ) -> list[tuple[float, str, str, str]]:
     """Shipped defaults; gateway gw1 with three devices is out of contact for 63 minutes
     while the stream keeps closing 5-minute windows with completeness 0 for its devices.
@@ -570,9 +571,10 @@ def _outage_with_windowed_completeness(
     ``buffered_statuses``: back, the gateway first sends the statuses it buffered during
     the outage (their own, old times; the edge forwards them once its readings are out)
     and its current one 30 s later.
-    ``reboot_clock_behind``: the outage is a power cut; the gateway comes back as a new
-    agent run (its uptime restarts) whose clock, not synchronized, is that far behind
-    (fake-hwclock's last save), and it says so in its statuses.
+    ``reboot_clock_behind``: the outage is a power cut after a day of uptime; the gateway
+    comes back as a new agent run (its uptime restarts) whose clock, not synchronized, is
+    that far behind (fake-hwclock's last save); its statuses say ``says_unsynced`` as
+    ``clock_synchronized`` (None: a gateway older than that field).
     Returns (minute of the engine's clock, rule, device or gateway, state) of every
     published change."""
     clock = Clock()  # the engine's (processing) clock
@@ -600,7 +602,10 @@ def _outage_with_windowed_completeness(
         )
 
     event.now = clock.now - lag
-    run(eng.on_gateway_status(status(event, "gw1")))
+    first = status(event, "gw1")
+    if reboot_clock_behind is not None:
+        first = first.model_copy(update={"uptime_s": 86_400.0})
+    run(eng.on_gateway_status(first))
     run(eng.on_batch(batch(*(reading(event, d, 20) for d in devices))))
     queued: list[tuple[datetime, KpiValue]] = []  # (when the engine gets it, KPI)
     for second in range(30, 90 * 60 + int(kpi_delay.total_seconds()) + 1, 30):
@@ -619,7 +624,7 @@ def _outage_with_windowed_completeness(
                     update={
                         "time": event.now - reboot_clock_behind,
                         "uptime_s": second - 63 * 60 + 20.0,
-                        "clock_synchronized": False,
+                        "clock_synchronized": says_unsynced,
                     }
                 )
                 run(eng.on_gateway_status(rebooted))
@@ -715,19 +720,40 @@ def test_statuses_buffered_through_an_uplink_outage_do_not_end_it_early(
     assert _outage_with_windowed_completeness(dead, buffered_statuses=True) == live
 
 
+@pytest.mark.parametrize("says_unsynced", [False, None], ids=["says-so", "older-gateway"])
 @pytest.mark.parametrize("dead", [set(), {"th-3"}], ids=["all-return", "th-3-dead"])
 def test_a_power_cut_s_windows_arriving_late_are_held_while_the_gateway_clock_is_wrong(
-    dead: set[str],
+    dead: set[str], says_unsynced: bool | None
 ) -> None:
     """A power cut: the gateway boots with fake-hwclock's last save (95 min behind) and its
     NTP does not sync for hours. Its statuses' times are not when it came back: the
     outage's windows, delivered three hours late by a stream job catching up, must be held
-    as for a gateway whose clock is right, and a dead device alerts on the same window."""
+    as for a gateway whose clock is right, and a dead device alerts on the same window.
+    A gateway older than ``clock_synchronized`` gives its clock away: its new run's time
+    is before its last run's last status."""
     late = _outage_with_windowed_completeness(dead, kpi_delay=timedelta(hours=3))
     rebooted = _outage_with_windowed_completeness(
-        dead, kpi_delay=timedelta(hours=3), reboot_clock_behind=timedelta(minutes=95)
+        dead,
+        kpi_delay=timedelta(hours=3),
+        reboot_clock_behind=timedelta(minutes=95),
+        says_unsynced=says_unsynced,
     )
     assert rebooted == late
+
+
+def test_a_restart_with_the_clock_right_ends_the_outage_on_the_gateway_s_time() -> None:
+    """An agent restart (or a power cut of a gateway whose clock is right) from a gateway
+    that does not say whether its clock is synchronized: its time is trusted, so an engine
+    three hours behind alerts on the dead device's first window after the grace, as for
+    any outage (the engine's clock would hold three hours of its windows more)."""
+    backlog = _outage_with_windowed_completeness({"th-3"}, lag=timedelta(hours=3))
+    restarted = _outage_with_windowed_completeness(
+        {"th-3"},
+        lag=timedelta(hours=3),
+        reboot_clock_behind=timedelta(0),
+        says_unsynced=None,
+    )
+    assert restarted == backlog
 
 
 def test_an_outage_that_began_with_every_source_down_ends_on_no_status_time_unknown() -> None:
