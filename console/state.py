@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from climastream.contract import (
+    RUN_START_TOLERANCE,
     Alert,
     AlertState,
     GatewayStatus,
@@ -147,6 +148,16 @@ class GatewayView:
     status: GatewayStatus
     received: datetime
     replaced: deque[datetime] = field(default_factory=lambda: deque(maxlen=REPLACED_RUNS_KEPT))
+    #: the shown run's clock is behind though the gateway does not say (older than
+    #: ``clock_synchronized``): it started after the last run's newest status was
+    #: written, yet its time is earlier than that status's plus its uptime
+    clock_behind: bool = False
+
+    @property
+    def clock_wrong(self) -> bool:
+        return self.status.clock_synchronized is False or (
+            self.status.clock_synchronized is None and self.clock_behind
+        )
 
 
 def eaqi_band_index(quantity: Quantity, value: float) -> int | None:
@@ -368,6 +379,10 @@ class LiveState:
             if order.is_newer_than(shown, replaced=view.replaced, newest_stale=stale):
                 if not order.same_run(shown):
                     view.replaced.append(shown.run_start)
+                    since = timedelta(seconds=status.uptime_s) - RUN_START_TOLERANCE
+                    view.clock_behind = (
+                        status.uptime_s < shown.uptime_s and status.time < view.status.time + since
+                    )
                 view.status, view.received = status, now
                 self.gateways.put(status.gateway_id, view)
         self.counts["gateway_status"] += 1
@@ -632,14 +647,14 @@ class LiveState:
         for view in self.gateways.values():
             status, received = view.status, view.received
             # an unsynchronized clock's time is hours off: say when the console heard it
-            seen = received if status.clock_synchronized is False else status.time
+            seen = received if view.clock_wrong else status.time
             rows.append(
                 {
                     "gateway_id": status.gateway_id,
                     "last_seen": _iso(seen),
                     "age_s": round((now - seen).total_seconds(), 1),
                     "stale": now - received > self.limits.stale_after,
-                    "clock_synchronized": status.clock_synchronized,
+                    "clock_synchronized": False if view.clock_wrong else status.clock_synchronized,
                     "reported_time": _iso(status.time),
                     "uptime_s": status.uptime_s,
                     "software_version": status.software_version,

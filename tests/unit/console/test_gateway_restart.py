@@ -162,3 +162,41 @@ def test_a_new_run_that_looks_like_an_older_status_of_the_last_one_shows_once_st
     clock.advance(60)
     state.add_gateway_status(status(start_a + timedelta(seconds=100), 100.0, depth=3))
     assert row(state)["buffer_depth"] == 3
+
+
+def test_a_gateway_older_than_clock_synchronized_gives_its_wrong_clock_away() -> None:
+    """It does not say whether its clock is synchronized, but its new run's time is before
+    its last run's last status plus its uptime: the row says its clock is not synced and
+    "last seen" is when the console heard it, for that run, until NTP steps the clock."""
+    clock = Clock()
+    state = LiveState(clock=clock)
+    state.add_gateway_status(status(NOW, 86_400.0))
+    clock.advance(3 * 3600)
+    behind = NOW - timedelta(minutes=30)
+    state.add_gateway_status(status(behind, 20.0, depth=9))
+    assert (row(state)["clock_synchronized"], row(state)["last_seen"]) == (
+        False,
+        clock.now.isoformat(),
+    )
+    clock.advance(30)
+    state.add_gateway_status(status(behind + timedelta(seconds=30), 50.0))
+    assert row(state)["clock_synchronized"] is False
+    # NTP steps the clock: a later start by the clocks, judged anew
+    clock.advance(30)
+    state.add_gateway_status(status(clock.now, 80.0))
+    assert (row(state)["clock_synchronized"], row(state)["last_seen"]) == (
+        None,
+        clock.now.isoformat(),
+    )
+    assert row(state)["reported_time"] == clock.now.isoformat()
+
+
+def test_a_restart_with_the_clock_right_shows_the_gateway_s_own_time() -> None:
+    clock = Clock()
+    state = LiveState(clock=clock)
+    state.add_gateway_status(status(NOW, 86_400.0))
+    clock.advance(90)
+    state.add_gateway_status(status(clock.now - timedelta(seconds=2), 5.0))
+    shown = row(state)
+    assert shown["clock_synchronized"] is None
+    assert shown["last_seen"] == (clock.now - timedelta(seconds=2)).isoformat()
