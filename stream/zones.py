@@ -45,6 +45,7 @@ from climastream.contract import KpiValue, Quantity
 from climastream.quantities import CANONICAL_UNITS
 from stream import formulas as f
 from stream.config import StreamConfig
+from stream.grid import WindowGrid
 from stream.registry import KpiDef, enabled
 from stream.windows import US, DevicePartial, from_us
 
@@ -144,6 +145,9 @@ class ZoneWindows:
         self.eaqi_us = config.eaqi_period // timedelta(microseconds=1)
         self.night_us = config.uhi_night_window // timedelta(microseconds=1)
         self.tz: ZoneInfo = config.tz
+        # base windows and EAQI periods follow the local clock (stream.grid)
+        self.grid = WindowGrid(self.size_us, self.tz)
+        self.eaqi_grid = WindowGrid(self.eaqi_us, self.tz)
         self.table = f.EAQI_TABLES[config.eaqi_table]
         self.stats = ZoneStats()
         self._src_wm: dict[str, int] = {}
@@ -219,6 +223,41 @@ class ZoneWindows:
                 p: {int(k): v for k, v in items} for p, items in st["eaqi_means"].items()
             }
             self._keys[key] = st
+            self._onto_local_grid(st)
+
+    def _onto_local_grid(self, st: dict[str, Any]) -> None:
+        """Move what a checkpoint from before windows followed the local clock holds on the
+        UTC grid (a zone whose offset is not whole hours; nothing in a whole-hour zone) onto
+        it: device windows waiting in the pending slots go where :meth:`add` puts them now,
+        an EAQI period being summed joins the local period that holds its base windows so
+        far, from the UTC period's start at the earliest (so it holds only the base windows
+        after the last UTC period closed). ``next`` stays: the next window runs from it to
+        the next local boundary."""
+        moved: list[tuple[str, DevicePartial]] = []
+        for slot in st["pending"].values():
+            for kind in ("dev", "ref"):
+                for pieces in slot[kind].values():
+                    for gateway, partial in list(pieces.items()):
+                        if "@utc" in gateway or self.grid.on_grid(partial["ws"], partial["we"]):
+                            continue
+                        del pieces[gateway]
+                        moved.append((kind, partial))
+        for kind, partial in moved:
+            ws, gateway = self._utc_window(st, partial)
+            slot = st["pending"].setdefault(ws, {"dev": {}, "ref": {}})
+            slot[kind].setdefault(partial["d"], {})[gateway] = partial
+        for ws in [ws for ws, slot in st["pending"].items() if not slot["dev"] and not slot["ref"]]:
+            del st["pending"][ws]
+        upto = st["next"]
+        for periods in st["eaqi"].values():
+            for period in [p for p in periods if self.eaqi_grid.start(p) != p]:
+                folded_to = period + self.eaqi_us if upto is None else upto
+                # not before the UTC period's start: the local hour before it was emitted
+                local = max(self.eaqi_grid.start(min(folded_to, period + self.eaqi_us) - 1), period)
+                total, count = periods.pop(period)
+                entry = periods.setdefault(local, [0.0, 0])
+                entry[0] += total
+                entry[1] += count
 
     # ------------------------------------------------------------------ input
 
@@ -235,13 +274,21 @@ class ZoneWindows:
             return
         state = self._key_state(key, partial["z"] if not reference else key)
         ws = partial["ws"]
-        if state["next"] is not None and ws < state["next"]:
-            self._stale(key, partial, source)
-            return
+        gateway = partial["g"]
+        if not self.grid.on_grid(ws, partial["we"]):
+            ws, gateway = self._utc_window(state, partial)
+        upto = state["next"]
+        if upto is not None and ws < upto:
+            if partial["we"] <= upto:
+                self._stale(key, partial, source)
+                return
+            # a window across a zone stage restored from before windows followed the local
+            # clock (its next window starts off the local grid): it joins that window
+            ws = upto
         slot = state["pending"].setdefault(ws, {"dev": {}, "ref": {}})
         # per gateway: a partial sent again (stage 1 replaying after a crash) replaces its
         # copy; another gateway's partial of the same device and window joins it
-        slot["ref" if reference else "dev"].setdefault(partial["d"], {})[partial["g"]] = partial
+        slot["ref" if reference else "dev"].setdefault(partial["d"], {})[gateway] = partial
         if not reference:
             known = state["known"]
             entry = known.get(partial["d"])
@@ -251,6 +298,20 @@ class ZoneWindows:
             for quantity in partial["q"]:
                 if quantity not in entry[1]:
                     entry[1].append(quantity)
+
+    def _utc_window(self, state: dict[str, Any], partial: DevicePartial) -> tuple[int, str]:
+        """The zone window and the gateway slot of a device window on the UTC grid: one a
+        stage-1 checkpoint from before windows followed the local clock held (a zone whose
+        offset is not whole hours). It joins the local window that holds its end, or the
+        next one to close if that is later: that window closes only once the watermark is
+        past the device window's end, so it has arrived. Its readings (up to one window
+        before that window's start) count there, once; under its own slot name, so the
+        same device's local window from the same gateway joins it instead of replacing it,
+        while the same UTC window sent again (a replay) replaces its copy."""
+        ws = self.grid.start(partial["we"] - 1)
+        if state["next"] is not None and ws < state["next"]:
+            ws = state["next"]
+        return ws, f"{partial['g']}@utc{partial['ws']}"
 
     def _stale(self, key: str, partial: DevicePartial, source: str | None) -> None:
         readings = sum(len(values) for values in partial["q"].values())
@@ -321,8 +382,9 @@ class ZoneWindows:
         watermark = self.watermark()
         emitted: list[KpiValue] = []
         for key, state in self._keys.items():
+            grid = self.grid
             if final:
-                ends = [ws + self.size_us for ws in state["pending"]]
+                ends = [grid.end(ws) for ws in state["pending"]]
                 limit = max(ends) if ends else None
             else:
                 limit = watermark
@@ -337,28 +399,29 @@ class ZoneWindows:
                 # partition still takes the earlier windows a slower one sends later
                 if state["pending"]:
                     first = min(state["pending"])
-                    if first + self.size_us > limit:
+                    if grid.end(first) > limit:
                         continue  # nothing to close yet; an earlier window may still come
                     state["next"] = first
                 elif state["known"]:
-                    state["next"] = limit - limit % self.size_us - self.size_us
+                    state["next"] = grid.start(grid.start(limit) - 1)
                 else:
                     continue
             pending = state["pending"]
-            while state["next"] + self.size_us <= limit:
+            while grid.end(state["next"]) <= limit:
                 ws = state["next"]
                 if ws not in pending:
                     # a silent stretch: emit at most MAX_GAP_WINDOWS empty windows of it
                     following = min((w for w in pending if w > ws), default=None)
-                    gap_end = following if following is not None else limit - limit % self.size_us
+                    gap_end = following if following is not None else grid.start(limit)
                     if (gap_end - ws) // self.size_us > MAX_GAP_WINDOWS:
-                        skip_to = gap_end - MAX_GAP_WINDOWS * self.size_us
+                        skip_to = grid.start(gap_end - MAX_GAP_WINDOWS * self.size_us)
                         self.stats.skipped_windows += (skip_to - ws) // self.size_us
                         state["next"] = skip_to
                         continue
                 slot = pending.pop(ws, {"dev": {}, "ref": {}})
-                emitted.extend(self._close_base(key, state, ws, slot))
-                state["next"] = ws + self.size_us
+                we = grid.end(ws)
+                emitted.extend(self._close_base(key, state, ws, we, slot))
+                state["next"] = we
             emitted.extend(self._close_long(key, state, limit, final))
         self.stats.kpis += len(emitted)
         return emitted
@@ -441,11 +504,12 @@ class ZoneWindows:
                     out.extend(values)
                     continue
                 have = seen.setdefault(quantity, set())
+                base = piece["ws"]  # "t" counts from the piece's own start
                 for value, seq, at in zip(values, q_seqs, q_times, strict=True):
-                    if (seq, at) in have:
+                    if (seq, base + at) in have:
                         self.stats.duplicates += count
                         continue
-                    have.add((seq, at))
+                    have.add((seq, base + at))
                     out.append(value)
             for quantity, last in piece["l"].items():
                 kept = merged["l"].get(quantity)
@@ -459,10 +523,10 @@ class ZoneWindows:
     # ------------------------------------------------------------------ base window
 
     def _close_base(
-        self, key: str, state: dict[str, Any], ws: int, slot: dict[str, Any]
+        self, key: str, state: dict[str, Any], ws: int, we: int, slot: dict[str, Any]
     ) -> list[KpiValue]:
         self.stats.windows += 1
-        we = ws + self.size_us
+        span = we - ws  # the window size, but where the shift of the grid changes
         out: list[KpiValue | None] = []
         slot = {
             kind: {d: self._merged(pieces, kind == "dev") for d, pieces in slot[kind].items()}
@@ -475,7 +539,7 @@ class ZoneWindows:
         # ---- device scope
         for device_id, (cadence, quantities) in sorted(state["known"].items()):
             partial = devices.get(device_id)
-            per_q = self.size_us / cadence
+            per_q = span / cadence
             if partial is None:
                 out.append(
                     self._kpi("completeness", state, ws, we, 0.0, 0, 0.0, device_id=device_id)
@@ -530,7 +594,7 @@ class ZoneWindows:
         # ---- zone scope
         zone_means: dict[str, float] = {}
         for quantity, acc in sorted(zone_acc.items()):
-            expected = self._expected(state, quantity, self.size_us)
+            expected = self._expected(state, quantity, span)
             completeness = acc.count / expected if expected else 1.0
             zone_means[quantity] = acc.total / acc.count
             out.extend(
@@ -543,15 +607,19 @@ class ZoneWindows:
             )  # fmt: skip
             if quantity in _EAQI:
                 periods = state["eaqi"].setdefault(quantity, {})
-                period = ws - ws % self.eaqi_us
+                period = self.eaqi_grid.start(ws)
+                if period not in periods:
+                    # after an upgrade from UTC windows (_onto_local_grid) a period may start
+                    # off the local grid: where this window or a restored period does
+                    if self.grid.start(ws) != ws:
+                        period = max(period, ws)
+                    period = next((p for p in periods if period < p <= ws), period)
                 entry = periods.setdefault(period, [0.0, 0])
                 entry[0] += acc.total
                 entry[1] += acc.count
         if _T in zone_means and _RH in zone_means:
             count = zone_acc[_T].count + zone_acc[_RH].count
-            expected = self._expected(state, _T, self.size_us) + self._expected(
-                state, _RH, self.size_us
-            )
+            expected = self._expected(state, _T, span) + self._expected(state, _RH, span)
             out.extend(
                 self._heat(state, ws, we, zone_means[_T], zone_means[_RH], count,
                            count / expected if expected else 1.0, device_id=None,
@@ -562,7 +630,7 @@ class ZoneWindows:
             out.append(
                 self._kpi("waste.bins_over_threshold", state, ws, we, float(over), len(fills),
                           len(fills) / max(1, self._expected(state, Quantity.BIN_FILL_LEVEL.value,
-                                                             self.size_us)),
+                                                             span)),
                           attributes={"threshold_pct": f"{self.config.bin_threshold_pct:g}"})
             )  # fmt: skip
         local = self._local(ws)
@@ -577,7 +645,7 @@ class ZoneWindows:
             if ref is not None:
                 ref_total, ref_count = ref
                 uhi = zone_means[_T] - ref_total / ref_count
-                expected = self._expected(state, _T, self.size_us)
+                expected = self._expected(state, _T, span)
                 completeness = zone_acc[_T].count / expected if expected else 1.0
                 out.append(
                     self._kpi("uhi.intensity", state, ws, we, uhi,
@@ -752,13 +820,14 @@ class ZoneWindows:
         return [k for k in out if k is not None]
 
     def _close_eaqi(self, state: dict[str, Any], closed_to: int) -> list[KpiValue | None]:
+        grid = self.eaqi_grid
         periods = sorted(
-            {p for per in state["eaqi"].values() for p in per if p + self.eaqi_us <= closed_to}
+            {p for per in state["eaqi"].values() for p in per if grid.end(p) <= closed_to}
         )
         out: list[KpiValue | None] = []
         n_run = self.config.eaqi_running_periods
         for period in periods:
-            pe = period + self.eaqi_us
+            pe = grid.end(period)
             concentrations: dict[Quantity, float] = {}
             counts = 0
             expected_total = 0.0
@@ -777,7 +846,7 @@ class ZoneWindows:
                         del means[old]
                     window_means = [m for p, m in means.items() if p >= first]
                     concentration = sum(window_means) / len(window_means)
-                    start = first
+                    start = first if grid.start(first) == first else grid.end(first)
                     averaging = f"running mean of {len(window_means)}/{n_run} periods"
                     completeness = len(window_means) / n_run
                 else:
@@ -785,10 +854,10 @@ class ZoneWindows:
                     concentration = total / count
                     start = period
                     averaging = "period mean"
-                    expected = self._expected(state, pollutant, self.eaqi_us)
+                    expected = self._expected(state, pollutant, pe - period)
                     completeness = count / expected if expected else 1.0
                 counts += count
-                expected_total += self._expected(state, pollutant, self.eaqi_us)
+                expected_total += self._expected(state, pollutant, pe - period)
                 concentrations[q] = concentration
                 band = self.table.band_index(q, concentration)
                 out.append(
