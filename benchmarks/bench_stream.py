@@ -132,7 +132,7 @@ async def floor(bootstrap: str, topic: str, total: int, config_path: str) -> dic
             engine = stage1.get(tp.partition)
             if engine is None:
                 engine = stage1[tp.partition] = DeviceWindows(
-                    config.window, config.grace, zones=config.device_zones
+                    config.window, config.grace, zones=config.device_zones, tz=config.tz
                 )
             for record in records:
                 if seen == 0:

@@ -586,7 +586,9 @@ def create_app(
         if part is not None:
             return part
         if prefix == "s1":
-            engine: Any = DeviceWindows(config.window, config.grace, zones=config.device_zones)
+            engine: Any = DeviceWindows(
+                config.window, config.grace, zones=config.device_zones, tz=config.tz
+            )
         else:
             engine = ZoneWindows(config, sources=n, owns=lambda key: partition_for(key, n) == p)
         # read before the partition is registered: after a failed read, no event may

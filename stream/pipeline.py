@@ -57,6 +57,7 @@ class Replay:
             gateways=gateways,
             withhold=gateways is None,
             zones=config.device_zones,
+            tz=config.tz,
         )
         self.zones = ZoneWindows(config, sources=1, only_kpi=only_kpi)
         self.result = ReplayResult()

@@ -3,7 +3,9 @@
 Pure and synchronous: the Faust agent and ``climastream kpi eval`` drive the same code.
 Times are integer microseconds since the epoch (UTC) inside the engine, for speed.
 
-* A reading belongs to the tumbling window ``[start, start + size)`` of its event time.
+* A reading belongs to the tumbling window of its event time on the city's local clock
+  (:class:`stream.grid.WindowGrid`: an hour window in Kolkata starts at local :00, i.e.
+  :30 UTC; in a whole-hour zone that is ``[start, start + size)`` on the UTC grid).
 * Each gateway has its own event-time watermark (its newest event time, each reading's
   capped at the time its gateway received it, ``ingest_time``: a device whose clock runs
   ahead does not make the others late): a gateway's records are ordered within its
@@ -46,10 +48,11 @@ import enum
 from collections import deque
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from climastream.contract import Reading
+from stream.grid import WindowGrid
 
 US = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -252,8 +255,11 @@ class DeviceWindows:
         withhold: bool = False,
         zones: Mapping[str, str] | None = None,
         retention: timedelta = timedelta(days=1),
+        tz: tzinfo | None = None,
     ) -> None:
-        """``zones``: the zone of each device the stream config declares with one; it wins
+        """``tz``: the city's time zone, whose local clock the windows follow (None: UTC).
+
+        ``zones``: the zone of each device the stream config declares with one; it wins
         over the zone on the readings, which each gateway stamps (with its own default for
         a device it does not list), so a device heard by two gateways stays in one zone.
 
@@ -274,6 +280,11 @@ class DeviceWindows:
         # at least one window plus grace: what is forgotten must be late by then
         retention_us = retention // timedelta(microseconds=1)
         self.retention_us = max(retention_us, self.size_us + self.grace_us)
+        self.grid = WindowGrid(self.size_us, tz)
+        # gateway -> until when its readings keep the UTC grid: set by restoring a
+        # checkpoint of windows on it (taken before windows followed the local clock), so
+        # the windows it holds take the readings they would have taken then (see restore)
+        self._utc_until: dict[str, int] = {}
         # (device, gateway, window start) -> the open window
         self._partials: dict[tuple[str, str, int], DevicePartial] = {}
         # gateway -> its seqs, remembered one by one for as long as a reading could still
@@ -292,6 +303,10 @@ class DeviceWindows:
         """Add readings; returns the late ones (for the caller to count and route)."""
         late: list[Reading] = []
         size = self.size_us
+        grid = self.grid
+        shift = grid.shift
+        fast_from, fast_to = grid.fast_from, grid.fast_to
+        utc_until = self._utc_until
         partials = self._partials
         for reading in readings:
             event_us = to_us(reading.event_time)
@@ -305,7 +320,14 @@ class DeviceWindows:
                 continue
             if verdict is Seen.RESET:
                 self.stats.counter_resets += 1
-            start = event_us - event_us % size
+            if utc_until and event_us < utc_until.get(gateway, 0):
+                start = event_us - event_us % size
+                end = start + size
+            elif shift is not None and fast_from <= event_us < fast_to:
+                start = event_us - (event_us + shift) % size
+                end = start + size
+            else:
+                start, end = grid.window(event_us)
             closed = self._closed.get(gateway)
             if closed is None:
                 # a gateway not heard before: its windows are closed as far as the horizon
@@ -313,7 +335,7 @@ class DeviceWindows:
                 closed = self.horizon()
                 if closed is not None:
                     self._closed[gateway] = closed
-            if closed is not None and start + size <= closed:
+            if closed is not None and end <= closed:
                 self.stats.late += 1
                 late.append(reading)
                 continue
@@ -325,7 +347,7 @@ class DeviceWindows:
                     "g": gateway,
                     "z": self._zones.get(reading.device_id, reading.zone),
                     "ws": start,
-                    "we": start + size,
+                    "we": end,
                     "q": {},
                     "l": {},
                     "m": [],
@@ -370,7 +392,7 @@ class DeviceWindows:
         moved the watermark.
 
         The wall horizon moves in whole windows (it only ever decides which windows are
-        closed, and their ends are multiples of the window), so it changes once a window,
+        closed, and their ends are window boundaries), so it changes once a window,
         not at every call. Unlike event time, a replay cannot repeat it: the caller makes
         the state checkpointed after a True durable before anything acts on it (the closed
         windows, the watermark, a reading found late), or a crash would let a replay put a
@@ -391,7 +413,11 @@ class DeviceWindows:
         close holds it; ``kpi eval`` (no wall clock) forgets nothing.
         """
         wall = to_us(now) - self.grace_us
-        wall -= wall % self.size_us
+        if self._utc_until and wall < max(self._utc_until.values()):
+            # windows restored on the UTC grid end on its boundaries
+            wall = max(self.grid.start(wall), wall - wall % self.size_us)
+        else:
+            wall = self.grid.start(wall)
         if self._wall_horizon is not None and wall <= self._wall_horizon:
             return False
         self._wall_horizon = wall
@@ -422,6 +448,7 @@ class DeviceWindows:
             self._seen.pop(gateway, None)
             self._closed.pop(gateway, None)
             self._max_event.pop(gateway, None)
+            self._utc_until.pop(gateway, None)
 
     def close(self, now: datetime | None = None) -> list[DevicePartial]:
         """Close every window whose end + grace the watermark has passed.
@@ -446,6 +473,10 @@ class DeviceWindows:
         ]
         ready.sort(key=lambda k: (k[2], k[0], k[1]))
         closed = [self._partials.pop(key) for key in ready]
+        if self._utc_until:
+            self._utc_until = {
+                g: until for g, until in self._utc_until.items() if until > self._closed.get(g, -1)
+            }
         self.stats.closed += len(closed)
         return closed
 
@@ -506,10 +537,19 @@ class DeviceWindows:
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._partials = {}
+        self._utc_until = {}
         for p in snap["partials"]:
             p.setdefault("s", {})  # checkpointed before seqs were kept: none for "q"'s values
             p.setdefault("t", {})
             self._partials[(p["d"], p["g"], p["ws"])] = p
+            if not self.grid.on_grid(p["ws"], p["we"]):
+                # a window on the UTC grid, checkpointed before windows followed the local
+                # clock (a zone whose offset is not whole hours): it closes as it is, and
+                # its gateway's readings keep the UTC grid until it ends, so a replay of
+                # the records after the checkpoint rebuilds the windows the worker had
+                # built from them (the zone stage may have counted them already)
+                gateway = p["g"]
+                self._utc_until[gateway] = max(self._utc_until.get(gateway, 0), p["we"])
         seen = snap["seen"]
         if any(isinstance(v, list) for v in seen.values()):
             # the layout before memories per gateway: {device: state}. Every gateway this

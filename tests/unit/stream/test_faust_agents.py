@@ -86,6 +86,27 @@ async def test_devices_agent_closes_windows_by_event_time(app: Any, sent: Sent) 
     assert partial["ws"] == to_us(T0)
 
 
+async def test_the_devices_agent_cuts_hour_windows_on_the_citys_clock(
+    tmp_path: Any, sent: Sent
+) -> None:
+    """In Kolkata (+05:30) an hour window starts at :30 UTC, the local :00."""
+    config = StreamConfig.model_validate({"window": "1h", "grace": "1s",
+                                          "timezone": "Asia/Kolkata"})  # fmt: skip
+    kolkata = create_app(
+        StreamSettings(config=config, store="memory", data_dir=str(tmp_path), app_id="t"),
+        produce=sent,
+    )
+    # 10:00 UTC (15:30 IST) and 10:40 UTC, then 11:31 UTC closes 10:30-11:30 UTC
+    readings = [temperature("d1", i, s) for i, s in enumerate([0, 2400, 5460])]
+    async with _agent(kolkata, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=batch_of(readings))
+    items = [item for raw in sent.values("t-kpi-partials") for item in orjson.loads(raw)["items"]]
+    assert [(p["ws"], p["we"], len(p["q"]["temperature"])) for _, _, p in items] == [
+        (to_us(T0 - timedelta(minutes=30)), to_us(T0 + timedelta(minutes=30)), 1),
+        (to_us(T0 + timedelta(minutes=30)), to_us(T0 + timedelta(minutes=90)), 1),
+    ]
+
+
 async def test_zones_agent_emits_kpis_on_watermark(app: Any, sent: Sent) -> None:
     partial = {"d": "d1", "g": "gw", "z": "centre", "ws": to_us(T0),
                "we": to_us(T0 + timedelta(seconds=10)), "q": {"noise_laeq": [60.0, 70.0]},
