@@ -5,13 +5,22 @@ reading of that zone as it arrives; ``--kpi eaqi`` adds KPI values, ``--alerts``
 changes, ``--status`` the gateways' periodic health reports. Filters combine with AND; each
 may be repeated (OR within one filter). Reading is group-less: tailing never moves an offset
 anything else depends on.
+
+A status shows the gateway's own time, which a Pi gets wrong for hours after a power cut:
+one written with an unsynchronized clock says ``clock unsynchronized``, and one older than
+the gateway's newest already shown (:class:`~climastream.contract.StatusOrder`, as the
+console and the alert engine decide) says ``older`` or, from a run before the newest's, a
+status the gateway buffered, ``older: buffered, from an earlier run``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from climastream.contract import (
@@ -20,6 +29,7 @@ from climastream.contract import (
     GatewayStatus,
     KpiValue,
     Reading,
+    StatusOrder,
     Topics,
     decode,
     decode_batch,
@@ -156,8 +166,63 @@ def format_alert(alert: Alert) -> Any:
     )
 
 
-def format_status(status: GatewayStatus) -> Any:
-    """One gateway's health: its sources, buffer, what Kafka took, what was dropped."""
+#: runs a gateway's newest status replaced, remembered per gateway (as console/state.py)
+REPLACED_RUNS_KEPT = 8
+
+
+class StatusPlace:
+    """Where a status stands among those of its gateway already shown."""
+
+    NEWEST = ""
+    #: the newest's run, a lower uptime: a status sent again or buffered
+    OLDER = "older"
+    #: a run the newest replaced, or one that started earlier by the clocks while the newest
+    #: still reports: a status buffered before a restart or power cut, sent late
+    EARLIER_RUN = "older: buffered, from an earlier run"
+
+
+@dataclass
+class _Newest:
+    order: StatusOrder
+    received: datetime
+    replaced: deque[datetime] = field(default_factory=lambda: deque(maxlen=REPLACED_RUNS_KEPT))
+
+
+@dataclass
+class StatusTracker:
+    """Each gateway's newest status shown so far, by :class:`StatusOrder` (not by its time).
+
+    ``stale_after``: a newest status received longer ago than this no longer holds back a
+    status that started earlier by the clocks (a new run whose clock is further behind),
+    as in the console (``stale_after``)."""
+
+    stale_after: timedelta = timedelta(seconds=60)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    _newest: dict[str, _Newest] = field(default_factory=dict)
+
+    def place(self, status: GatewayStatus) -> str:
+        """A :class:`StatusPlace`; remembers ``status`` if it is the gateway's newest."""
+        now = self.clock()
+        order = status.order
+        newest = self._newest.get(status.gateway_id)
+        if newest is None:
+            self._newest[status.gateway_id] = _Newest(order, now)
+            return StatusPlace.NEWEST
+        stale = now - newest.received > self.stale_after
+        if order.is_newer_than(newest.order, replaced=newest.replaced, newest_stale=stale):
+            if not order.same_run(newest.order):
+                newest.replaced.append(newest.order.run_start)
+            newest.order, newest.received = order, now
+            return StatusPlace.NEWEST
+        if order.same_run(newest.order):
+            return StatusPlace.OLDER
+        return StatusPlace.EARLIER_RUN
+
+
+def format_status(status: GatewayStatus, place: str = StatusPlace.NEWEST) -> Any:
+    """One gateway's health: its sources, buffer, what Kafka took, what was dropped; the
+    time marked when the gateway's clock was unsynchronized, the line when ``place`` says
+    the status is older than one already shown."""
     text = require("rich.text", "console")
     sources = " ".join(f"{name}:{state.value}" for name, state in sorted(status.sources.items()))
     oldest = status.buffer_oldest_age_s
@@ -169,13 +234,16 @@ def format_status(status: GatewayStatus) -> Any:
     if status.model_errors:
         problems.append(f"model_errors={dict(sorted(status.model_errors.items()))}")
     down = any(state.value != "up" for state in status.sources.values())
+    clock = " (clock unsynchronized)" if status.clock_synchronized is False else ""
     return text.Text.assemble(
         (status.time.strftime("%H:%M:%S") + "     ", "dim"),
-        ("status  ", "green"),
+        ("status  ", "green" if place == StatusPlace.NEWEST else "dim"),
+        (f"[{place}] " if place else "", "bold yellow"),
         (f"{status.gateway_id:<16} ", "bold"),
         (sources + " ", "yellow" if down else ""),
         f"{buffered} sent={status.readings_sent_total}",
         ((" " + " ".join(problems)) if problems else "", "yellow"),
+        (clock, "bold yellow"),
     )
 
 
@@ -184,13 +252,19 @@ def _as_json(record: Any) -> str:
 
 
 def render(
-    topic: str, raw: bytes, flt: TailFilter, *, as_json: bool = False
+    topic: str,
+    raw: bytes,
+    flt: TailFilter,
+    *,
+    as_json: bool = False,
+    statuses: StatusTracker | None = None,
 ) -> tuple[list[Any], str]:
     """The lines to print for one record (none if filtered out), and what of the record
     was skipped ("" if nothing). Raises ContractError.
 
     ``as_json``: each line is the record as JSON, one reading per line for a batch, the
-    input ``climastream kpi eval`` reads.
+    input ``climastream kpi eval`` reads. ``statuses``: the gateways' newest statuses so
+    far, to mark an older one (see :class:`StatusTracker`); without it none is marked.
 
     Of a ``readings`` record, the readings that satisfy the contract are shown, as every
     consumer of the topic decides (:func:`climastream.contract.decode_batch`): the stream
@@ -215,7 +289,10 @@ def render(
         status = decode(raw, GatewayStatus)
         if not flt.gateway_status(status):
             return [], ""
-        return [_as_json(status) if as_json else format_status(status)], ""
+        if as_json:
+            return [_as_json(status)], ""
+        place = statuses.place(status) if statuses is not None else StatusPlace.NEWEST
+        return [format_status(status, place)], ""
     return [], ""
 
 
@@ -248,6 +325,7 @@ async def tail(
         **security.aiokafka_kwargs(),
     )
     printed = 0
+    statuses = StatusTracker()
     try:
         try:
             await consumer.start()
@@ -277,7 +355,9 @@ async def tail(
             for tp, records in batches.items():
                 for record in records:
                     try:
-                        lines, skipped = render(tp.topic, record.value, flt, as_json=as_json)
+                        lines, skipped = render(
+                            tp.topic, record.value, flt, as_json=as_json, statuses=statuses
+                        )
                     except ContractError as exc:
                         err.print(f"tail: skipped a bad record on {tp.topic}: {exc}")
                         continue

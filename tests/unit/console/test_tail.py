@@ -11,7 +11,7 @@ from rich.console import Console
 
 from climastream.contract import GatewayStatus, SourceState, Topics, decode, encode
 from climastream.validation import key_path
-from console.tail import TailFilter, render
+from console.tail import StatusTracker, TailFilter, render
 
 
 def _status(gateway: str) -> bytes:
@@ -163,3 +163,54 @@ async def test_a_bad_reading_is_named_as_written_and_tail_goes_on(
     assert printed == 1  # the good reading
     err = " ".join(capsys.readouterr().err.split())  # rich wraps the line on spaces
     assert f"readings.1 (device {key_path([device_id])})" in err
+
+
+def _run_status(time: datetime, uptime_s: float, *, synced: bool | None = True) -> bytes:
+    return encode(
+        GatewayStatus(
+            gateway_id="gw-pi-7",
+            time=time,
+            software_version="0.1.0",
+            uptime_s=uptime_s,
+            clock_synchronized=synced,
+            buffer_depth=0,
+            buffer_bytes=0,
+            buffer_capacity_bytes=10**6,
+        )
+    )
+
+
+def test_status_after_a_power_cut_says_which_is_older_and_which_clock_is_wrong() -> None:
+    """A Pi ran from 07:00 to 08:00 (statuses buffered while its uplink was down), lost
+    power and came back with fake-hwclock's 07:30: the new run's statuses carry 07:30+,
+    and the old run's buffered ones arrive after them. The operator must see which line
+    is the gateway's current health and which time is wrong."""
+    now = [datetime(2026, 11, 24, 9, 0, tzinfo=UTC)]
+    tracker = StatusTracker(clock=lambda: now[0])
+    flt = TailFilter(status=True, readings=False)
+    old_run = datetime(2026, 11, 24, 7, 0, tzinfo=UTC)
+    behind = datetime(2026, 11, 24, 7, 30, tzinfo=UTC)
+
+    def shown(raw: bytes) -> str:
+        [line], _ = render(Topics.GATEWAY_STATUS.name, raw, flt, statuses=tracker)
+        return _text(line)
+
+    # the old run's last status, sent before the cut
+    first = shown(_run_status(old_run + timedelta(minutes=55), 3300))
+    assert "[older" not in first
+    assert "unsynchronized" not in first
+    now[0] += timedelta(minutes=10)  # the old run's newest is stale: the gateway restarted
+    new = shown(_run_status(behind, 20, synced=False))
+    assert new.startswith("07:30:00")
+    assert "[older" not in new
+    assert "(clock unsynchronized)" in new
+    # the old run's status buffered before the cut arrives after the new run's
+    buffered = shown(_run_status(old_run + timedelta(minutes=58), 3480))
+    assert "[older: buffered, from an earlier run]" in buffered
+    # the new run goes on; a status of it sent again is older than its newest
+    now[0] += timedelta(seconds=30)
+    assert "[older" not in shown(_run_status(behind + timedelta(seconds=30), 50, synced=False))
+    assert "[older]" in shown(_run_status(behind, 20, synced=False))
+    # without a tracker (a single record) nothing is marked older
+    [line], _ = render(Topics.GATEWAY_STATUS.name, _run_status(behind, 20), flt)
+    assert "[older" not in _text(line)
