@@ -943,6 +943,11 @@ class EngineCollector:
                 "counted, skipped)",
                 sum(part.engine.stats.replayed_partials for part in stage2.values()),
             ),
+            "forgotten_devices": (
+                "devices not in the stream config no longer expected (no completeness 0) "
+                "after forget_undeclared_after without data",
+                sum(part.engine.stats.forgotten_devices for part in stage2.values()),
+            ),
         }
         for name, (help_text, value) in counters.items():
             family = CounterMetricFamily(f"climastream_stream_{name}", help_text)

@@ -87,6 +87,10 @@ class StreamConfig(_Frozen):
     zones: dict[str, ZoneConfig] = Field(default_factory=dict)
     devices: dict[str, DeviceConfig] = Field(default_factory=dict)
     default_cadence: Duration = timedelta(minutes=1)
+    #: a device not in ``devices`` that sent nothing for this long (event time) is no longer
+    #: expected: no completeness-0 KPI for a retired or swapped sensor forever; None: never.
+    #: A declared device is expected for as long as it is declared.
+    forget_undeclared_after: Duration | None = timedelta(days=7)
     co2e_kg_per_kwh: Annotated[float, Field(ge=0)] = 0.16  # Belgian grid mix, configurable
     bin_threshold_pct: Annotated[float, Field(ge=0, le=100)] = 80.0
     #: KPI ids to compute (empty: all in the registry)
@@ -98,6 +102,8 @@ class StreamConfig(_Frozen):
             raise ValueError("window must divide one hour (e.g. 10s, 1m, 5m, 15m, 1h)")
         if self.grace < timedelta(0):
             raise ValueError("grace must not be negative")
+        if self.forget_undeclared_after is not None and self.forget_undeclared_after < _HOUR:
+            raise ValueError("forget_undeclared_after must be at least 1h (or null: never)")
         if self.eaqi_period % self.window or self.uhi_night_window % self.window:
             raise ValueError("eaqi_period and uhi_night_window must be multiples of window")
         if self.eaqi_table not in EAQI_TABLES:

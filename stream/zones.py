@@ -7,7 +7,11 @@ them. It closes a zone window only when the watermark of *every* stage-1 source 
 its end (:meth:`ZoneWindows.advance`), so no device's partial can still be on its way; a
 source whose worker died holds the zone back until its partition is reassigned, instead of
 a premature, incomplete KPI. Every base window of a zone is closed, even one in which no
-device sent anything, so silent devices show up with completeness 0.
+device sent anything, so silent devices show up with completeness 0: a device declared in
+the config for as long as it is declared, one only seen in the readings until it has been
+silent for ``forget_undeclared_after`` (by event time, at the close of the first window that
+far after its last one with data, so the live job and ``kpi eval`` forget it alike; counted
+in ``forgotten_devices`` and logged). It is expected again from its next reading.
 
 A device heard by several gateways (LoRaWAN names the best-signal gateway of each uplink)
 has one partial per gateway for a window, possibly from several stage-1 partitions. They
@@ -114,6 +118,8 @@ class ZoneStats:
     kpis: int = 0
     skipped_windows: int = 0
     duplicates: int = 0  # readings of a device that came through two gateways (kept once)
+    # undeclared devices silent for forget_undeclared_after, no longer expected
+    forgotten_devices: int = 0
 
 
 class _Acc:
@@ -144,6 +150,8 @@ class ZoneWindows:
         self.size_us = config.window // timedelta(microseconds=1)
         self.eaqi_us = config.eaqi_period // timedelta(microseconds=1)
         self.night_us = config.uhi_night_window // timedelta(microseconds=1)
+        forget = config.forget_undeclared_after
+        self.forget_us = None if forget is None else forget // timedelta(microseconds=1)
         self.tz: ZoneInfo = config.tz
         # base windows and EAQI periods follow the local clock (stream.grid)
         self.grid = WindowGrid(self.size_us, self.tz)
@@ -178,6 +186,9 @@ class ZoneWindows:
                 # ws -> {"dev": {device: {gateway: partial}}, "ref": (the same)}
                 "pending": {},
                 "known": {},  # device -> [cadence_us, [quantities]]
+                # undeclared device -> end (µs) of its last closed window with data; a
+                # checkpoint from before has none: counted from the first close after it
+                "heard": {},
                 "eaqi": {},  # pollutant -> {period_start: [total, count]}
                 "eaqi_means": {},  # pollutant -> {period_start: mean} (running PM means)
                 "days": {},  # local date iso -> {"tmax", "tcount", "uhi_max"}
@@ -222,6 +233,7 @@ class ZoneWindows:
             st["eaqi_means"] = {
                 p: {int(k): v for k, v in items} for p, items in st["eaqi_means"].items()
             }
+            st.setdefault("heard", {})
             self._keys[key] = st
             self._onto_local_grid(st)
 
@@ -290,14 +302,18 @@ class ZoneWindows:
         # copy; another gateway's partial of the same device and window joins it
         slot["ref" if reference else "dev"].setdefault(partial["d"], {})[gateway] = partial
         if not reference:
-            known = state["known"]
-            entry = known.get(partial["d"])
-            if entry is None:
-                cadence = self.config.cadence_of(partial["d"])
-                entry = known[partial["d"]] = [cadence // timedelta(microseconds=1), []]
-            for quantity in partial["q"]:
-                if quantity not in entry[1]:
-                    entry[1].append(quantity)
+            self._know(state, partial)
+
+    def _know(self, state: dict[str, Any], partial: DevicePartial) -> None:
+        """Expect the partial's device and quantities in every window of its key from now on."""
+        known = state["known"]
+        entry = known.get(partial["d"])
+        if entry is None:
+            cadence = self.config.cadence_of(partial["d"])
+            entry = known[partial["d"]] = [cadence // timedelta(microseconds=1), []]
+        for quantity in partial["q"]:
+            if quantity not in entry[1]:
+                entry[1].append(quantity)
 
     def _utc_window(self, state: dict[str, Any], partial: DevicePartial) -> tuple[int, str]:
         """The zone window and the gateway slot of a device window on the UTC grid: one a
@@ -466,6 +482,27 @@ class ZoneWindows:
             model_ids=tuple(sorted(model_ids or ())),
         )
 
+    def _forget(self, key: str, state: dict[str, Any], device_id: str, ws: int) -> bool:
+        """Whether the undeclared ``device_id``, silent in the window from ``ws``, has been
+        silent for ``forget_undeclared_after``; if so it is no longer expected."""
+        if self.forget_us is None:
+            return False
+        since = state["heard"].setdefault(device_id, ws)
+        if ws - since < self.forget_us:
+            return False
+        del state["known"][device_id]
+        del state["heard"][device_id]
+        self.stats.forgotten_devices += 1
+        log.info(
+            "zone %s: device %s, not in the stream config, has sent nothing since %s: no "
+            "longer expected (forget_undeclared_after %s); declare it to keep it expected",
+            key,
+            device_id,
+            from_us(since).isoformat(),
+            self.config.forget_undeclared_after,
+        )
+        return True
+
     def _expected(self, state: dict[str, Any], quantity: str, span_us: int) -> float:
         total = 0.0
         for cadence, quantities in state["known"].values():
@@ -537,9 +574,19 @@ class ZoneWindows:
         zone_models: set[str] = set()
         fills: list[float] = []
         # ---- device scope
+        heard: dict[str, int] = state["heard"]
+        for merged in devices.values():
+            # a device forgotten while a window of it waited here (a replay that added it
+            # before closing the windows in between): known again from its window on
+            self._know(state, merged)
         for device_id, (cadence, quantities) in sorted(state["known"].items()):
             partial = devices.get(device_id)
             per_q = span / cadence
+            if device_id not in self.config.devices:
+                if partial is not None:
+                    heard[device_id] = we
+                elif self._forget(key, state, device_id, ws):
+                    continue
             if partial is None:
                 out.append(
                     self._kpi("completeness", state, ws, we, 0.0, 0, 0.0, device_id=device_id)
