@@ -526,6 +526,10 @@ class TopicSpec:
     model: type[_Model] | None
     description: str
     compacted: bool = False
+    #: the broker stamps each record with the time it appended it
+    #: (``message.timestamp.type=LogAppendTime``), not the producer's clock: for records
+    #: whose producers' clocks can be hours wrong (a gateway after a power cut)
+    log_append_time: bool = False
 
 
 class Topics:
@@ -534,7 +538,9 @@ class Topics:
     READINGS = TopicSpec("readings", 4, ReadingBatch, "ReadingBatch per gateway, key gateway_id")
     KPI = TopicSpec("kpi", 4, KpiValue, "KpiValue, key zone or device_id")
     ALERTS = TopicSpec("alerts", 1, Alert, "Alert state changes, key fingerprint")
-    GATEWAY_STATUS = TopicSpec("gateway-status", 1, GatewayStatus, "GatewayStatus, key gateway_id")
+    GATEWAY_STATUS = TopicSpec(
+        "gateway-status", 1, GatewayStatus, "GatewayStatus, key gateway_id", log_append_time=True
+    )
     LATE_READINGS = TopicSpec(
         "late-readings", 4, ReadingBatch, "readings later than the allowed lateness"
     )

@@ -9,7 +9,12 @@ partial per ``readings`` partition. Run this once before any other climastream s
 
 - a missing topic is created with its contract partition count, the replication factor
   and ``min.insync.replicas`` of :class:`Durability` and, for a compacted topic,
-  ``cleanup.policy=compact``;
+  ``cleanup.policy=compact``; ``gateway-status`` with
+  ``message.timestamp.type=LogAppendTime`` (its records' timestamps are the broker's, not
+  a gateway clock hours wrong after a power cut; the sink writes an unsynchronized status
+  at it). An existing ``gateway-status`` keeps its setting: ``kafka-configs.sh --alter
+  --entity-type topics --entity-name gateway-status --add-config
+  message.timestamp.type=LogAppendTime`` changes it;
 - an existing topic with the contract's partition count is left alone (one with fewer
   replicas than asked is named in a warning: Kafka does not add replicas by itself);
 - an existing topic with another count is an error naming it (exit status 1): a partition
@@ -159,12 +164,17 @@ class Durability:
             )
         return cls(replication_factor, min_insync_replicas)
 
-    def topic_configs(self, *, compacted: bool = False) -> dict[str, str]:
+    def topic_configs(
+        self, *, compacted: bool = False, log_append_time: bool = False
+    ) -> dict[str, str]:
         """The configs of a new topic: ``min.insync.replicas`` always (a broker default of 2
-        would refuse every write to a topic of one replica), compaction if asked."""
+        would refuse every write to a topic of one replica), compaction and the broker's
+        append time as the records' timestamps if asked."""
         configs = {"min.insync.replicas": str(self.min_insync_replicas)}
         if compacted:
             configs["cleanup.policy"] = "compact"
+        if log_append_time:
+            configs["message.timestamp.type"] = "LogAppendTime"
         return configs
 
     def describe(self) -> str:
@@ -311,7 +321,9 @@ async def ensure_topics(
                     name=spec.name,
                     num_partitions=spec.partitions,
                     replication_factor=durability.replication_factor,
-                    topic_configs=durability.topic_configs(compacted=spec.compacted),
+                    topic_configs=durability.topic_configs(
+                        compacted=spec.compacted, log_append_time=spec.log_append_time
+                    ),
                 )
                 for spec in missing
             ],

@@ -94,24 +94,43 @@ def lines_for(topic: str, raw: bytes, precision: Precision = Precision.NS) -> li
 
 
 def render_record(
-    topic: str, raw: bytes, precision: Precision = Precision.NS
+    topic: str,
+    raw: bytes,
+    precision: Precision = Precision.NS,
+    appended_at: datetime | None = None,
 ) -> tuple[list[str], BatchSplit | None]:
     """The points of one record of ``topic``, and for ``readings`` the record's split
     (:func:`climastream.contract.decode_batch`, the decision every consumer makes).
+    ``appended_at``: when the broker appended the record, if its topic stamps that
+    (LogAppendTime; see :func:`~sinks.lineprotocol.gateway_status_line`).
 
     Raises ContractError (the record breaks the contract) or LineProtocolError.
     """
     if topic == Topics.READINGS.name:
         split = decode_batch(raw)
         return [reading_line(r, precision) for r in split.readings], split
+    if topic == Topics.GATEWAY_STATUS.name:
+        status = decode(raw, GatewayStatus)
+        return [gateway_status_line(status, precision, appended_at)], None
     return _lines_of(topic, raw, precision), None
+
+
+#: aiokafka's ConsumerRecord.timestamp_type of a broker-stamped record
+LOG_APPEND_TIME = 1
+
+
+def appended_at(record: Any) -> datetime | None:
+    """When the broker appended ``record``, if its topic stamps the log-append time; None
+    for a producer's create time (a gateway's clock, as wrong as its status's time)."""
+    if getattr(record, "timestamp_type", None) != LOG_APPEND_TIME or record.timestamp is None:
+        return None
+    return datetime.fromtimestamp(record.timestamp / 1000, UTC)
 
 
 def _lines_of(topic: str, raw: bytes, precision: Precision) -> list[str]:
     renderers: dict[str, tuple[type[BaseModel], Callable[[Any, Precision], str]]] = {
         Topics.KPI.name: (KpiValue, kpi_line),
         Topics.ALERTS.name: (Alert, alert_line),
-        Topics.GATEWAY_STATUS.name: (GatewayStatus, gateway_status_line),
     }
     if topic not in renderers:
         raise ContractError(f"no line-protocol schema for topic {topic!r}")
@@ -591,7 +610,9 @@ class SinkRunner:
         self.metrics.records.labels(topic).inc()
         origin = Origin(topic, tp.partition, record.offset)
         try:
-            lines, split = render_record(topic, record.value, self.config.influx.precision)
+            lines, split = render_record(
+                topic, record.value, self.config.influx.precision, appended_at(record)
+            )
         except (ContractError, LineProtocolError) as exc:
             await self.dead_letter(record.value, record.key, origin, "contract", str(exc))
             lines = []

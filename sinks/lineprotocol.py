@@ -16,7 +16,8 @@ value: the spec reads it literally there, but VictoriaMetrics drops such a line.
 contract forbids all of these in identifiers and text already, so a valid record never
 meets this; a record that does goes to the dead-letter topic with the reason.
 
-Timestamps are deterministic (event time, window end, alert update time, status time), so
+Timestamps are deterministic (event time, window end, alert update time, status time, or
+the broker's log-append time of the status record, see :func:`gateway_status_line`), so
 writing a record twice overwrites the same point instead of duplicating it.
 """
 
@@ -244,7 +245,23 @@ def alert_line(alert: Alert, precision: Precision = Precision.NS) -> str:
     )
 
 
-def gateway_status_line(status: GatewayStatus, precision: Precision = Precision.NS) -> str:
+def gateway_status_line(
+    status: GatewayStatus,
+    precision: Precision = Precision.NS,
+    appended_at: datetime | None = None,
+) -> str:
+    """One point per status, at the status's time, the gateway's clock.
+
+    A Pi boots after a power cut with fake-hwclock's time, hours behind, and says so
+    (``clock_synchronized`` false): its statuses would land before the last one of the run
+    before the cut, and a "last value" panel would show the old run until NTP syncs. Such
+    a status is written at ``appended_at`` instead when given: the time the broker wrote
+    the record (a topic with ``message.timestamp.type=LogAppendTime``), stored with it, so
+    a replay writes the same point. The gateway's own time is the field ``gateway_time``
+    (ns), whether its clock was synchronized ``clock_synchronized`` (absent: unknown)."""
+    at = status.time
+    if status.clock_synchronized is False and appended_at is not None:
+        at = appended_at
     fields: dict[str, object] = {
         "buffer_depth": status.buffer_depth,
         "buffer_bytes": status.buffer_bytes,
@@ -255,6 +272,8 @@ def gateway_status_line(status: GatewayStatus, precision: Precision = Precision.
         "readings_sent_total": status.readings_sent_total,
         "uptime_s": status.uptime_s,
         "software_version": status.software_version,
+        "clock_synchronized": status.clock_synchronized,
+        "gateway_time": ns(status.time),
     }
     for reason, count in sorted(status.dropped.items()):
         fields[f"dropped_{reason}"] = count
@@ -266,6 +285,4 @@ def gateway_status_line(status: GatewayStatus, precision: Precision = Precision.
         fields[f"model_errors_{model}"] = errors
     for model, latency in sorted(status.model_latency_ms.items()):
         fields[f"model_latency_ms_{model}"] = latency
-    return line(
-        "gateway_status", {"gateway": status.gateway_id}, fields, timestamp(status.time, precision)
-    )
+    return line("gateway_status", {"gateway": status.gateway_id}, fields, timestamp(at, precision))

@@ -103,6 +103,17 @@ async def test_a_compacted_topic_is_created_compacted() -> None:
     }
 
 
+async def test_gateway_status_records_carry_the_brokers_time() -> None:
+    """A gateway's clock can be hours behind after a power cut, and so is the create time
+    its producer stamps: the sink writes such a status at the broker's append time."""
+    admin = FakeAdmin()
+    await topics.ensure_topics(admin, TOPICS)
+    configs = {t.name: t.topic_configs for t in admin.created}
+    stamped = {name for name, c in configs.items() if "message.timestamp.type" in c}
+    assert stamped == {Topics.GATEWAY_STATUS.name}
+    assert configs[Topics.GATEWAY_STATUS.name]["message.timestamp.type"] == "LogAppendTime"
+
+
 @pytest.mark.parametrize(
     ("env", "expected"),
     [

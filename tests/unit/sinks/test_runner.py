@@ -13,7 +13,7 @@ import pytest
 from aiokafka.errors import IllegalStateError
 from aiokafka.structs import TopicPartition
 
-from climastream.contract import Quantity, Reading, ReadingBatch, encode
+from climastream.contract import GatewayStatus, Quantity, Reading, ReadingBatch, encode
 from sinks.config import load_config
 from sinks.errors import AuthError, TransportError
 from sinks.influx import SinkRunner
@@ -371,3 +371,69 @@ async def test_a_reading_that_fails_the_contract_alone_is_dead_lettered_and_the_
     assert counters.dead_letters == 1
     metrics = runner.metrics
     assert metrics.value("climastream_sink_dead_letter_readings_total", reason="contract") == 1
+
+
+@dataclass
+class StampedRecord(Record):
+    timestamp: int
+    timestamp_type: int
+
+
+def _status(time: datetime, uptime_s: float, synced: bool | None) -> bytes:
+    return encode(
+        GatewayStatus(
+            gateway_id="gw-pi",
+            time=time,
+            software_version="0.1.0",
+            uptime_s=uptime_s,
+            clock_synchronized=synced,
+            buffer_depth=0,
+            buffer_bytes=0,
+            buffer_capacity_bytes=1000,
+        )
+    )
+
+
+def _point_time(line: str) -> datetime:
+    return datetime.fromtimestamp(int(line.rsplit(" ", 1)[1]) / 1e9, UTC)
+
+
+async def test_a_status_with_a_wrong_clock_is_written_when_the_broker_appended_it() -> None:
+    """A Pi ran until T0 and came back from a power cut with its clock 30 min behind: its
+    statuses were written 30 min before the old run's last, and a "last value" panel
+    showed the old run until NTP synced. On a LogAppendTime topic an unsynchronized status
+    is written at the broker's time, the same on every replay; a synchronized one (the old
+    run's, buffered and sent late) keeps its own time."""
+    status = TopicPartition("gateway-status", 0)
+    ms = int(T0.timestamp() * 1000)
+    records = [
+        StampedRecord(0, b"gw-pi", _status(T0, 3600, True), ms, 1),
+        StampedRecord(1, b"gw-pi", _status(T0 - timedelta(minutes=29), 60, False), ms + 60_000, 1),
+        StampedRecord(2, b"gw-pi", _status(T0 - timedelta(seconds=10), 3590, True), ms + 70_000, 1),
+        # a create-time topic (Tansu, an existing topic): the gateway's time, as before
+        StampedRecord(3, b"gw-pi", _status(T0 - timedelta(minutes=28), 120, False), ms, 0),
+    ]
+    written: list[list[str]] = []
+    for _replay in range(2):
+        consumer = FakeConsumer({})
+        consumer.records = {status: list(records)}
+        consumer.position = {status: 0}
+        writer = GateWriter()
+        runner, _ = make_runner(consumer, writer)
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        await _until(lambda c=consumer: c.committed().get(status) == 4)
+        stop.set()
+        await task
+        written.append([line for _, line in writer.stored])
+    first, again = written
+    assert first == again  # a replay writes the same points
+    assert [_point_time(line) for line in first] == [
+        T0,
+        T0 + timedelta(minutes=1),
+        T0 - timedelta(seconds=10),
+        T0 - timedelta(minutes=28),
+    ]
+    assert "clock_synchronized=false" in first[1]
+    assert f"gateway_time={int((T0 - timedelta(minutes=29)).timestamp()) * 10**9}i" in first[1]
+    assert "clock_synchronized=true" in first[0]
