@@ -304,6 +304,17 @@ def dashboards() -> dict[str, dict[str, Any]]:
                     y=16,
                     w=24,
                 ),
+                # 0: the gateway's clock is wrong (a Pi after a power cut, until NTP syncs),
+                # and so are the times of what it sends; no line: it cannot tell
+                panel(
+                    "Clock synchronized (0: the gateway's times are wrong)",
+                    flux("gateway_status", "clock_synchronized", agg="", group='"gateway"')
+                    + "\n  |> toInt()"
+                    + "\n  |> aggregateWindow(every: v.windowPeriod, fn: min, createEmpty: false)",
+                    y=24,
+                    w=24,
+                    thresholds=[(None, "red"), (1, "green")],
+                ),
             ],
             zone_var=False,
         ),

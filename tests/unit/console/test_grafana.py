@@ -96,6 +96,7 @@ def _sample_lines() -> dict[str, str]:
                 outage_capacity_hours=2.0,
                 dropped={"buffer_full": 1},
                 decode_errors={"crc": 1},
+                clock_synchronized=True,
             )
         ),
     ]
