@@ -122,6 +122,10 @@ class ZoneStats:
     forgotten_devices: int = 0
 
 
+#: ZoneStats counters kept out of a snapshot's "stats" (see ZoneWindows.snapshot)
+_NEWER_STATS = ("forgotten_devices",)
+
+
 class _Acc:
     """Per-quantity accumulation over several devices (zone scope)."""
 
@@ -214,12 +218,15 @@ class ZoneWindows:
             "v": SNAPSHOT_VERSION,
             "src": self._src_wm,
             "keys": keys,
-            "stats": asdict(self.stats),
+            # a counter newer than the worker of the last release goes beside "stats",
+            # which that worker restores whole (a rolling upgrade hands it partitions)
+            "stats": {k: v for k, v in asdict(self.stats).items() if k not in _NEWER_STATS},
+            "stats_newer": {k: getattr(self.stats, k) for k in _NEWER_STATS},
         }
 
     def restore(self, snap: dict[str, Any]) -> None:
         self._src_wm = dict(snap["src"])
-        self.stats = ZoneStats(**snap.get("stats", {}))
+        self.stats = ZoneStats(**snap.get("stats", {}), **snap.get("stats_newer", {}))
         for key, st in snap["keys"].items():
             st["pending"] = {int(k): v for k, v in st["pending"]}
             if snap.get("v", 1) < 2:

@@ -5,6 +5,7 @@ completeness-0 KPI every window forever. A declared device stays expected."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -14,6 +15,21 @@ from climastream.contract import KpiValue, Quantity, Reading
 from stream.config import StreamConfig, StreamConfigError
 from stream.pipeline import Replay, replay
 from stream.windows import DeviceWindows
+
+
+@dataclass
+class ZoneStatsBefore:
+    """stream.zones.ZoneStats of the last release."""
+
+    partials: int = 0
+    stale_partials: int = 0
+    stale_readings: int = 0
+    replayed_partials: int = 0
+    windows: int = 0
+    kpis: int = 0
+    skipped_windows: int = 0
+    duplicates: int = 0
+
 
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
 WINDOW = timedelta(minutes=10)
@@ -150,3 +166,16 @@ def test_a_restored_checkpoint_keeps_forgetting(old_checkpoint: bool) -> None:
     )  # fmt: skip
     assert max(retired) == since + timedelta(hours=2) - WINDOW
     assert second.zones.stats.forgotten_devices == 1
+
+
+def test_a_worker_of_the_last_release_restores_the_checkpoint() -> None:
+    """A rolling upgrade hands an old worker a partition a new one checkpointed: it
+    restores the stats whole (ZoneStats(**stats)), so a new counter there crashed it."""
+    run = Replay(config(), gateways={"gw1"})
+    run.add(readings(4, retired_until=timedelta(hours=1), back_at=None))
+    snap = orjson.loads(orjson.dumps(run.zones.snapshot()))
+    assert "forgotten_devices" not in snap["stats"]
+    ZoneStatsBefore(**snap["stats"])  # what the last release's restore does
+    again = Replay(config(), gateways={"gw1"})
+    again.zones.restore(snap)
+    assert again.zones.stats.forgotten_devices == 1
