@@ -466,6 +466,13 @@ class DeviceWindows:
                 horizon = wall_h
             if horizon > self._closed.get(gateway, horizon - 1):
                 self._closed[gateway] = horizon
+        if wall_h is not None:
+            # a gateway whose every reading so far was late has no watermark, only the
+            # horizon it was first heard at: the wall moves it too, or a later reading of it
+            # would open a window the zone stage has closed (dropped there as "replayed")
+            for gateway, mark in self._closed.items():
+                if mark < wall_h:
+                    self._closed[gateway] = wall_h
         ready = [
             key
             for key, partial in self._partials.items()

@@ -12,7 +12,7 @@ import orjson
 from climastream.contract import Quantity, Reading
 from climastream.quantities import CANONICAL_UNITS
 from stream.config import StreamConfig
-from stream.windows import DeviceWindows
+from stream.windows import DeviceWindows, from_us
 from stream.zones import ZoneWindows, routing_keys
 
 T0 = datetime(2026, 7, 1, tzinfo=UTC)
@@ -188,3 +188,35 @@ def test_a_forgotten_gateway_heard_again_counts_each_reading_once() -> None:
         assert engine.add([fresh]) == []
         assert engine.stats.added == added + 1
         assert engine.stats.duplicates == 0
+
+
+def test_a_gateway_back_with_a_backlog_has_it_late_not_lost() -> None:
+    """A gateway forgotten after a day offline comes back and delivers its buffer, oldest
+    first: what is behind the wall clock is late. Its first reading set where its windows
+    were closed but gave it no watermark, so the wall clock no longer moved that mark; a
+    later backlog reading behind the wall opened a window the zone stage had already closed,
+    which dropped it as a replayed window: counted neither in a KPI nor as late."""
+    s1 = DeviceWindows(timedelta(minutes=1), timedelta(seconds=5))
+
+    def reading(gateway: str, seq: int, at: datetime) -> Reading:
+        return Reading(device_id=f"th-{gateway}", gateway_id=gateway, seq=seq,
+                       quantity=Quantity.TEMPERATURE, value=20.0, unit="Cel",
+                       event_time=at, ingest_time=at, zone="centre")  # fmt: skip
+
+    assert s1.add([reading("gw-back", 1, T0)]) == []
+    back = T0 + timedelta(hours=25)
+    for minute in range(1, 25 * 60):
+        now = T0 + timedelta(minutes=minute)
+        s1.add([reading("gw-live", minute, now)])
+        s1.close(now + timedelta(seconds=30))
+    assert "gw-back" not in s1.snapshot()["seen"]  # forgotten
+    buffered = reading("gw-back", 2, back - timedelta(hours=2))
+    assert s1.add([buffered]) == [buffered]
+    for minute in range(3):  # the wall moves on while the buffer drains
+        now = back + timedelta(minutes=minute)
+        s1.add([reading("gw-live", 3000 + minute, now)])
+        s1.close(now + timedelta(seconds=30))
+    horizon = s1.horizon()
+    assert horizon is not None
+    behind_wall = reading("gw-back", 3, from_us(horizon) - timedelta(seconds=30))
+    assert s1.add([behind_wall]) == [behind_wall]  # late, as any reading behind the wall
