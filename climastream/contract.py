@@ -490,7 +490,9 @@ class StatusOrder:
     lasted: nothing in the statuses tells which, so it counts as newer only once the
     newest has gone stale (nothing newer for a while: the old run is not sending), as
     does a lower uptime of the newest's run (a new run started, by the clocks, with it).
-    A run that has been replaced stays old.
+    A run that has been replaced stays old while the newest is not stale: a later run
+    can start at the same time by the clocks (a power cut soon after another restores the
+    same fake-hwclock save), and its statuses would otherwise never be shown.
     """
 
     run_start: datetime
@@ -510,9 +512,11 @@ class StatusOrder:
         runs it replaced before and whether ``newest`` was received too long ago."""
         if self.same_run(newest):
             return self.uptime_s >= newest.uptime_s or newest_stale
+        if newest_stale:
+            return True
         if any(abs(self.run_start - old) <= RUN_START_TOLERANCE for old in replaced):
             return False
-        return self.run_start > newest.run_start or newest_stale
+        return self.run_start > newest.run_start
 
 
 # --------------------------------------------------------------------------- topics

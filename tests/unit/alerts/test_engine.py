@@ -912,3 +912,32 @@ def test_summaries_put_a_space_between_a_value_and_its_unit() -> None:
         "20 hPa",
         "20",
     ]
+
+
+def test_a_second_power_cut_restoring_the_same_clock_still_pages_every_source_down() -> None:
+    """Two power cuts within an hour: both boots restore the same fake-hwclock save, so the
+    second run starts, by the gateway's clock, when the first did before NTP stepped it.
+    That start was remembered as a replaced run, whose statuses stayed old for good: the
+    second run's "every source down" never paged while its clock was not synchronized."""
+    eng, clock = engine([GATEWAY])  # gateway timeout: 2 x 30 s
+    up, down = {"radio": SourceState.UP}, {"radio": SourceState.DOWN}
+    saved = clock.now - timedelta(minutes=40)  # fake-hwclock's last save
+
+    def report(sources: dict[str, SourceState], time: datetime, uptime: float) -> list[Any]:
+        return eng.on_gateway_status(
+            status(clock, "gw1", sources).model_copy(
+                update={"time": time, "uptime_s": uptime, "clock_synchronized": time != saved}
+            )
+        )
+
+    assert report(up, clock.now, 86_400.0) == []
+    clock.advance(300)  # the first cut; the run after it starts at the saved time
+    assert report(up, saved, 0.0) == []
+    clock.advance(30)
+    assert report(up, clock.now, 30.0) == []  # NTP steps its clock to the true time
+    clock.advance(300)  # the second cut; its run starts at the same saved time
+    fired = report(down, saved, 0.0)
+    for uptime in (30.0, 60.0, 90.0):
+        clock.advance(30)
+        fired += report(down, saved + timedelta(seconds=uptime), uptime)
+    assert [a.state for a in fired] == [AlertState.FIRING]

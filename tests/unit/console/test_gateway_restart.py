@@ -200,3 +200,29 @@ def test_a_restart_with_the_clock_right_shows_the_gateway_s_own_time() -> None:
     shown = row(state)
     assert shown["clock_synchronized"] is None
     assert shown["last_seen"] == (clock.now - timedelta(seconds=2)).isoformat()
+
+
+def test_a_second_power_cut_restoring_the_same_clock_is_not_stuck_stale() -> None:
+    """Two power cuts within an hour restore the same fake-hwclock save: the second run
+    starts, by the gateway's clock, when the first did before NTP stepped it. The panel
+    kept the first run's last status, stale, for as long as the second run's clock was not
+    synchronized, though the gateway was sending."""
+    clock = Clock()
+    state = LiveState(clock=clock)
+    saved = NOW - timedelta(minutes=40)
+    state.add_gateway_status(status(clock.now, 86_400.0, clock_synchronized=True))
+    clock.advance(300)  # the first cut
+    state.add_gateway_status(status(saved, 0.0, clock_synchronized=False))
+    clock.advance(30)
+    state.add_gateway_status(status(clock.now, 30.0, clock_synchronized=True))  # NTP
+    clock.advance(3600)  # the second cut, and a long wait for NTP
+    for uptime in (0.0, 30.0, 60.0):
+        state.add_gateway_status(
+            status(saved + timedelta(seconds=uptime), uptime, source=SourceState.DOWN,
+                   clock_synchronized=False)
+        )  # fmt: skip
+        clock.advance(30)
+    shown = row(state)
+    assert shown["stale"] is False
+    assert shown["uptime_s"] == 60.0
+    assert shown["sources"] == {"radio": "down"}
