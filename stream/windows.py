@@ -422,6 +422,14 @@ class DeviceWindows:
             return False
         self._wall_horizon = wall
         self._prune(wall - self.retention_us)
+        # every gateway's windows are closed up to the wall from now on, in the checkpoint
+        # of this move too: restored, a replayed reading behind the wall is late, not put
+        # in a window the zone stage has closed (it would drop it there as "replayed").
+        # Including a gateway whose every reading so far was late: it has no watermark,
+        # only the horizon it was first heard at.
+        for gateway, mark in self._closed.items():
+            if mark < wall:
+                self._closed[gateway] = wall
         return True
 
     def _prune(self, before_us: int) -> None:
@@ -466,13 +474,6 @@ class DeviceWindows:
                 horizon = wall_h
             if horizon > self._closed.get(gateway, horizon - 1):
                 self._closed[gateway] = horizon
-        if wall_h is not None:
-            # a gateway whose every reading so far was late has no watermark, only the
-            # horizon it was first heard at: the wall moves it too, or a later reading of it
-            # would open a window the zone stage has closed (dropped there as "replayed")
-            for gateway, mark in self._closed.items():
-                if mark < wall_h:
-                    self._closed[gateway] = wall_h
         ready = [
             key
             for key, partial in self._partials.items()
