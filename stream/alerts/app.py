@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,9 @@ from climastream.contract import (
 from climastream.extras import require
 from climastream.kafkasec import KafkaSecurity
 from climastream.topics import Durability
-from stream.alerts.engine import AlertEngine
+from stream.alerts.engine import NEVER, AlertEngine
 from stream.alerts.rules import RuleSet, load_rules
-from stream.app import DEFAULT_SESSION_TIMEOUT_S, session_timeout_from_env
+from stream.app import DEFAULT_SESSION_TIMEOUT_S, last_fetch_ms, session_timeout_from_env
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,11 @@ class _Metrics:
         )
         self.transitions = prometheus.Counter(
             "climastream_alerts_transitions_total", "alert state changes published", ["state"]
+        )
+        self.input_stalled = prometheus.Gauge(
+            "climastream_alerts_input_stalled",
+            "1 while the engine's consumer gets no fetch responses from Kafka (gateway and "
+            "sensor silence is not judged meanwhile)",
         )
 
 
@@ -272,6 +278,19 @@ def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
         )
 
     ready: list[bool] = []
+    silence_topics = {Topics.READINGS.name, Topics.GATEWAY_STATUS.name}
+
+    def input_as_of() -> datetime:
+        """When the consumer last got a fetch response for every partition it reads
+        readings and gateway status from (the engine's input is current up to then)."""
+        stamps = [
+            last_fetch_ms(app.consumer, tp)
+            for tp in app.consumer.assignment()
+            if tp.topic in silence_topics
+        ]
+        if not stamps or None in stamps:
+            return NEVER  # no fetch yet, or a rebalance under way
+        return datetime.fromtimestamp(min(s for s in stamps if s is not None) / 1000, UTC)
 
     @app.timer(settings.tick_interval_s)
     async def tick() -> None:
@@ -279,7 +298,8 @@ def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
         since()
-        await publish(engine.tick())
+        await publish(engine.tick(input_as_of()))
+        metrics.input_stalled.set(1 if engine.input_stalled else 0)
         if settings.ready_file and not ready:
             ready.append(True)
             _mark_ready(settings.ready_file)

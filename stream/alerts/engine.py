@@ -88,6 +88,14 @@ EVIDENCE_POINTS = 5
 STATUS_STALE_AFTER = timedelta(minutes=2)
 #: run starts remembered per gateway as replaced, so statuses they buffered stay old
 REPLACED_RUNS_KEPT = 8
+#: the engine's input (its consumer's fetches) this far behind its clock is stalled: the
+#: broker is unreachable or paused, or the engine is not fetching. Faust's fetches wait at
+#: most 1.5 s for records, so a live consumer is never this far behind.
+INPUT_STALL_AFTER = timedelta(seconds=5)
+#: signals key of what the engine knows about its own input
+INPUT_KEY = "meta|input"
+#: ``input_as_of`` of a consumer that has not fetched yet
+NEVER = datetime.min.replace(tzinfo=UTC)
 #: resolved records are kept this long beyond ``renotify`` (flap damping needs them), and in
 #: any case while a timed silence on them is in force (it covers the alert's next incident)
 RESOLVED_RETENTION = timedelta(hours=1)
@@ -531,14 +539,25 @@ class AlertEngine:
         self._save(record)
         return True
 
-    def tick(self) -> list[Alert]:
-        """Time-driven work: stale devices, silent gateways, pending timers, silence expiry."""
+    def tick(self, input_as_of: datetime | None = None) -> list[Alert]:
+        """Time-driven work: stale devices, silent gateways, pending timers, silence expiry.
+
+        ``input_as_of``: up to when the engine's own input is known to be current (when its
+        consumer last got a fetch response for ``readings`` and ``gateway-status``); None:
+        not known, silence is judged on the engine's clock alone. A gateway or device is
+        silent only over time in which the engine could have heard it: silence is judged
+        up to ``input_as_of``, and after a stall (the input :data:`INPUT_STALL_AFTER`
+        behind the clock: a broker outage, a network partition between engine and Kafka)
+        from when it resumed on (every gateway has one timeout to be heard again).
+        A cloud-side outage therefore pages no one about gateways that were fine.
+        """
         now = self.clock()
+        judged_at = self._input_time(now, input_as_of)
         for key in list(self.signals.keys()):
             if key.startswith("dev|") and self._stale_rules:
-                self._tick_device(key[4:], now)
+                self._tick_device(key[4:], now, judged_at)
             elif key.startswith("gw|") and self._gateway_rules:
-                self._tick_gateway(key[3:], now)
+                self._tick_gateway(key[3:], now, judged_at)
         for fp in list(self.alerts.keys()):
             record = self._record(fp)
             if record is None:
@@ -564,6 +583,46 @@ class AlertEngine:
             elif record.clear_since is not None:
                 self._observe(rule, fp, Condition.CLEAR, {}, now)
         return self._flush()
+
+    @property
+    def input_stalled(self) -> bool:
+        """Whether the last :meth:`tick` found the engine's input stalled."""
+        return bool((self._signal(INPUT_KEY) or {}).get("stalled_since"))
+
+    def _input_time(self, now: datetime, input_as_of: datetime | None) -> datetime:
+        """The time up to which silence is judged; notes when the input stalls and resumes."""
+        if input_as_of is None:
+            return now
+        judged_at = min(now, input_as_of)
+        meta = dict(self._signal(INPUT_KEY) or {})
+        stalled_since = _time(meta.get("stalled_since"))
+        if now - input_as_of >= INPUT_STALL_AFTER:
+            if stalled_since is None and input_as_of > NEVER:  # not before the first fetch
+                log.warning(
+                    "alert engine input stalled: no fetch from Kafka since %s; gateway and "
+                    "sensor silence is not judged until it resumes",
+                    _iso(input_as_of),
+                )
+            if stalled_since is None:
+                meta["stalled_since"] = _iso(input_as_of)
+                self._set_signal(INPUT_KEY, meta)
+            return judged_at
+        if stalled_since is not None or "resumed_at" not in meta:
+            # resumed (or the first tick of this engine): what was sent meanwhile is still
+            # on its way, so silence counts from now
+            if stalled_since is not None and stalled_since > NEVER:
+                log.warning(
+                    "alert engine input resumed after %.0f s stalled",
+                    (now - stalled_since).total_seconds(),
+                )
+            meta = {"resumed_at": _iso(now)}
+            self._set_signal(INPUT_KEY, meta)
+        return judged_at
+
+    def _silent_since(self, heard: datetime) -> datetime:
+        """``heard``, or when the engine's input last resumed if that is later."""
+        resumed = _time((self._signal(INPUT_KEY) or {}).get("resumed_at"))
+        return heard if resumed is None or resumed < heard else resumed
 
     def current(self) -> list[AlertRecord]:
         """Every record the engine holds (for inspection and tests)."""
@@ -650,12 +709,12 @@ class AlertEngine:
             return None
         return (reading.value - float(history[0][1])) / span * 60.0
 
-    def _tick_device(self, device_id: str, now: datetime) -> None:
+    def _tick_device(self, device_id: str, now: datetime, judged_at: datetime) -> None:
         device = self._signal(f"dev|{device_id}")
         if not device or not device.get("last_seen"):
             return
         last_seen = datetime.fromisoformat(device["last_seen"])
-        age = now - last_seen
+        age = judged_at - self._silent_since(last_seen)
         for rule in self._stale_rules:
             if not self._zone_ok(rule, device.get("zone")):
                 continue
@@ -674,11 +733,11 @@ class AlertEngine:
             }
             self._observe(rule, fp, Condition.SET, context, now)
 
-    def _tick_gateway(self, gateway_id: str, now: datetime) -> None:
+    def _tick_gateway(self, gateway_id: str, now: datetime, judged_at: datetime) -> None:
         gateway = self._signal(f"gw|{gateway_id}")
         if not gateway or not gateway.get("last_status"):
             return  # a gateway that never reported status is not watched
-        age = now - datetime.fromisoformat(gateway["last_status"])
+        age = judged_at - self._silent_since(datetime.fromisoformat(gateway["last_status"]))
         for rule in self._gateway_rules:
             fp = fingerprint(rule.id, [("gateway", gateway_id)])
             silent = age >= rule.limit

@@ -358,6 +358,67 @@ def test_gateway_outage_is_one_alert_and_inhibits_its_sensors() -> None:
     assert eng.counters.inhibited > 0
 
 
+def _fleet_through_a_broker_outage(
+    outage_s: int, dead_after: int | None = None
+) -> list[tuple[int, str, str, AlertState]]:
+    """Two gateways (a status every 30 s, a reading every 10 s) through an outage of the
+    engine's own input from second 100 on: the broker paused, a network partition. Nothing
+    reaches the engine meanwhile and its consumer gets no fetch response (``input_as_of``
+    stays put); the gateways are fine and resend what they buffered once it resumes, 3 s
+    later. ``dead_after``: gw2 really dies at that second. Returns (second, rule, who,
+    state) of every published change."""
+    eng, clock = engine([STALE, GATEWAY])
+    published: list[tuple[int, str, str, AlertState]] = []
+    fetched = clock.now
+    resumed_at = 100 + outage_s
+    for second in range(0, resumed_at + 300):
+        out: list[Any] = []
+        stalled = 100 <= second < resumed_at
+        if not stalled:
+            fetched = clock.now
+        # what the gateways sent reaches the engine unless its input is stalled (and what
+        # they buffered meanwhile a few seconds after it resumes)
+        if not stalled and not resumed_at <= second < resumed_at + 3:
+            for gw in ("gw1", "gw2"):
+                if gw == "gw2" and dead_after is not None and second >= dead_after:
+                    continue
+                if second % 30 == 0 or second == resumed_at + 3:
+                    out += eng.on_gateway_status(status(clock, gw))
+                if second % 10 == 0 or second == resumed_at + 3:
+                    out += eng.on_batch(batch(reading(clock, f"{gw}-a", 20, gateway=gw)))
+        out += eng.tick(input_as_of=fetched)
+        published += [(second, a.rule_id, a.gateway_id or a.device_id, a.state) for a in out]
+        clock.advance(1)
+    return published
+
+
+@pytest.mark.parametrize("outage_s", [20, 70, 600])
+def test_an_outage_of_the_engine_s_own_input_pages_no_one(outage_s: int) -> None:
+    """A broker outage on the cloud side looks like every gateway going silent at once on
+    the engine's clock: it used to page every gateway offline (and hold every sensor
+    stale) within a gateway timeout. The engine knows its own input stalled."""
+    assert _fleet_through_a_broker_outage(outage_s) == []
+
+
+def test_a_gateway_dead_through_an_input_outage_alerts_one_timeout_after_it_resumes() -> None:
+    published = _fleet_through_a_broker_outage(600, dead_after=80)
+    # last status at 60 s; the input stalled at 100 s (before its 2 x 30 s timeout had
+    # passed), resumed at 700 s: gw2 alerts one timeout after that
+    assert [(s, r, who, st) for s, r, who, st in published if st is AlertState.FIRING] == [
+        (760, "gw-off", "gw2", AlertState.FIRING)
+    ]
+
+
+def test_with_its_input_live_a_silent_gateway_alerts_after_its_timeout() -> None:
+    eng, clock = engine([GATEWAY])
+    assert eng.tick(input_as_of=clock.now) == []
+    eng.on_gateway_status(status(clock, "gw1"))
+    clock.advance(59)
+    assert eng.tick(input_as_of=clock.now) == []
+    clock.advance(1)
+    assert [a.state for a in eng.tick(input_as_of=clock.now)] == [AlertState.FIRING]
+
+
 def test_reconnect_status_before_the_buffered_readings_pages_nobody() -> None:
     """Back from an outage, a gateway's status can arrive before the readings it buffered:
     its sensors get one gateway timeout (and its backlog) to catch up; a sensor that stays
