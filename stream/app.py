@@ -354,6 +354,11 @@ async def ensure_topics(settings: StreamSettings) -> None:
         await admin.close()
 
 
+#: consecutive fetch responses this far apart mean the fetches stalled (Faust's wait at
+#: most 1.5 s for records): the broker was unreachable, or the worker did not run
+FETCH_STALL_MS = 10_000
+
+
 @dataclass
 class FetchClock:
     """Up to when a stage-1 partition is known to be caught up, from its consumer's fetches.
@@ -372,10 +377,24 @@ class FetchClock:
     before the *previous* response's stamp. That stamp is the wall clock a caught-up
     partition may close windows at. Windows of a quiet partition therefore close up to two
     fetch intervals after ``end + grace`` (Faust's fetches wait up to 1.5 s for records).
+
+    Nor is the broker caught up with the gateways after it was unreachable (a broker
+    outage, a network partition, a long GC pause): they buffered what they read meanwhile
+    and deliver it after they reconnect. After such a stall the wall clock stays where the
+    stall began for ``resume_allowance_ms``; each gateway's own readings close its
+    windows by event time meanwhile, so only the windows of quiet gateways wait longer.
     """
 
     latest_ms: int | None = None  # the stamp of the newest fetch response seen
     before_ms: int | None = None  # the one seen before it
+    #: after a stall of the fetches (the broker unreachable or paused for longer than
+    #: FETCH_STALL), the wall clock stays where the stall began for this long: gateways
+    #: buffered their readings meanwhile and deliver them only once they have reconnected
+    #: (the edge's reconnect backoff is at most 30 s by default); closing their windows on
+    #: the wall clock of the resumed fetches made those readings late
+    resume_allowance_ms: int = 40_000
+    held_at_ms: int | None = None  # where the wall clock stays after a stall ...
+    held_until_ms: int | None = None  # ... until this fetch stamp
 
     def caught_up_as_of(
         self, fetched_ms: int | None, highwater: int | None, offset: int
@@ -387,9 +406,17 @@ class FetchClock:
         answer more careful); ``offset``: the last offset processed.
         """
         if fetched_ms is not None and fetched_ms != self.latest_ms:
+            if self.latest_ms is not None and fetched_ms - self.latest_ms >= FETCH_STALL_MS:
+                if self.held_at_ms is None:
+                    self.held_at_ms = self.latest_ms
+                self.held_until_ms = fetched_ms + self.resume_allowance_ms
             self.before_ms, self.latest_ms = self.latest_ms, fetched_ms
         if self.before_ms is None or highwater is None or offset + 1 < highwater:
             return None
+        if self.held_at_ms is not None and self.held_until_ms is not None:
+            if self.latest_ms is not None and self.latest_ms < self.held_until_ms:
+                return from_us(min(self.held_at_ms, self.before_ms) * 1000)
+            self.held_at_ms = self.held_until_ms = None
         return from_us(self.before_ms * 1000)
 
 

@@ -850,3 +850,33 @@ async def test_a_partial_batch_replayed_after_a_restore_splits_the_same_way(
     first, again = sent.values("dead-letter")
     assert first == again
     assert orjson.loads(first)["readings"] == [ahead]
+
+
+def test_after_a_broker_outage_the_wall_clock_waits_for_the_gateways_to_reconnect() -> None:
+    """A minute-long broker outage: the gateways buffer their readings and deliver them
+    only after they reconnect, seconds after the worker's fetches resume. Closing windows
+    on the wall clock of the resumed fetches made the outage's readings late (its windows'
+    KPIs lost them). The wall clock stays where the stall began for the allowance."""
+    from stream.app import FetchClock
+
+    def at(seconds: float) -> datetime:
+        return datetime.fromtimestamp(seconds, UTC)
+
+    clock = FetchClock()  # allowance: 40 s
+    stamps = [100_000, 101_500, 103_000]  # live: a fetch response every 1.5 s
+    answers = [clock.caught_up_as_of(ms, 1, 0) for ms in stamps]
+    assert answers == [None, at(100.0), at(101.5)]
+    # paused from 103 s to 163 s: no response meanwhile, then one every 1.5 s again
+    for ms in range(163_000, 203_000, 1_500):
+        assert clock.caught_up_as_of(ms, 1, 0) == at(103.0)
+    assert clock.caught_up_as_of(203_500, 1, 0) == at(202.0)  # the allowance is over
+    assert clock.caught_up_as_of(205_000, 1, 0) == at(203.5)
+
+
+def test_fetches_a_few_seconds_apart_hold_nothing() -> None:
+    from stream.app import FetchClock
+
+    clock = FetchClock()
+    assert clock.caught_up_as_of(100_000, 1, 0) is None
+    assert clock.caught_up_as_of(105_000, 1, 0) == datetime.fromtimestamp(100.0, UTC)
+    assert clock.caught_up_as_of(106_500, 1, 0) == datetime.fromtimestamp(105.0, UTC)
