@@ -383,6 +383,11 @@ class FetchClock:
     and deliver it after they reconnect. After such a stall the wall clock stays where the
     stall began for ``resume_allowance_ms``; each gateway's own readings close its
     windows by event time meanwhile, so only the windows of quiet gateways wait longer.
+
+    The broker's return often brings a rebalance (its group sessions expired meanwhile),
+    and the worker reloads its partitions with new clocks. A new clock starts from what
+    the worker's clocks knew (:class:`WorkerFetches`): the stall they hold for, and the
+    newest fetch stamp, so that a first fetch 10 s or more after it ends a stall too.
     """
 
     latest_ms: int | None = None  # the stamp of the newest fetch response seen
@@ -395,6 +400,9 @@ class FetchClock:
     resume_allowance_ms: int = 40_000
     held_at_ms: int | None = None  # where the wall clock stays after a stall ...
     held_until_ms: int | None = None  # ... until this fetch stamp
+    #: for the clock of a partition the worker just took (back): the newest fetch stamp of
+    #: its stage-1 partitions at its previous close tick (None for a new worker)
+    since_ms: int | None = None
 
     def caught_up_as_of(
         self, fetched_ms: int | None, highwater: int | None, offset: int
@@ -406,9 +414,10 @@ class FetchClock:
         answer more careful); ``offset``: the last offset processed.
         """
         if fetched_ms is not None and fetched_ms != self.latest_ms:
-            if self.latest_ms is not None and fetched_ms - self.latest_ms >= FETCH_STALL_MS:
+            previous = self.since_ms if self.latest_ms is None else self.latest_ms
+            if previous is not None and fetched_ms - previous >= FETCH_STALL_MS:
                 if self.held_at_ms is None:
-                    self.held_at_ms = self.latest_ms
+                    self.held_at_ms = previous
                 self.held_until_ms = fetched_ms + self.resume_allowance_ms
             self.before_ms, self.latest_ms = self.latest_ms, fetched_ms
         if self.before_ms is None or highwater is None or offset + 1 < highwater:
@@ -418,6 +427,43 @@ class FetchClock:
                 return from_us(min(self.held_at_ms, self.before_ms) * 1000)
             self.held_at_ms = self.held_until_ms = None
         return from_us(self.before_ms * 1000)
+
+
+@dataclass
+class WorkerFetches:
+    """What a worker's stage-1 :class:`FetchClock` s knew at their last close ticks, for the
+    clock of a partition it takes (back) in a rebalance: one after a broker outage must not
+    forget the stall (the gateways' buffered readings are still to come)."""
+
+    newest_ms: int | None = None  # the newest fetch stamp of any of them
+    held_at_ms: int | None = None  # the stall some of them hold for, if any ...
+    held_until_ms: int | None = None  # ... and until when
+
+    def note(self, clock: FetchClock) -> None:
+        """After a close tick of one of the worker's partitions: remember what its clock
+        knows now. A hold lasts until the newest fetch stamp passes its end."""
+        if clock.latest_ms is not None and (
+            self.newest_ms is None or clock.latest_ms > self.newest_ms
+        ):
+            self.newest_ms = clock.latest_ms
+        if clock.held_at_ms is not None and clock.held_until_ms is not None:
+            at, until = clock.held_at_ms, clock.held_until_ms
+            self.held_at_ms = at if self.held_at_ms is None else min(self.held_at_ms, at)
+            self.held_until_ms = max(self.held_until_ms or until, until)
+        elif (
+            self.held_until_ms is not None
+            and self.newest_ms is not None
+            and self.newest_ms >= self.held_until_ms
+        ):
+            self.held_at_ms = self.held_until_ms = None
+
+    def clock(self) -> FetchClock:
+        """A clock for a partition the worker takes (back)."""
+        return FetchClock(
+            since_ms=self.newest_ms,
+            held_at_ms=self.held_at_ms,
+            held_until_ms=self.held_until_ms,
+        )
 
 
 def last_fetch_ms(consumer: Any, tp: Any) -> int | None:
@@ -473,7 +519,7 @@ class _Partition:
     checkpoint_bytes: int = 0  # size of the last checkpoint written (all its parts)
     warned_size: bool = False  # a big checkpoint was logged
     written: checkpoints.Written = field(default_factory=checkpoints.Written)
-    fetches: FetchClock = field(default_factory=FetchClock)
+    fetches: FetchClock | None = None  # stage 1: set at its first close tick
 
 
 @dataclass(frozen=True)
@@ -809,6 +855,8 @@ def create_app(
             elif tp.topic == settings.partials_topic:
                 stage2.pop(tp.partition, None)
 
+    worker_fetches = WorkerFetches()  # where a stage-1 partition taken (back) starts
+
     @app.timer(settings.close_interval_s)
     @stops_if_unrestorable
     async def close_windows() -> None:
@@ -838,7 +886,10 @@ def create_app(
             if p in unwritten:
                 raise unwritten[p]
             part = load(stage1, "s1", p)
+            if part.fetches is None:
+                part.fetches = worker_fetches.clock()
             as_of = part.fetches.caught_up_as_of(fetched_ms, highwater, part.offset)
+            worker_fetches.note(part.fetches)
             if as_of is not None and part.engine.advance_wall(as_of):
                 checkpoint("s1", p, part, changed=True)
                 try:

@@ -374,8 +374,8 @@ async def test_a_restored_partition_checkpoints_a_wall_clock_close_before_any_ev
         await close(0, _ms(5.0), caught_up)
         await close(0, _ms(6.0), caught_up)  # caught up as of 5 s: checkpointed, nothing closes
         stage1.clear()  # a new owner: loaded from the table at the next tick, no event read
-        await close(0, _ms(20.0), caught_up)
-        await close(0, _ms(21.5), caught_up)  # caught up as of 20 s: 19 s closes [0,10)
+        await close(0, _ms(11.0), caught_up)
+        await close(0, _ms(12.5), caught_up)  # caught up as of 11 s: [0,10) + 1 s passed
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 1, 25.0)]))  # reads on
         assert sent.values("late-readings") == []
     assert len(synced.calls) == 2
@@ -440,6 +440,54 @@ async def test_a_worker_resuming_from_a_stall_does_not_close_on_its_old_high_wat
         assert sent.values("late-readings") == []
         await close(0, _ms(13.5), stage1[0].offset + 1)  # caught up as of 13 s
     assert [partial["q"] for _, _, partial in _items(sent)] == [{"temperature": [20.0, 20.0]}]
+
+
+@pytest.mark.parametrize("stall_seen_before_the_rebalance", [False, True])
+async def test_a_rebalance_when_the_broker_returns_keeps_the_wall_clock_held(
+    tmp_path: Any, sent: Sent, stall_seen_before_the_rebalance: bool
+) -> None:
+    """The broker's return after a minute-long outage often brings a rebalance (the group's
+    sessions expired meanwhile): the worker reloads its partitions with new fetch clocks.
+    A new clock used to know nothing of the stall, so the worker closed the outage's
+    windows on the wall clock before the gateways reconnected, and their buffered readings
+    were late (the cloud broker outage test, on CI). It starts from what the worker's
+    clocks knew, whether or not one had seen the stall end before the rebalance."""
+    synced = _Synced(sent)
+    app = _timer_app(tmp_path, sent, synced)
+    close = app.climastream_close_partition
+    stage1, _ = app.climastream_stages
+    async with _agent(app, "devices").test_context() as ctx:
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))
+        caught_up = stage1[0].offset + 1
+        await close(0, _ms(5.0), caught_up)
+        await close(0, _ms(6.5), caught_up)  # caught up as of 5 s: [0,10) stays open
+        # the broker is paused from 6.5 s to 70 s; then it returns
+        if stall_seen_before_the_rebalance:
+            await close(0, _ms(70.0), caught_up)
+        stage1.clear()  # revoked and assigned again: reloaded with a new clock
+        await close(0, _ms(71.5), caught_up)
+        await close(0, _ms(73.0), caught_up)
+        await close(0, _ms(74.5), caught_up)
+        assert _items(sent) == []  # without the hold: caught up as of 73 s closes [0,10)
+        # the gateway reconnects and delivers what it buffered during the outage
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 1, 8.0)]))
+        assert sent.values("late-readings") == []
+        await ctx.put(key=b"gw", value=batch_of([temperature("d1", 2, 75.0)]))  # live again
+    assert [partial["q"] for _, _, partial in _items(sent)] == [{"temperature": [20.0, 20.0]}]
+
+
+def test_a_worker_remembers_a_hold_until_its_fetches_pass_its_end() -> None:
+    from stream.app import FetchClock, WorkerFetches
+
+    worker = WorkerFetches()
+    assert worker.clock() == FetchClock()  # a new worker: nothing to start from
+    worker.note(FetchClock(latest_ms=70_000, held_at_ms=6_500, held_until_ms=110_000))
+    worker.note(FetchClock(latest_ms=71_000))  # another partition, no stall seen
+    assert worker.clock() == FetchClock(since_ms=71_000, held_at_ms=6_500, held_until_ms=110_000)
+    worker.note(FetchClock(latest_ms=109_000))
+    assert worker.clock().held_at_ms == 6_500
+    worker.note(FetchClock(latest_ms=110_000))  # the allowance is over
+    assert worker.clock() == FetchClock(since_ms=110_000)
 
 
 async def test_a_partition_without_traffic_passes_its_watermark_on_by_the_wall_clock(
