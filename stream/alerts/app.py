@@ -27,7 +27,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,9 @@ def create_app(settings: AlertsSettings, rules: RuleSet | None = None) -> Any:
     dead_letter = raw_topic(Topics.DEAD_LETTER.name)
     state = app.Table(STATE_TABLE, partitions=1, use_partitioner=True, key_type=str)
     signals = app.Table(SIGNALS_TABLE, partitions=1, use_partitioner=True, key_type=str)
-    engine = AlertEngine(ruleset, state, signals)
+    engine = AlertEngine(
+        ruleset, state, signals, tick_interval=timedelta(seconds=settings.tick_interval_s)
+    )
     metrics = _Metrics()
     app.climastream_engine = engine
 

@@ -278,7 +278,10 @@ class AlertEngine:
 
     ``alerts`` and ``signals`` are the persistent state (see the module docstring); the
     engine never keeps state elsewhere across calls, so a restart that restores both
-    mappings resumes exactly where it left off.
+    mappings resumes exactly where it left off. (It only remembers when it last ticked,
+    to notice a tick held up: a restart starts that anew.)
+
+    ``tick_interval``: how often the caller calls :meth:`tick`.
     """
 
     def __init__(
@@ -287,8 +290,12 @@ class AlertEngine:
         alerts: MutableMapping[str, Any],
         signals: MutableMapping[str, Any],
         clock: Clock = _utc_now,
+        tick_interval: timedelta = timedelta(seconds=1),
     ) -> None:
         self.rules = rules.enabled
+        #: ticks this far apart (or more) mean the engine itself was held up meanwhile
+        self._held_up_after = tick_interval + INPUT_STALL_AFTER
+        self._last_tick: datetime | None = None  # when :meth:`tick` last judged silence
         self.alerts = alerts
         self.signals = signals
         self.clock = clock
@@ -590,9 +597,17 @@ class AlertEngine:
         return bool((self._signal(INPUT_KEY) or {}).get("stalled_since"))
 
     def _input_time(self, now: datetime, input_as_of: datetime | None) -> datetime:
-        """The time up to which silence is judged; notes when the input stalls and resumes."""
+        """The time up to which silence is judged; notes when the input stalls and resumes.
+
+        A tick held up for longer than a stall (the engine waited to publish through a
+        broker outage, or did not run) cannot tell whether its input stalled meanwhile:
+        that counts as a resume too, or every gateway whose buffered statuses are still
+        on their way would be paged offline at once.
+        """
+        previous, self._last_tick = self._last_tick, now
         if input_as_of is None:
             return now
+        held_up = previous is not None and now - previous >= self._held_up_after
         judged_at = min(now, input_as_of)
         meta = dict(self._signal(INPUT_KEY) or {})
         stalled_since = _time(meta.get("stalled_since"))
@@ -607,13 +622,19 @@ class AlertEngine:
                 meta["stalled_since"] = _iso(input_as_of)
                 self._set_signal(INPUT_KEY, meta)
             return judged_at
-        if stalled_since is not None or "resumed_at" not in meta:
+        if stalled_since is not None or held_up or "resumed_at" not in meta:
             # resumed (or the first tick of this engine): what was sent meanwhile is still
             # on its way, so silence counts from now
             if stalled_since is not None and stalled_since > NEVER:
                 log.warning(
                     "alert engine input resumed after %.0f s stalled",
                     (now - stalled_since).total_seconds(),
+                )
+            elif held_up and previous is not None:
+                log.warning(
+                    "alert engine did not tick for %.0f s (held up publishing, or not "
+                    "running); gateway and sensor silence counts from now",
+                    (now - previous).total_seconds(),
                 )
             meta = {"resumed_at": _iso(now)}
             self._set_signal(INPUT_KEY, meta)

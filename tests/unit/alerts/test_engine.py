@@ -359,14 +359,15 @@ def test_gateway_outage_is_one_alert_and_inhibits_its_sensors() -> None:
 
 
 def _fleet_through_a_broker_outage(
-    outage_s: int, dead_after: int | None = None
+    outage_s: int, dead_after: int | None = None, held_up: bool = False
 ) -> list[tuple[int, str, str, AlertState]]:
     """Two gateways (a status every 30 s, a reading every 10 s) through an outage of the
     engine's own input from second 100 on: the broker paused, a network partition. Nothing
     reaches the engine meanwhile and its consumer gets no fetch response (``input_as_of``
     stays put); the gateways are fine and resend what they buffered once it resumes, 3 s
-    later. ``dead_after``: gw2 really dies at that second. Returns (second, rule, who,
-    state) of every published change."""
+    later. ``dead_after``: gw2 really dies at that second. ``held_up``: the engine does not
+    tick through the outage either (its tick waits to publish). Returns (second, rule,
+    who, state) of every published change."""
     eng, clock = engine([STALE, GATEWAY])
     published: list[tuple[int, str, str, AlertState]] = []
     fetched = clock.now
@@ -386,7 +387,8 @@ def _fleet_through_a_broker_outage(
                     out += eng.on_gateway_status(status(clock, gw))
                 if second % 10 == 0 or second == resumed_at + 3:
                     out += eng.on_batch(batch(reading(clock, f"{gw}-a", 20, gateway=gw)))
-        out += eng.tick(input_as_of=fetched)
+        if not (held_up and stalled):
+            out += eng.tick(input_as_of=fetched)
         published += [(second, a.rule_id, a.gateway_id or a.device_id, a.state) for a in out]
         clock.advance(1)
     return published
@@ -398,6 +400,30 @@ def test_an_outage_of_the_engine_s_own_input_pages_no_one(outage_s: int) -> None
     the engine's clock: it used to page every gateway offline (and hold every sensor
     stale) within a gateway timeout. The engine knows its own input stalled."""
     assert _fleet_through_a_broker_outage(outage_s) == []
+
+
+@pytest.mark.parametrize("outage_s", [20, 70, 600])
+def test_an_outage_through_which_the_engine_s_tick_was_held_up_pages_no_one(
+    outage_s: int,
+) -> None:
+    """The engine's tick waits to publish while the broker is away, so it never saw its
+    input stalled: its first tick after the broker's return saw the input current and
+    judged every gateway silent since its last status before the outage (their buffered
+    statuses still on their way), paging them offline. A tick held up counts as a
+    resume."""
+    assert _fleet_through_a_broker_outage(outage_s, held_up=True) == []
+
+
+def test_ticks_as_far_apart_as_configured_are_not_held_up() -> None:
+    clock = Clock()
+    ruleset = rules_from_mapping({"rules": [GATEWAY]})
+    eng = AlertEngine(ruleset, {}, {}, clock=clock, tick_interval=timedelta(seconds=30))
+    assert eng.tick(input_as_of=clock.now) == []
+    eng.on_gateway_status(status(clock, "gw1"))
+    clock.advance(30)
+    assert eng.tick(input_as_of=clock.now) == []
+    clock.advance(30)  # silent for its 2 x 30 s timeout: it fires, no resume on the way
+    assert [a.state for a in eng.tick(input_as_of=clock.now)] == [AlertState.FIRING]
 
 
 def test_a_gateway_dead_through_an_input_outage_alerts_one_timeout_after_it_resumes() -> None:
@@ -413,8 +439,9 @@ def test_with_its_input_live_a_silent_gateway_alerts_after_its_timeout() -> None
     eng, clock = engine([GATEWAY])
     assert eng.tick(input_as_of=clock.now) == []
     eng.on_gateway_status(status(clock, "gw1"))
-    clock.advance(59)
-    assert eng.tick(input_as_of=clock.now) == []
+    for _ in range(59):  # a tick a second, as configured
+        clock.advance(1)
+        assert eng.tick(input_as_of=clock.now) == []
     clock.advance(1)
     assert [a.state for a in eng.tick(input_as_of=clock.now)] == [AlertState.FIRING]
 
