@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from climastream.contract import KpiValue, ReadingBatch, Topics, decode
+from climastream.contract import KpiValue, Reading, ReadingBatch, Topics, decode
 from climastream.demo import Demo, count_samples
 from climastream.stack import Stack
 
@@ -69,6 +69,39 @@ async def _read_topic(bootstrap: str, topic: str, since: dict[int, int]) -> list
         return values
     finally:
         await consumer.stop()
+
+
+def _window_values(readings: list[Reading]) -> dict[tuple[str, str, datetime], list[float]]:
+    """The values of each (device, quantity, 10 s window start): what each stat.mean sums."""
+    values: dict[tuple[str, str, datetime], list[float]] = defaultdict(list)
+    for r in readings:
+        micros = int(r.event_time.timestamp() * 1_000_000)
+        start = datetime.fromtimestamp(micros // 10_000_000 * 10, UTC)
+        values[(r.device_id, r.quantity.value, start)].append(r.value)
+    return values
+
+
+def _device_means(
+    bootstrap: str, kpi_from: dict[int, int], prefix: str, expected: int, timeout_s: float
+) -> list[KpiValue]:
+    """The stat.mean KPIs of devices named ``prefix...`` on the kpi topic since
+    ``kpi_from``, once there are ``expected`` of them or ``timeout_s`` has passed."""
+
+    def emitted() -> list[KpiValue]:
+        return [
+            k
+            for raw in asyncio.run(_read_topic(bootstrap, Topics.KPI.name, kpi_from))
+            if (k := decode(raw, KpiValue)).kpi_id == "stat.mean"
+            and k.device_id
+            and k.device_id.startswith(prefix)
+        ]
+
+    deadline = time.monotonic() + timeout_s
+    kpis = emitted()
+    while len(kpis) < expected and time.monotonic() < deadline:
+        time.sleep(1)
+        kpis = emitted()
+    return kpis
 
 
 def _gateway_config(tmp_path: Path, gateway_id: str, prefix: str) -> Path:
@@ -124,27 +157,9 @@ def test_readings_flow_to_the_database_and_kpis_match_hand_computed_means(
             for r in decode(raw, ReadingBatch).readings
             if r.gateway_id == gateway_id
         ]
-        expected: dict[tuple[str, str, datetime], list[float]] = defaultdict(list)
-        for r in readings:
-            micros = int(r.event_time.timestamp() * 1_000_000)
-            start = datetime.fromtimestamp(micros // 10_000_000 * 10, UTC)
-            expected[(r.device_id, r.quantity.value, start)].append(r.value)
-
+        expected = _window_values(readings)
         # the final windows close on the wall clock once the gateway went quiet
-        def emitted_kpis() -> list[KpiValue]:
-            return [
-                k
-                for raw in asyncio.run(_read_topic(bootstrap, Topics.KPI.name, kpi_from))
-                if (k := decode(raw, KpiValue)).kpi_id == "stat.mean"
-                and k.device_id
-                and k.device_id.startswith(prefix)
-            ]
-
-        deadline = time.monotonic() + 30
-        kpis = emitted_kpis()
-        while len(kpis) < len(expected) and time.monotonic() < deadline:
-            time.sleep(1)
-            kpis = emitted_kpis()
+        kpis = _device_means(bootstrap, kpi_from, prefix, len(expected), 30)
     finally:
         demo.stop_all()
 

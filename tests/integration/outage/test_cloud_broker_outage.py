@@ -20,7 +20,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,12 +27,17 @@ from typing import Any
 import pytest
 import yaml
 
-from climastream.contract import Alert, KpiValue, ReadingBatch, Topics, decode
+from climastream.contract import Alert, ReadingBatch, Topics, decode
 from climastream.demo import ROOT, Demo, count_samples
 from climastream.stack import Stack
 from sinks.notify.testing import free_port
 from stream.alerts.testing import AlertingSystem, wait_for
-from tests.integration.test_slice import _end_offsets, _read_topic
+from tests.integration.test_slice import (
+    _device_means,
+    _end_offsets,
+    _read_topic,
+    _window_values,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -233,26 +237,8 @@ def test_a_minute_long_broker_outage_loses_nothing_and_pages_no_one(
                 if r.gateway_id == gateway_id
             }.values()
         )
-        expected: dict[tuple[str, str, datetime], list[float]] = defaultdict(list)
-        for r in readings:
-            micros = int(r.event_time.timestamp() * 1_000_000)
-            start = datetime.fromtimestamp(micros // 10_000_000 * 10, UTC)
-            expected[(r.device_id, r.quantity.value, start)].append(r.value)
-
-        def emitted_kpis() -> list[KpiValue]:
-            return [
-                k
-                for raw in asyncio.run(_read_topic(bootstrap, Topics.KPI.name, kpi_from))
-                if (k := decode(raw, KpiValue)).kpi_id == "stat.mean"
-                and k.device_id
-                and k.device_id.startswith(prefix)
-            ]
-
-        deadline = time.monotonic() + 60
-        kpis = emitted_kpis()
-        while len(kpis) < len(expected) and time.monotonic() < deadline:
-            time.sleep(1)
-            kpis = emitted_kpis()
+        expected = _window_values(readings)
+        kpis = _device_means(bootstrap, kpi_from, prefix, len(expected), 60)
         late = [
             r
             for raw in asyncio.run(_read_topic(bootstrap, Topics.LATE_READINGS.name, late_from))
