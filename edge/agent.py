@@ -146,8 +146,8 @@ class _StoreFailure:
     lost: int = 0
     again: int = 0
 
-    def add(self, lost: int, again: int, batches: int = 1) -> None:
-        self.batches += batches
+    def add(self, lost: int, again: int) -> None:
+        self.batches += 1
         self.lost += lost
         self.again += again
 
@@ -527,7 +527,7 @@ class Agent:
         failure, now = self._store_failure, time.monotonic()
         if not self.store_failing:
             self.store_failing = True
-            self._store_failure = failure = _StoreFailure(since=now, last_log=now)
+            self._store_failure = _StoreFailure(since=now, last_log=now)
             log.error(
                 "storing readings failed: %d lost (store_failed), %d to be redelivered; "
                 "until it works again this is summed up every %.0fs",
@@ -539,7 +539,6 @@ class Agent:
             return
         failure.add(lost, again)
         if now - failure.last_log >= STORE_FAILING_LOG_S:
-            failure.last_log = now
             log.error(
                 "storing readings still fails after %.0fs: %d more batches refused, %d lost "
                 "(store_failed), %d to be redelivered: %s",
@@ -549,7 +548,7 @@ class Agent:
                 failure.again,
                 exc,
             )
-            failure.add(-failure.lost, -failure.again, -failure.batches)
+            self._store_failure = _StoreFailure(since=failure.since, last_log=now)
 
     def _stored_again(self) -> None:
         failure = self._store_failure
