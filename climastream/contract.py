@@ -71,6 +71,7 @@ __all__ = [
     "StatusOrder",
     "TopicSpec",
     "Topics",
+    "contract_dead_letter_headers",
     "dead_letter_source",
     "decode",
     "decode_batch",
@@ -603,6 +604,18 @@ def _as_bytes(raw: bytes | str | None) -> bytes | None:
 PARTIAL_BATCH_REASON: Final = "partial-batch"
 #: its ``error`` header is cut to this many bytes
 PARTIAL_BATCH_ERROR_BYTES: Final = 4000
+
+
+#: the ``error`` header of a dead letter for a record that failed the contract whole is cut
+#: to this many bytes
+CONTRACT_ERROR_BYTES: Final = 1000
+
+
+def contract_dead_letter_headers(exc: ContractError) -> dict[str, bytes]:
+    """The ``reason`` (``contract``) and ``error`` headers of the dead letter of a record
+    that failed the contract whole (see :meth:`BatchSplit.dead_letter_headers` for one
+    whose readings failed on their own); :func:`dead_letter_source` adds who and where."""
+    return {"reason": b"contract", "error": str(exc).encode()[:CONTRACT_ERROR_BYTES]}
 
 
 def dead_letter_source(

@@ -45,6 +45,7 @@ from climastream.contract import (
     ContractError,
     ReadingBatch,
     Topics,
+    contract_dead_letter_headers,
     dead_letter_source,
     decode_batch,
     encode,
@@ -826,7 +827,7 @@ def create_app(
             batch = decode_batch(event.value)
         except ContractError as exc:
             metrics.dead_letter += 1
-            headers = {"reason": b"contract", "error": str(exc).encode()[:1000], **source}
+            headers = {**contract_dead_letter_headers(exc), **source}
             await send(Topics.DEAD_LETTER.name, event.key, event.value, None, headers)
             return
         if batch.rejected:

@@ -38,6 +38,7 @@ from climastream.contract import (
     GatewayStatus,
     KpiValue,
     Topics,
+    contract_dead_letter_headers,
     dead_letter_source,
     decode,
     decode_batch,
@@ -185,7 +186,7 @@ def read_record(
     try:
         record = decode_batch(raw) if model is None else decode(raw, model)
     except ContractError as exc:
-        headers = {"reason": b"contract", "error": str(exc).encode()[:1000], **source}
+        headers = {**contract_dead_letter_headers(exc), **source}
         return None, [(raw, headers, 0)]
     if model is not None or not record.rejected:
         return record, []
