@@ -273,6 +273,13 @@ def _default_summary(rule: Rule) -> str:
     return "Unusual {quantity} readings in {where} (model score {value})"
 
 
+def _kept_order(gateway: JsonDict) -> StatusOrder | None:
+    """The order of the newest status a gateway's signal remembers (``order``: its run
+    start, uptime, and when it was received), None before its first."""
+    kept = gateway.get("order")
+    return None if kept is None else StatusOrder(datetime.fromisoformat(kept[0]), kept[1])
+
+
 class AlertEngine:
     """Evaluates rules against KPIs, readings, gateway status and staff actions.
 
@@ -442,11 +449,10 @@ class AlertEngine:
         """Whether ``status`` is its gateway's newest so far; if so, remember its order in
         ``gateway`` (the signal), with the runs it replaced."""
         order = status.order
-        kept = gateway.get("order")
+        newest = _kept_order(gateway)
         replaced = [datetime.fromisoformat(t) for t in gateway.get("replaced", [])]
-        if kept is not None:
-            newest = StatusOrder(datetime.fromisoformat(kept[0]), kept[1])
-            stale = now - datetime.fromisoformat(kept[2]) >= self._status_stale_after
+        if newest is not None:
+            stale = now - datetime.fromisoformat(gateway["order"][2]) >= self._status_stale_after
             if not order.is_newer_than(newest, replaced=replaced, newest_stale=stale):
                 return False
             if not order.same_run(newest):
@@ -473,15 +479,13 @@ class AlertEngine:
             return status.clock_synchronized
         order = status.order
         behind = gateway.get("clock_behind")
-        kept = previous.get("order")
-        if newest and kept is not None:
-            last = StatusOrder(datetime.fromisoformat(kept[0]), kept[1])
-            if not order.same_run(last):
-                last_time = last.run_start + timedelta(seconds=last.uptime_s)
-                earliest = last_time + timedelta(seconds=order.uptime_s) - RUN_START_TOLERANCE
-                new_run = order.uptime_s < last.uptime_s
-                behind = _iso(order.run_start) if new_run and status.time < earliest else None
-                gateway["clock_behind"] = behind
+        last = _kept_order(previous)
+        if newest and last is not None and not order.same_run(last):
+            last_time = last.run_start + timedelta(seconds=last.uptime_s)
+            earliest = last_time + timedelta(seconds=order.uptime_s) - RUN_START_TOLERANCE
+            new_run = order.uptime_s < last.uptime_s
+            behind = _iso(order.run_start) if new_run and status.time < earliest else None
+            gateway["clock_behind"] = behind
         if behind is None:
             return True
         return not order.same_run(StatusOrder(datetime.fromisoformat(behind), 0.0))
