@@ -20,8 +20,9 @@ identifiers that can never inject anything into line protocol, logs, topic keys 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -47,6 +48,7 @@ __all__ = [
     "EARLIEST_EVENT_TIME",
     "MAX_BATCH_READINGS",
     "MAX_CLOCK_SKEW",
+    "REPLACED_RUNS_KEPT",
     "RUN_START_TOLERANCE",
     "SAFE_ID_PATTERN",
     "SCHEMA_VERSION",
@@ -62,6 +64,7 @@ __all__ = [
     "GatewayStatus",
     "KpiValue",
     "Location",
+    "NewestStatus",
     "QualityFlag",
     "Quantity",
     "Reading",
@@ -518,6 +521,34 @@ class StatusOrder:
         if any(abs(self.run_start - old) <= RUN_START_TOLERANCE for old in replaced):
             return False
         return self.run_start > newest.run_start
+
+
+#: run starts remembered per gateway as replaced by its newest status, so that statuses
+#: those runs buffered stay old (:meth:`StatusOrder.is_newer_than`)
+REPLACED_RUNS_KEPT: Final = 8
+
+
+@dataclass(slots=True)
+class NewestStatus:
+    """A gateway's newest status so far (its :class:`StatusOrder`), when it was received,
+    and the starts of the runs it replaced: what a consumer that keeps it in memory (the
+    console, ``climastream tail``) needs to tell whether the next status replaces it."""
+
+    order: StatusOrder
+    received: datetime
+    replaced: deque[datetime] = field(default_factory=lambda: deque(maxlen=REPLACED_RUNS_KEPT))
+
+    def offer(self, order: StatusOrder, now: datetime, stale_after: timedelta) -> bool:
+        """Whether a status of ``order`` received at ``now`` replaces the newest (which
+        stands against an earlier-started run until it is ``stale_after`` old); if so,
+        it is the newest from now on."""
+        stale = now - self.received > stale_after
+        if not order.is_newer_than(self.order, replaced=self.replaced, newest_stale=stale):
+            return False
+        if not order.same_run(self.order):
+            self.replaced.append(self.order.run_start)
+        self.order, self.received = order, now
+        return True
 
 
 # --------------------------------------------------------------------------- topics

@@ -28,6 +28,7 @@ from climastream.contract import (
     AlertState,
     GatewayStatus,
     KpiValue,
+    NewestStatus,
     Quantity,
     Reading,
 )
@@ -136,18 +137,13 @@ class DeviceInfo:
     observed: dict[str, datetime] = field(default_factory=dict)
 
 
-#: run starts remembered per gateway as replaced, so their buffered statuses stay old
-REPLACED_RUNS_KEPT = 8
-
-
 @dataclass
 class GatewayView:
-    """A gateway's newest status (by :attr:`GatewayStatus.order`, not by its time), when
-    the console got it, and the starts of the runs it replaced."""
+    """A gateway's newest status (by :attr:`GatewayStatus.order`, not by its time), and
+    when the console got it and the runs it replaced (``newest``)."""
 
     status: GatewayStatus
-    received: datetime
-    replaced: deque[datetime] = field(default_factory=lambda: deque(maxlen=REPLACED_RUNS_KEPT))
+    newest: NewestStatus
     #: the shown run's clock is behind though the gateway does not say (older than
     #: ``clock_synchronized``): it started after the last run's newest status was
     #: written, yet its time is earlier than that status's plus its uptime
@@ -372,18 +368,18 @@ class LiveState:
         now = self.clock()
         view = self.gateways.get(status.gateway_id)
         if view is None:
-            self.gateways.put(status.gateway_id, GatewayView(status, now))
+            self.gateways.put(
+                status.gateway_id, GatewayView(status, NewestStatus(status.order, now))
+            )
         else:
-            order, shown = status.order, view.status.order
-            stale = now - view.received > self.limits.stale_after
-            if order.is_newer_than(shown, replaced=view.replaced, newest_stale=stale):
+            order, shown = status.order, view.newest.order
+            if view.newest.offer(order, now, self.limits.stale_after):
                 if not order.same_run(shown):
-                    view.replaced.append(shown.run_start)
                     since = timedelta(seconds=status.uptime_s) - RUN_START_TOLERANCE
                     view.clock_behind = (
                         status.uptime_s < shown.uptime_s and status.time < view.status.time + since
                     )
-                view.status, view.received = status, now
+                view.status = status
                 self.gateways.put(status.gateway_id, view)
         self.counts["gateway_status"] += 1
         self._dirty.update(("gateways", "stats"))
@@ -645,7 +641,7 @@ class LiveState:
         now = self.clock()
         rows = []
         for view in self.gateways.values():
-            status, received = view.status, view.received
+            status, received = view.status, view.newest.received
             # an unsynchronized clock's time is hours off: say when the console heard it
             seen = received if view.clock_wrong else status.time
             rows.append(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,8 +27,8 @@ from climastream.contract import (
     ContractError,
     GatewayStatus,
     KpiValue,
+    NewestStatus,
     Reading,
-    StatusOrder,
     Topics,
     decode,
     decode_batch,
@@ -166,10 +165,6 @@ def format_alert(alert: Alert) -> Any:
     )
 
 
-#: runs a gateway's newest status replaced, remembered per gateway (as console/state.py)
-REPLACED_RUNS_KEPT = 8
-
-
 class StatusPlace:
     """Where a status stands among those of its gateway already shown."""
 
@@ -182,13 +177,6 @@ class StatusPlace:
 
 
 @dataclass
-class _Newest:
-    order: StatusOrder
-    received: datetime
-    replaced: deque[datetime] = field(default_factory=lambda: deque(maxlen=REPLACED_RUNS_KEPT))
-
-
-@dataclass
 class StatusTracker:
     """Each gateway's newest status shown so far, by :class:`StatusOrder` (not by its time).
 
@@ -198,7 +186,7 @@ class StatusTracker:
 
     stale_after: timedelta = timedelta(seconds=60)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    _newest: dict[str, _Newest] = field(default_factory=dict)
+    _newest: dict[str, NewestStatus] = field(default_factory=dict)
 
     def place(self, status: GatewayStatus) -> str:
         """A :class:`StatusPlace`; remembers ``status`` if it is the gateway's newest."""
@@ -206,13 +194,9 @@ class StatusTracker:
         order = status.order
         newest = self._newest.get(status.gateway_id)
         if newest is None:
-            self._newest[status.gateway_id] = _Newest(order, now)
+            self._newest[status.gateway_id] = NewestStatus(order, now)
             return StatusPlace.NEWEST
-        stale = now - newest.received > self.stale_after
-        if order.is_newer_than(newest.order, replaced=newest.replaced, newest_stale=stale):
-            if not order.same_run(newest.order):
-                newest.replaced.append(newest.order.run_start)
-            newest.order, newest.received = order, now
+        if newest.offer(order, now, self.stale_after):
             return StatusPlace.NEWEST
         if order.same_run(newest.order):
             return StatusPlace.OLDER

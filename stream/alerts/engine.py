@@ -46,6 +46,7 @@ from enum import StrEnum
 from typing import Any, ClassVar
 
 from climastream.contract import (
+    REPLACED_RUNS_KEPT,
     RUN_START_TOLERANCE,
     Alert,
     AlertAction,
@@ -86,8 +87,6 @@ EVIDENCE_POINTS = 5
 #: how long a gateway's newest status stands against one of a run that started earlier by
 #: the clocks, without gateway rules (with them: the shortest gateway timeout)
 STATUS_STALE_AFTER = timedelta(minutes=2)
-#: run starts remembered per gateway as replaced, so statuses they buffered stay old
-REPLACED_RUNS_KEPT = 8
 #: the engine's input (its consumer's fetches) this far behind its clock is stalled: the
 #: broker is unreachable or paused, or the engine is not fetching. Faust's fetches wait at
 #: most 1.5 s for records, so a live consumer is never this far behind.
