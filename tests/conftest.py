@@ -7,6 +7,7 @@ so it never collides with a demo stack running beside it.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,3 +44,30 @@ def stack() -> Iterator[Stack]:
     finally:
         if not already_running:
             stack.down()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """After pytest's own summary, one line naming what failed and why.
+
+    CI keeps only the last lines a run prints: pytest's count line alone would not say
+    which test failed. This line comes after it (then make's error line).
+    """
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    stats = reporter.stats
+    bad = [r for key in ("failed", "error") for r in stats.get(key, [])]
+    if not bad:
+        return
+    counts = ", ".join(
+        f"{len(stats[key])} {key}"
+        for key in ("failed", "error", "passed", "skipped")
+        if stats.get(key)
+    )
+    names = []
+    for report in bad[:5]:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        why = " ".join(str(crash.message).split())[:160] if crash is not None else ""
+        names.append(f"{report.nodeid} ({report.when}): {why}" if why else report.nodeid)
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    print(f"tests: {counts}; " + "; ".join(names) + more, file=sys.stdout, flush=True)
