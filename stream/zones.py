@@ -8,10 +8,11 @@ its end (:meth:`ZoneWindows.advance`), so no device's partial can still be on it
 source whose worker died holds the zone back until its partition is reassigned, instead of
 a premature, incomplete KPI. Every base window of a zone is closed, even one in which no
 device sent anything, so silent devices show up with completeness 0: a device declared in
-the config for as long as it is declared, one only seen in the readings until it has been
-silent for ``forget_undeclared_after`` (by event time, at the close of the first window that
-far after its last one with data, so the live job and ``kpi eval`` forget it alike; counted
-in ``forgotten_devices`` and logged). It is expected again from its next reading.
+the config for as long as it is declared, one only seen in the readings from its first
+window with data (not before, however the input arrives) until it has been silent for
+``forget_undeclared_after`` (by event time, at the close of the first window that far after
+its last one with data, so the live job and ``kpi eval`` forget it alike; counted in
+``forgotten_devices`` and logged). It is expected again from its next reading.
 
 A device heard by several gateways (LoRaWAN names the best-signal gateway of each uplink)
 has one partial per gateway for a window, possibly from several stage-1 partitions. They
@@ -190,6 +191,10 @@ class ZoneWindows:
                 # ws -> {"dev": {device: {gateway: partial}}, "ref": (the same)}
                 "pending": {},
                 "known": {},  # device -> [cadence_us, [quantities]]
+                # undeclared device -> start (µs) of its first window with data since it
+                # became known: not expected before it (a declared device, or one from a
+                # checkpoint from before, has none: expected in every window)
+                "since": {},
                 # undeclared device -> end (µs) of its last closed window with data; a
                 # checkpoint from before has none: counted from the first close after it
                 "heard": {},
@@ -241,6 +246,7 @@ class ZoneWindows:
                 p: {int(k): v for k, v in items} for p, items in st["eaqi_means"].items()
             }
             st.setdefault("heard", {})
+            st.setdefault("since", {})
             self._keys[key] = st
             self._onto_local_grid(st)
 
@@ -309,15 +315,27 @@ class ZoneWindows:
         # copy; another gateway's partial of the same device and window joins it
         slot["ref" if reference else "dev"].setdefault(partial["d"], {})[gateway] = partial
         if not reference:
-            self._know(state, partial)
+            self._know(state, partial, ws)
 
-    def _know(self, state: dict[str, Any], partial: DevicePartial) -> None:
-        """Expect the partial's device and quantities in every window of its key from now on."""
+    def _know(self, state: dict[str, Any], partial: DevicePartial, ws: int) -> None:
+        """Expect the partial's device and quantities in every window of its key from the
+        window at ``ws`` (the partial's zone window) on.
+
+        Not before: a device is learnt when its first partial *arrives*, and windows before
+        it may still be open then (a backlog fetched in one go, a lagging partition, ``kpi
+        eval`` closing everything at the end). Expecting it there would make completeness-0
+        KPIs for windows before the device existed, depending on how the input arrived.
+        """
         known = state["known"]
-        entry = known.get(partial["d"])
+        device = partial["d"]
+        entry = known.get(device)
         if entry is None:
-            cadence = self.config.cadence_of(partial["d"])
-            entry = known[partial["d"]] = [cadence // timedelta(microseconds=1), []]
+            cadence = self.config.cadence_of(device)
+            entry = known[device] = [cadence // timedelta(microseconds=1), []]
+            if device not in self.config.devices:
+                state["since"][device] = ws
+        elif device in state["since"]:
+            state["since"][device] = min(state["since"][device], ws)
         for quantity in partial["q"]:
             if quantity not in entry[1]:
                 entry[1].append(quantity)
@@ -499,6 +517,7 @@ class ZoneWindows:
             return False
         del state["known"][device_id]
         del state["heard"][device_id]
+        state["since"].pop(device_id, None)
         self.stats.forgotten_devices += 1
         log.info(
             "zone %s: device %s, not in the stream config, has sent nothing since %s: no "
@@ -510,12 +529,21 @@ class ZoneWindows:
         )
         return True
 
-    def _expected(self, state: dict[str, Any], quantity: str, span_us: int) -> float:
+    def _expected(self, state: dict[str, Any], quantity: str, start: int, end: int) -> float:
+        """Readings of ``quantity`` the key's devices should have sent from ``start`` to
+        ``end`` (µs): each device expected there (see :meth:`_expects`) at its cadence."""
         total = 0.0
-        for cadence, quantities in state["known"].values():
-            if quantity in quantities:
-                total += span_us / cadence
+        for device_id, (cadence, quantities) in state["known"].items():
+            if quantity in quantities and self._expects(state, device_id, end):
+                total += (end - start) / cadence
         return total
+
+    @staticmethod
+    def _expects(state: dict[str, Any], device_id: str, end: int) -> bool:
+        """Whether a known device is expected in a span ending at ``end``: unless it was
+        first heard after it. A device first heard inside a longer span (a day, an EAQI
+        period) is expected for all of it, as when that span closes after its first data."""
+        return state["since"].get(device_id, end - 1) < end
 
     def _local(self, micros: int) -> datetime:
         return from_us(micros).astimezone(self.tz)
@@ -585,8 +613,11 @@ class ZoneWindows:
         for merged in devices.values():
             # a device forgotten while a window of it waited here (a replay that added it
             # before closing the windows in between): known again from its window on
-            self._know(state, merged)
+            self._know(state, merged, ws)
+        since: dict[str, int] = state["since"]
         for device_id, (cadence, quantities) in sorted(state["known"].items()):
+            if since.get(device_id, ws) > ws:
+                continue  # first heard in a later window: not expected yet
             partial = devices.get(device_id)
             per_q = span / cadence
             if device_id not in self.config.devices:
@@ -648,7 +679,7 @@ class ZoneWindows:
         # ---- zone scope
         zone_means: dict[str, float] = {}
         for quantity, acc in sorted(zone_acc.items()):
-            expected = self._expected(state, quantity, span)
+            expected = self._expected(state, quantity, ws, we)
             completeness = acc.count / expected if expected else 1.0
             zone_means[quantity] = acc.total / acc.count
             out.extend(
@@ -673,7 +704,7 @@ class ZoneWindows:
                 entry[1] += acc.count
         if _T in zone_means and _RH in zone_means:
             count = zone_acc[_T].count + zone_acc[_RH].count
-            expected = self._expected(state, _T, span) + self._expected(state, _RH, span)
+            expected = self._expected(state, _T, ws, we) + self._expected(state, _RH, ws, we)
             out.extend(
                 self._heat(state, ws, we, zone_means[_T], zone_means[_RH], count,
                            count / expected if expected else 1.0, device_id=None,
@@ -684,7 +715,7 @@ class ZoneWindows:
             out.append(
                 self._kpi("waste.bins_over_threshold", state, ws, we, float(over), len(fills),
                           len(fills) / max(1, self._expected(state, Quantity.BIN_FILL_LEVEL.value,
-                                                             span)),
+                                                             ws, we)),
                           attributes={"threshold_pct": f"{self.config.bin_threshold_pct:g}"})
             )  # fmt: skip
         local = self._local(ws)
@@ -699,7 +730,7 @@ class ZoneWindows:
             if ref is not None:
                 ref_total, ref_count = ref
                 uhi = zone_means[_T] - ref_total / ref_count
-                expected = self._expected(state, _T, span)
+                expected = self._expected(state, _T, ws, we)
                 completeness = zone_acc[_T].count / expected if expected else 1.0
                 out.append(
                     self._kpi("uhi.intensity", state, ws, we, uhi,
@@ -908,10 +939,10 @@ class ZoneWindows:
                     concentration = total / count
                     start = period
                     averaging = "period mean"
-                    expected = self._expected(state, pollutant, pe - period)
+                    expected = self._expected(state, pollutant, period, pe)
                     completeness = count / expected if expected else 1.0
                 counts += count
-                expected_total += self._expected(state, pollutant, pe - period)
+                expected_total += self._expected(state, pollutant, period, pe)
                 concentrations[q] = concentration
                 band = self.table.band_index(q, concentration)
                 out.append(
@@ -943,7 +974,7 @@ class ZoneWindows:
             if end > closed_to:
                 break
             acc = state["days"].pop(iso)
-            expected = self._expected(state, _T, end - start)
+            expected = self._expected(state, _T, start, end)
             completeness = acc["tcount"] / expected if expected else 1.0
             if acc["uhi_max"] is not None:
                 out.append(
@@ -973,7 +1004,7 @@ class ZoneWindows:
             if end > closed_to:
                 break
             zsum, zn, rsum, rn = state["nights"].pop(iso)
-            expected = self._expected(state, _T, self.night_us)
+            expected = self._expected(state, _T, start, end)
             out.append(
                 self._kpi("uhi.night", state, start, end, zsum / zn - rsum / rn, zn + rn,
                           zn / expected if expected else 1.0, quantity=_T,
@@ -998,7 +1029,7 @@ class ZoneWindows:
                 if "n" in periods:
                     energy, count = periods["n"]
                     night_start = self._local_to_us(day, 23)
-                    expected = self._scope_expected(state, scope, end - night_start)
+                    expected = self._scope_expected(state, scope, night_start, end)
                     out.append(
                         self._kpi("noise.lnight", state, night_start, end,
                                   f.level_from_energy(energy, count), count,
@@ -1007,7 +1038,7 @@ class ZoneWindows:
                     )  # fmt: skip
                 if all(p in periods for p in ("d", "e", "n")):
                     levels = {p: f.level_from_energy(*periods[p]) for p in ("d", "e", "n")}
-                    expected = self._scope_expected(state, scope, end - start)
+                    expected = self._scope_expected(state, scope, start, end)
                     out.append(
                         self._kpi("noise.lden", state, start, end,
                                   f.lden(levels["d"], levels["e"], levels["n"]), total,
@@ -1019,8 +1050,10 @@ class ZoneWindows:
                     )  # fmt: skip
         return out
 
-    def _scope_expected(self, state: dict[str, Any], scope: str, span_us: int) -> float:
+    def _scope_expected(self, state: dict[str, Any], scope: str, start: int, end: int) -> float:
         if not scope:
-            return self._expected(state, _NOISE, span_us)
+            return self._expected(state, _NOISE, start, end)
         entry = state["known"].get(scope)
-        return span_us / entry[0] if entry else 0.0
+        if entry is None or not self._expects(state, scope, end):
+            return 0.0
+        return (end - start) / entry[0]
