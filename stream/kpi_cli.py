@@ -6,6 +6,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
@@ -23,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Reads one Reading JSON per line (the wire contract) and prints one "
         "KpiValue JSON per line. Windows close on event time; at the end of the input "
         "every window with data is closed, and every hour or day window that has ended by "
-        "the wall clock (minus grace). The input is read twice (stdin, a pipe or "
+        "the wall clock (minus grace; or --now). The input is read twice (stdin, a pipe or "
         "anything else that cannot be rewound is spooled to a temporary file): first "
         "for its gateways, as zone windows close once every gateway has passed them, so "
         "the order of gateways in the file does not change the KPIs. Bad lines are "
@@ -43,10 +44,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ev.add_argument(
         "--config", type=Path, help="stream config YAML (env CLIMASTREAM_STREAM_CONFIG)"
     )
+    ev.add_argument(
+        "--now",
+        metavar="TIME",
+        type=_instant,
+        help="judge which hour and day windows have ended at this RFC 3339 time instead of "
+        "the wall clock, so the same input and --now always print the same KPIs (audits, "
+        "regression tests); e.g. 2026-07-02T00:00:00Z",
+    )
     ev.set_defaults(func=_eval)
     ls = actions.add_parser("list", help="print the KPI registry")
     ls.add_argument("--config", type=Path, help="stream config YAML")
     ls.set_defaults(func=_list)
+
+
+def _instant(text: str) -> datetime:
+    """An RFC 3339 time with an offset (``Z`` or ``+02:00``), as a UTC datetime."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an RFC 3339 time: {text!r} (e.g. 2026-07-02T00:00:00Z)"
+        ) from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add Z or +HH:MM")
+    return value.astimezone(UTC)
 
 
 def _config(path: Path | None) -> object:
@@ -83,7 +105,11 @@ def _eval(args: argparse.Namespace) -> int:
     # partition: the same readings give the same KPIs however the file orders gateways
     gateways = _gateways(stream)
     stream.seek(0)
-    run = Replay(config, args.kpi, gateways=gateways)
+    now: datetime | None = args.now
+    if now is None:
+        run = Replay(config, args.kpi, gateways=gateways)
+    else:
+        run = Replay(config, args.kpi, clock=lambda: now, gateways=gateways)
     batch: list[Reading] = []
     late = 0  # only their number is printed: the readings themselves are let go per batch
     out = sys.stdout.buffer
