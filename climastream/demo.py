@@ -181,6 +181,10 @@ class Demo:
                     str(self.stack.config.mqtt_port),
                 ],
             )
+        self.start_edge(run_id)
+
+    def start_edge(self, run_id: str) -> None:
+        """Start (or, once stopped, restart) the gateway agent, on the run's buffer."""
         self._spawn(
             "edge",
             [
@@ -189,7 +193,7 @@ class Demo:
                 "--config",
                 str(self.gateway_config),
                 "--kafka",
-                kafka,
+                self.stack.config.kafka_bootstrap,
                 "--buffer",
                 str(self.workdir / f"buffer-{run_id}.db"),
                 "--status-file",

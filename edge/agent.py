@@ -56,6 +56,7 @@ from climastream.contract import (
     Location,
     QualityFlag,
     Quantity,
+    SourceState,
     encode,
 )
 from climastream.fastpath import ReadingEncoder
@@ -296,6 +297,9 @@ class Agent:
         self.last_status: GatewayStatus | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        #: the sources' states when a stop was asked for: the last status reports them, not
+        #: the "down" the agent's own stop leaves them in (see :meth:`_shut_down`)
+        self._states_at_stop: dict[str, SourceState] | None = None
         #: the buffer refused the last ingest batch (disk full): a gauge on /metrics
         self.store_failing = False
         self._store_failure = _StoreFailure()
@@ -361,6 +365,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> Counters:
         await self.start()
         self._stopping = False
+        self._states_at_stop = None
         self._tasks = []
         pumps = [
             self._essential(asyncio.create_task(self._pump(s), name=f"pump-{s.name}"))
@@ -403,6 +408,12 @@ class Agent:
         forwarder_stop: asyncio.Event,
         housekeeping: asyncio.Task[Any],
     ) -> None:
+        # The last status reports the sources as they were, not "down": stopped by the
+        # agent itself, they are not failing. Every source down makes the cloud page
+        # gateway-offline at once (critical), so a restart (a config change, an upgrade)
+        # paged the city. The silence that follows a stop is what the cloud judges: a
+        # gateway that does not come back within its timeout is paged, as after a power cut.
+        self._states_at_stop = {s.name: s.state for s in self.sources}
         for task in pumps:
             task.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
@@ -869,7 +880,7 @@ class Agent:
             readings_sent_total=self.counters.sent,
             dropped=dropped,
             decode_errors=decode_errors,
-            sources={s.name: s.state for s in self.sources},
+            sources=self._states_at_stop or {s.name: s.state for s in self.sources},
             model_latency_ms=latency,
             model_errors=model_errors,
         )

@@ -958,3 +958,40 @@ async def test_a_status_file_that_cannot_be_written_does_not_stop_the_send(
     agent.buffer = buffer
     await agent._publish_status()
     assert [topic for topic, _ in uplink.records] == ["gateway-status"]
+
+
+class StoppableSource(ScriptedSource):
+    """A source whose stop leaves it disabled, as the serial and MQTT sources' do."""
+
+    def __init__(self, name: str, state: SourceState) -> None:
+        super().__init__([])
+        self.name = name
+        self.state = state
+
+    async def stop(self) -> None:
+        self.state = SourceState.DISABLED
+
+
+async def test_the_last_status_of_a_stop_reports_the_sources_as_they_were() -> None:
+    """The status sent on a stop (SIGTERM: a restart for a config change or an upgrade)
+    said every source was down, the agent having stopped them itself, and the cloud's
+    gateway-offline rule pages that at once, as critical. It now says how the sources
+    were when the stop came; one really down stays down."""
+    uplink = RecordingUplink()
+    buffer = MemoryBuffer(max_bytes=10**7, max_age_s=3600)
+    sources = [
+        StoppableSource("plugged", SourceState.UP),
+        StoppableSource("unplugged", SourceState.DOWN),
+    ]
+    agent = Agent(
+        _config(), sources=sources, uplink=uplink, models=[], buffer_factory=lambda: buffer
+    )
+    stop = asyncio.Event()
+    run = asyncio.create_task(agent.run(stop))
+    await asyncio.wait_for(_until(lambda: agent.buffer is not None), timeout=60)
+    stop.set()
+    await asyncio.wait_for(run, timeout=60)
+
+    assert [s.state for s in sources] == [SourceState.DISABLED] * 2  # really stopped
+    last = json.loads([v for topic, v in uplink.records if topic == "gateway-status"][-1])
+    assert last["sources"] == {"plugged": "up", "unplugged": "down"}
