@@ -12,6 +12,7 @@ import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -113,11 +114,25 @@ def _gateway_config(tmp_path: Path, gateway_id: str, prefix: str) -> Path:
         }
         for zone in ("centre", "park")
     ] + [{"device_id": f"{prefix}-pm-centre", "zone": "centre", "quantities": ["pm2_5", "pm10"]}]
+    return _simulated_gateway(
+        tmp_path, gateway_id, devices, cadence_s=0.5, batch_max_readings=50, status_interval_s=2
+    )
+
+
+def _simulated_gateway(
+    tmp_path: Path,
+    gateway_id: str,
+    devices: list[dict[str, Any]],
+    cadence_s: float,
+    **settings: Any,
+) -> Path:
+    """Write a gateway config with one simulated source of ``devices``; its path."""
     config = {
         "gateway_id": gateway_id,
-        "batch_max_readings": 50,
-        "status_interval_s": 2,
-        "sources": [{"kind": "simulated", "name": "sim", "cadence_s": 0.5, "devices": devices}],
+        **settings,
+        "sources": [
+            {"kind": "simulated", "name": "sim", "cadence_s": cadence_s, "devices": devices}
+        ],
     }
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import yaml
 
 from climastream.demo import Demo
 from climastream.stack import Stack
 from stream.alerts.testing import AlertingSystem, wait_for
+from tests.integration.test_slice import _simulated_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -30,15 +30,14 @@ MISSED = 10
 
 def _gateway_config(tmp_path: Path, gateway_id: str) -> Path:
     devices = [{"device_id": f"{gateway_id}-t{i}", "quantities": ["temperature"]} for i in range(2)]
-    config = {
-        "gateway_id": gateway_id,
-        "status_interval_s": STATUS_INTERVAL_S,
-        "metrics": {"listen": None},
-        "sources": [{"kind": "simulated", "name": "sim", "cadence_s": 1.0, "devices": devices}],
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return _simulated_gateway(
+        tmp_path,
+        gateway_id,
+        devices,
+        cadence_s=1.0,
+        status_interval_s=STATUS_INTERVAL_S,
+        metrics={"listen": None},
+    )
 
 
 def test_a_restart_pages_no_one_and_a_stop_that_lasts_is_paged(

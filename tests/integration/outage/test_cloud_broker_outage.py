@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from climastream.contract import Alert, ReadingBatch, Topics, decode
 from climastream.demo import ROOT, Demo, count_samples
@@ -36,6 +35,7 @@ from tests.integration.test_slice import (
     _device_means,
     _end_offsets,
     _read_topic,
+    _simulated_gateway,
     _window_values,
 )
 
@@ -57,15 +57,14 @@ def _gateway_config(tmp_path: Path, gateway_id: str, prefix: str) -> Path:
         }
         for i in range(10)
     ]
-    config = {
-        "gateway_id": gateway_id,
-        "batch_max_readings": 200,
-        "status_interval_s": STATUS_INTERVAL_S,
-        "sources": [{"kind": "simulated", "name": "sim", "cadence_s": 0.1, "devices": devices}],
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return _simulated_gateway(
+        tmp_path,
+        gateway_id,
+        devices,
+        cadence_s=0.1,
+        batch_max_readings=200,
+        status_interval_s=STATUS_INTERVAL_S,
+    )
 
 
 def _rules() -> dict[str, Any]:
