@@ -246,7 +246,9 @@ class ZoneWindows:
                 p: {int(k): v for k, v in items} for p, items in st["eaqi_means"].items()
             }
             st.setdefault("heard", {})
-            st.setdefault("since", {})
+            # a device declared since the checkpoint is expected in every window
+            declared = self.config.devices
+            st["since"] = {d: at for d, at in st.get("since", {}).items() if d not in declared}
             self._keys[key] = st
             self._onto_local_grid(st)
 

@@ -131,3 +131,19 @@ def test_a_checkpoint_from_before_restores_and_learns_new_devices() -> None:
     assert completeness_windows(kpis, "newbie") == [n * WINDOW for n in range(FIRST, 18)]
     # "keep" came from the old checkpoint: expected everywhere, as before
     assert completeness_windows(first.result.kpis + kpis, "keep") == [n * WINDOW for n in range(18)]
+
+
+def test_a_device_declared_after_the_checkpoint_is_expected_everywhere() -> None:
+    """Learnt from the readings, then declared in the config: restored from a checkpoint
+    taken while its earlier windows were still open, it is expected in every one of them,
+    as a declared device is."""
+    data = [r for r in readings() if r.event_time < T0 + timedelta(hours=2, minutes=30)]
+    first = Replay(config(devices={}), gateways=None)  # every window open until finish
+    first.add(data)
+    snap = orjson.loads(orjson.dumps(first.zones.snapshot()))
+    declared = config(devices={"newbie": {"cadence": "10m", "zone": "centre"}})
+    second = Replay(declared, gateways=None)
+    second.devices = first.devices
+    second.zones.restore(snap)
+    kpis = second.finish().kpis
+    assert completeness_windows(kpis, "newbie") == [n * WINDOW for n in range(15)]
