@@ -11,7 +11,7 @@ import asyncio
 import math
 import random
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from climastream.contract import Quantity, SourceState
 from climastream.quantities import CANONICAL_UNITS
@@ -122,11 +122,17 @@ class SimulatedSource:
         if self._next_tick is None:
             raise RuntimeError("read() before start()")
         loop = asyncio.get_running_loop()
-        delay = self._next_tick - loop.time()
+        tick = self._next_tick
+        delay = tick - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
         self._next_tick += self._config.cadence_s
-        now = self._clock()
+        # Stamped when the tick was due, as a device sampling on its schedule would: ticks
+        # made up after the event loop was held (start-up, a stall) came back to back, a
+        # few µs apart, and two readings of one series in the same millisecond are one
+        # point in the database (sinks/SCHEMA.md).
+        late = max(0.0, loop.time() - tick)
+        now = self._clock() - timedelta(seconds=late)
         samples = []
         for device in self._config.devices:
             for quantity in device.quantities:
