@@ -67,3 +67,32 @@ async def test_a_port_that_does_not_open_says_what_to_do(tmp_path: object) -> No
         held.close()
         os.close(master)
         os.close(slave)
+
+
+async def test_frames_read_together_are_stamped_apart_in_their_order() -> None:
+    """Frames that wait in the port until one read (a stalled reader, a device flushing
+    after a reconnect) were all stamped with the read's time: two readings of one device,
+    quantity and time, which the database keeps as one point. They are stamped 1 ms
+    apart, the last at the read's time."""
+    from datetime import UTC, datetime, timedelta
+
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    read_at = datetime(2026, 7, 1, 12, 0, tzinfo=UTC)
+    source = SerialSource(
+        SerialSourceConfig(name="sds", port=os.ttyname(slave), codec="sds011", device_id="s1"),
+        clock=lambda: read_at,
+    )
+    await source.start()
+    try:
+        os.write(master, b"".join(encode_sds011(10.0 + n, 20.0) for n in range(3)))
+        samples: list = []
+        while len(samples) < 6:
+            samples += await source.read()
+        pm25 = [(s.event_time, s.value) for s in samples if s.quantity is Quantity.PM2_5]
+        assert pm25 == [(read_at - timedelta(milliseconds=2 - n), 10.0 + n) for n in range(3)]
+        assert all(s.gateway_time for s in samples)
+    finally:
+        await source.stop()
+        os.close(master)
+        os.close(slave)
