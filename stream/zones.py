@@ -168,6 +168,11 @@ class ZoneWindows:
         self._stale_log_at = 0.0  # monotonic time before which no stale partial is logged
         # key -> state; see _key_state for the layout
         self._keys: dict[str, dict[str, Any]] = {}
+        # the keys the config names (a declared zone, or a declared device's key): kept for
+        # good; any other is let go once nothing in it is expected or open (_retired)
+        self._declared_keys = set(declared_zones(config)) | {
+            device.zone or device_id for device_id, device in config.devices.items()
+        }
         for device_id, device in config.devices.items():
             key = device.zone or device_id
             if owns(key):
@@ -424,6 +429,7 @@ class ZoneWindows:
         )
         watermark = self.watermark()
         emitted: list[KpiValue] = []
+        retired: list[str] = []
         for key, state in self._keys.items():
             grid = self.grid
             if final:
@@ -466,8 +472,42 @@ class ZoneWindows:
                 emitted.extend(self._close_base(key, state, ws, we, slot))
                 state["next"] = we
             emitted.extend(self._close_long(key, state, limit, final))
+            if self._retired(key, state):
+                retired.append(key)
+        for key in retired:
+            del self._keys[key]
         self.stats.kpis += len(emitted)
         return emitted
+
+    def _retired(self, key: str, state: dict[str, Any]) -> bool:
+        """Whether ``key`` can be let go: not in the config, every device of it forgotten
+        (:meth:`_forget`), no window of it waiting or open, and nothing it holds would change
+        a KPI if it came back (a device heard again starts a new key, as a new one does).
+
+        Without this, the state of a retired device without a zone (a LoRaWAN node behind a
+        gateway with no default zone is keyed by its own id) or of a retired undeclared zone
+        stayed in memory and in every checkpoint for good, and was closed every window.
+        """
+        if key in self._declared_keys or state["known"] or state["pending"]:
+            return False
+        if state["days"] or state["nights"] or any(state["lden"].values()):
+            return False
+        if any(state["eaqi"].values()):
+            return False
+        upto = state["next"]
+        if upto is None:
+            return True
+        # running PM means a later period would still average over
+        horizon = upto - (self.config.eaqi_running_periods + 1) * self.eaqi_us
+        if any(p >= horizon for means in state["eaqi_means"].values() for p in means):
+            return False
+        # a heatwave run that a day with data right after it would continue
+        run, last_day = state["heatwave"][0], (state["heatwave"] + [None])[2]
+        if run and last_day is not None:
+            today = self._local(upto).date()
+            if date.fromisoformat(last_day) + timedelta(days=1) >= today:
+                return False
+        return True
 
     # ------------------------------------------------------------------ KPI helpers
 
@@ -1050,6 +1090,11 @@ class ZoneWindows:
                                               "levening": f"{levels['e']:.2f}",
                                               "lnight": f"{levels['n']:.2f}"})
                     )  # fmt: skip
+        # a device's scope once its days are out and it is no longer known (forgotten):
+        # otherwise every retired noise sensor left one behind for good
+        for scope in [s for s, days in state["lden"].items() if s and not days]:
+            if scope not in state["known"]:
+                del state["lden"][scope]
         return out
 
     def _scope_expected(self, state: dict[str, Any], scope: str, start: int, end: int) -> float:

@@ -220,3 +220,136 @@ def test_a_gateway_back_with_a_backlog_has_it_late_not_lost() -> None:
     assert horizon is not None
     behind_wall = reading("gw-back", 3, from_us(horizon) - timedelta(seconds=30))
     assert s1.add([behind_wall]) == [behind_wall]  # late, as any reading behind the wall
+
+
+def _run_minutes(
+    cfg: StreamConfig,
+    minutes: int,
+    batch_at: Any,
+    every: int = 1,
+    on_midnight: Any = None,
+) -> list[Any]:
+    """Both stages over ``minutes`` of readings (``batch_at(minute, now)`` gives each
+    ``every`` minutes' readings), the wall clock 30 s behind; returns the KpiValues."""
+    s1 = DeviceWindows(cfg.window, cfg.grace, zones=cfg.device_zones, tz=cfg.tz)
+    s2 = ZoneWindows(cfg, sources=1)
+    kpis: list[Any] = []
+    for minute in range(0, minutes, every):
+        now = T0 + timedelta(minutes=minute)
+        s1.add(batch_at(minute, now))
+        for partial in s1.close(now + timedelta(seconds=30)):
+            for key, reference in routing_keys(partial, cfg):
+                s2.add(key, orjson.loads(orjson.dumps(partial)), reference, "0")
+        horizon = s1.horizon()
+        assert horizon is not None
+        s2.advance("0", horizon)
+        kpis.extend(s2.close())
+        if on_midnight is not None and minute % 1440 == 0 and minute:
+            on_midnight(minute // 1440, s2)
+    return kpis
+
+
+def _reading(device: str, zone: str | None, quantity: Quantity, value: float, seq: int,
+             at: datetime) -> Reading:  # fmt: skip
+    return Reading(device_id=device, gateway_id="gw-1", seq=seq, quantity=quantity,
+                   value=value, unit=CANONICAL_UNITS[quantity], event_time=at,
+                   ingest_time=at, zone=zone)  # fmt: skip
+
+
+def test_retired_undeclared_devices_and_zones_leave_nothing_in_the_zone_stage() -> None:
+    """Sensors the config does not declare are swapped: a LoRaWAN node behind a gateway
+    without a default zone (keyed by its own id) every two hours, a noise sensor in a
+    declared zone every two hours, and a site (an undeclared zone, with a PM sensor)
+    every day. Each is forgotten after ``forget_undeclared_after``, but the zone stage
+    kept the node's and the site's whole state (and the noise sensor's Lden scope) for
+    good: in memory, in every checkpoint, and closed every window."""
+    cfg = StreamConfig.model_validate(
+        {
+            "window": "10m",
+            "grace": "5s",
+            "default_cadence": "10m",
+            "forget_undeclared_after": "1h",
+            "zones": {"centre": {}},
+            "kpis": ["completeness", "stat.mean", "noise.lden", "eaqi", "heatwave.status"],
+        }
+    )
+
+    def batch_at(minute: int, now: datetime) -> list[Reading]:
+        swap, day = minute // 120, minute // 1440
+        return [
+            _reading(f"lora-{swap}", None, Quantity.TEMPERATURE, 20.0, minute, now),
+            _reading(f"noise-{swap}", "centre", Quantity.NOISE_LAEQ, 55.0, minute, now),
+            _reading(f"pm-{day}", f"site-{day}", Quantity.PM2_5, 12.0, minute, now),
+        ]
+
+    per_day: dict[int, tuple[int, int, int]] = {}
+
+    def on_midnight(day: int, s2: ZoneWindows) -> None:
+        keys = s2._keys.values()
+        scopes = sum(len(state["lden"]) for state in keys)
+        per_day[day] = (len(s2._keys), scopes, len(orjson.dumps(s2.snapshot())))
+
+    kpis = _run_minutes(cfg, 7 * 1440, batch_at, every=10, on_midnight=on_midnight)
+    assert sum(k.kpi_id == "noise.lden" for k in kpis) >= 5
+    assert sum(k.kpi_id == "eaqi" for k in kpis) >= 5 * 24
+    # from the third midnight on (a site's running PM means last a day after it), the
+    # zone stage holds what is in service and what is still to close, no more
+    for day in (4, 5, 6):
+        assert per_day[day][:2] == per_day[3][:2], (day, per_day)
+        assert per_day[day][2] < per_day[3][2] * 1.05, (day, per_day)
+    assert per_day[3][0] <= 4  # centre, today's node, today's site and yesterday's
+
+
+def test_a_zone_back_the_next_day_keeps_its_heatwave_run() -> None:
+    """An undeclared zone whose only sensor goes quiet in the evening (and is forgotten)
+    and is back after midnight: its heatwave run goes on, as if the zone had been kept."""
+    cfg = StreamConfig.model_validate(
+        {
+            "window": "10m",
+            "grace": "5s",
+            "timezone": "UTC",
+            "default_cadence": "10m",
+            "forget_undeclared_after": "1h",
+            "zones": {"centre": {}},
+            "kpis": ["heatwave.status"],
+        }
+    )
+    quiet = (2 * 1440 + 21 * 60, 3 * 1440 + 60)  # day 2 21:00 to day 3 01:00
+
+    def batch_at(minute: int, now: datetime) -> list[Reading]:
+        batch = [_reading("keep", "centre", Quantity.TEMPERATURE, 20.0, minute, now)]
+        if not quiet[0] <= minute < quiet[1]:
+            batch.append(_reading("hot-1", "hot", Quantity.TEMPERATURE, 31.0, minute, now))
+        return batch
+
+    kpis = _run_minutes(cfg, 5 * 1440, batch_at, every=10)
+    runs = [k.attributes["consecutive_days"] for k in kpis
+            if k.kpi_id == "heatwave.status" and k.zone == "hot"]  # fmt: skip
+    assert runs == ["1", "2", "3", "4"]
+
+
+def test_a_zone_back_within_a_day_keeps_its_running_pm_means() -> None:
+    """An undeclared zone whose PM sensor is quiet for three hours (and forgotten) keeps
+    the hourly means its 24-hour running mean still averages over."""
+    cfg = StreamConfig.model_validate(
+        {
+            "window": "10m",
+            "grace": "5s",
+            "timezone": "UTC",
+            "default_cadence": "10m",
+            "forget_undeclared_after": "1h",
+            "zones": {"centre": {}},
+            "kpis": ["eaqi.pollutant"],
+        }
+    )
+
+    def batch_at(minute: int, now: datetime) -> list[Reading]:
+        batch = [_reading("keep", "centre", Quantity.TEMPERATURE, 20.0, minute, now)]
+        if not 10 * 60 <= minute < 13 * 60:
+            batch.append(_reading("pm-1", "site", Quantity.PM2_5, 12.0, minute, now))
+        return batch
+
+    kpis = _run_minutes(cfg, 16 * 60, batch_at, every=10)
+    after = [k.attributes["averaging"] for k in kpis
+             if k.zone == "site" and k.window_end == T0 + timedelta(hours=14)]  # fmt: skip
+    assert after == ["running mean of 11/24 periods"]
