@@ -5,7 +5,9 @@ readings (JSON-ready dicts, in arrival order) before they are validated and stor
 runner
 
 1. keeps the feature state it needs (latest value per device and quantity, and the last N
-   values of windowed series),
+   values of windowed series), forgetting a series once it has been silent for longer than
+   every input's ``max_age_s`` (it could not feed the model any more; devices come and go
+   over a gateway's months of uptime),
 2. builds one input row per reading of its device group and quantity whose features are
    all known and fresh,
 3. runs the session *once* for the whole batch (all devices together), and
@@ -107,6 +109,9 @@ class ModelRunner:
         #: per windowed series: the time between each value and the one before it
         self._gaps: dict[tuple[str, str], deque[float]] = {}
         self._window_len = max(f.window for f in config.inputs)
+        #: a series silent this long feeds no input: its state is forgotten (see _prune)
+        self._forget_s = max(f.max_age_s for f in config.inputs)
+        self._next_prune = clock() + self._forget_s
         #: per input column: (quantity, fixed device or None, window, max age)
         self._inputs = [
             (f.quantity.value if f.quantity else self.quantity, f.device, f.window, f.max_age_s)
@@ -138,6 +143,30 @@ class ModelRunner:
 
     def _fail(self, stage: str, count: int = 1) -> None:
         self.failures[stage] = self.failures.get(stage, 0) + count
+
+    @property
+    def series(self) -> int:
+        """How many (device, quantity) series the runner keeps state for."""
+        return len(self._latest)
+
+    def _prune(self, now: float) -> None:
+        """Forget the series silent for longer than every input's ``max_age_s``.
+
+        Such a series feeds no input until it reports again (:meth:`_features` refuses a
+        value that old, and a gap that long in a window), and then it starts again from
+        that value either way: forgetting it changes no verdict. Run once per that
+        interval, so what is kept is the series heard within the last two intervals. The
+        device-group caches are emptied too; they refill with the devices still heard.
+        """
+        horizon = now - self._forget_s
+        latest, windows, gaps = self._latest, self._windows, self._gaps
+        for key in [key for key, (_, at) in latest.items() if at < horizon]:
+            del latest[key]
+            windows.pop(key, None)
+            gaps.pop(key, None)
+        self._group.clear()
+        self._derived_ids.clear()
+        self._next_prune = now + self._forget_s
 
     def in_group(self, device_id: str) -> bool:
         member = self._group.get(device_id)
@@ -181,6 +210,8 @@ class ModelRunner:
     def process(self, readings: list[ReadingDict]) -> list[ReadingDict]:
         """Apply the model to a batch in place; returns derived readings (to be appended)."""
         now = self._clock()
+        if now >= self._next_prune:
+            self._prune(now)
         targets: list[ReadingDict] = []
         rows: list[list[float]] = []
         consumed = self._consumed

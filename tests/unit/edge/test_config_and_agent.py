@@ -906,6 +906,62 @@ def test_a_window_with_a_gap_longer_than_max_age_is_missing() -> None:
     assert len(fed) == 1
 
 
+def test_the_state_of_devices_that_went_quiet_is_forgotten() -> None:
+    """Devices come and go over months (LoRaWAN nodes replaced, JSON devices named by
+    their topic): a series silent for longer than every ``max_age_s`` can no longer feed
+    the model, so its state must not stay in memory for the rest of the run."""
+
+    class Zeros:
+        def get_inputs(self) -> list[Any]:
+            class Input:
+                name = "x"
+                shape = (None, None)
+
+            return [Input()]
+
+        def run(self, _outputs: Any, feeds: dict[str, Any]) -> Any:
+            import numpy as np
+
+            return [np.zeros((len(feeds["x"]), 1), np.float32)]
+
+    now = [0.0]
+    config = ModelConfig.model_validate(
+        {
+            "id": "m",
+            "path": "none.onnx",
+            "devices": ["th-*"],
+            "quantity": "temperature",
+            "inputs": [
+                {"window": 4, "max_age_s": 900},
+                {"quantity": "relative_humidity", "max_age_s": 600},
+            ],
+            "outputs": [{"kind": "score"}],
+        }
+    )
+    runner = ModelRunner(config, session_factory=lambda _p: Zeros(), clock=lambda: now[0])
+
+    def reading(device: str, quantity: str) -> dict[str, Any]:
+        return {"device_id": device, "quantity": quantity, "value": 20.0, "seq": None}
+
+    scored = 0
+    steps = 5000
+    for step in range(steps):  # a new device every 10 s, each heard once; one steady
+        batch = [
+            reading("th-steady", "relative_humidity"),
+            reading("th-steady", "temperature"),
+            reading(f"th-{step}", "relative_humidity"),
+            reading(f"th-{step}", "temperature"),
+            reading(f"other-{step}", "temperature"),  # not in the group, still a series
+        ]
+        runner.process(batch)
+        scored += "score" in batch[1]
+        now[0] += 10.0
+    # 15 001 series were seen; only those heard within two max_age_s (the longest, 900 s)
+    # are kept: 3 per step for 180 steps, and the steady device's 2
+    assert runner.series <= 3 * (2 * 900 // 10 + 1) + 2
+    assert scored == steps - 3  # the steady device scored from its 4th value on, throughout
+
+
 @pytest.mark.parametrize(
     ("output", "unused"),
     [
