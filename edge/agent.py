@@ -99,6 +99,9 @@ _CLOCK_UNSYNCED = QualityFlag.CLOCK_UNSYNCED.value
 #: kept (the stream checks it again against its synchronized clock), not refused as
 #: "in the future".
 UNSYNCED_MAX_BEHIND = timedelta(days=400)
+#: (device, error) pairs an invalid reading was logged for, before the set starts again: it
+#: only keeps the log to a line per pair, and devices come and go over months of uptime
+WARNED_MAX = 10_000
 
 
 class Uplink(Protocol):
@@ -659,6 +662,8 @@ class Agent:
                 failed.append(position)
                 key = (device_id, type(exc).__name__)
                 if key not in self._warned:
+                    if len(self._warned) >= WARNED_MAX:
+                        self._warned.clear()
                     self._warned.add(key)
                     log.warning("invalid reading device=%s error=%s", device_id, exc)
                 continue

@@ -20,7 +20,7 @@ from climastream.contract import (
     decode,
     encode,
 )
-from edge.agent import Agent
+from edge.agent import WARNED_MAX, Agent
 from edge.buffer import Kind, MemoryBuffer
 from edge.config import (
     ConfigError,
@@ -351,6 +351,21 @@ def _stored(agent: Agent) -> list[Reading]:
         for p in agent.buffer.take(Kind.READING, 1000)
         for payload in p.payloads()
     ]
+
+
+def test_invalid_readings_of_ever_new_devices_leave_bounded_state() -> None:
+    """Each (device, error) is logged once; remembering that must not grow with every
+    device id a gateway hears in months (JSON devices are named by their MQTT topic)."""
+    agent = _agent(_config())
+    for batch in range(11):
+        agent.ingest(
+            [
+                _sample(f"d-{batch}-{i}", Quantity.TEMPERATURE, 999.0, "Cel")  # implausible
+                for i in range(1000)
+            ]
+        )
+    assert agent.counters.dropped == {"invalid_reading": 11_000}
+    assert len(agent._warned) <= WARNED_MAX
 
 
 def test_ingest_stores_the_contract_encoding_and_numbers_devices() -> None:
