@@ -171,6 +171,8 @@ class Counters:
 
 #: gen0 collection after this many net container allocations (CPython's default: 700)
 GC_GEN0_THRESHOLD = 10_000
+#: with the agent's GC settings, housekeeping also collects this often (see tune_gc)
+GC_INTERVAL_S = 60.0
 
 
 def tune_gc() -> None:
@@ -188,6 +190,13 @@ def tune_gc() -> None:
     2. A generation-0 threshold of :data:`GC_GEN0_THRESHOLD` instead of 700: cycles are
        still collected, in fewer and larger passes; the garbage it can hold in between is
        bounded by that count.
+    3. By time as well: the agent's housekeeping collects every :data:`GC_INTERVAL_S`.
+       The threshold counts allocations, so a gateway with few readings reaches it
+       rarely: with the demo's ~50 readings/s, every ~12 minutes, while cyclic garbage
+       (paho builds a closure cycle per MQTT message it matches) piled up to it. Each
+       pile raised the high-water mark of Python's small-object arenas, and RSS rose
+       step by step (97.4 to 99.9 MB in 40 minutes, next to the 100 MB budget) with the
+       live memory flat. A collection walks only what is not frozen: under 1 ms here.
 
     ``climastream edge run`` applies it; an :class:`Agent` embedded in another program
     (tests, the benchmark) only when asked (``tune_gc=True``), as it changes the process.
@@ -959,7 +968,8 @@ class Agent:
         return status
 
     async def _housekeeping(self) -> None:
-        """Status, age expiry, fsync window and the systemd watchdog, each on its cadence.
+        """Status, age expiry, fsync window, the systemd watchdog and (with ``tune_gc``) the
+        garbage collector, each on its cadence.
 
         The watchdog is fed only while every essential task runs (:meth:`pipeline_alive`):
         an agent whose forwarder, writer or a source's pump has ended is restarted by
@@ -976,6 +986,7 @@ class Agent:
         next_status = time.monotonic() + self.config.status_interval_s
         next_expire = time.monotonic() + 60.0
         next_sync = time.monotonic() + window
+        next_gc = time.monotonic() + GC_INTERVAL_S
         while True:
             delay = tick
             if window > 0:  # wake for the sync on time, not at the next whole tick
@@ -996,6 +1007,9 @@ class Agent:
                 # watchdog pings, fsyncs and expiry): log it and try again next tick
                 log.exception("building the gateway status failed")
             now = time.monotonic()
+            if self.tune_gc and now >= next_gc:  # see tune_gc
+                next_gc = now + GC_INTERVAL_S
+                gc.collect()
             if now >= next_expire:
                 next_expire = now + 60.0
                 try:
