@@ -59,6 +59,21 @@ def sizes(s1: DeviceWindows, s2: ZoneWindows) -> dict[str, Any]:
     }
 
 
+def _step(
+    cfg: StreamConfig, s1: DeviceWindows, s2: ZoneWindows, batch: list[Reading], now: datetime
+) -> list[Any]:
+    """One batch through both stages, the wall clock 30 s behind ``now``; the KpiValues
+    stage 2 closes."""
+    s1.add(batch)
+    for partial in s1.close(now + timedelta(seconds=30)):
+        for key, reference in routing_keys(partial, cfg):
+            s2.add(key, orjson.loads(orjson.dumps(partial)), reference, "0")
+    horizon = s1.horizon()
+    assert horizon is not None
+    s2.advance("0", horizon)
+    return s2.close()
+
+
 def test_state_and_checkpoints_stay_flat_over_days() -> None:
     cfg = config()
     s1 = DeviceWindows(cfg.window, cfg.grace, zones=cfg.device_zones)
@@ -80,14 +95,7 @@ def test_state_and_checkpoints_stay_flat_over_days() -> None:
                         ingest_time=now, zone=zone,
                     )
                 )  # fmt: skip
-        s1.add(batch)
-        for partial in s1.close(now + timedelta(seconds=30)):
-            for key, reference in routing_keys(partial, cfg):
-                s2.add(key, orjson.loads(orjson.dumps(partial)), reference, "0")
-        horizon = s1.horizon()
-        assert horizon is not None
-        s2.advance("0", horizon)
-        kpis.extend(k.kpi_id for k in s2.close())
+        kpis.extend(k.kpi_id for k in _step(cfg, s1, s2, batch, now))
         if minute % 1440 == 0 and minute:  # each midnight UTC
             snap = s1.snapshot()
             # the stuck node's, below (its gateway, which sends nothing newer than its
@@ -236,14 +244,7 @@ def _run_minutes(
     kpis: list[Any] = []
     for minute in range(0, minutes, every):
         now = T0 + timedelta(minutes=minute)
-        s1.add(batch_at(minute, now))
-        for partial in s1.close(now + timedelta(seconds=30)):
-            for key, reference in routing_keys(partial, cfg):
-                s2.add(key, orjson.loads(orjson.dumps(partial)), reference, "0")
-        horizon = s1.horizon()
-        assert horizon is not None
-        s2.advance("0", horizon)
-        kpis.extend(s2.close())
+        kpis.extend(_step(cfg, s1, s2, batch_at(minute, now), now))
         if on_midnight is not None and minute % 1440 == 0 and minute:
             on_midnight(minute // 1440, s2)
     return kpis
@@ -300,10 +301,9 @@ def test_retired_undeclared_devices_and_zones_leave_nothing_in_the_zone_stage() 
     assert per_day[3][0] <= 4  # centre, today's node, today's site and yesterday's
 
 
-def test_a_zone_back_the_next_day_keeps_its_heatwave_run() -> None:
-    """An undeclared zone whose only sensor goes quiet in the evening (and is forgotten)
-    and is back after midnight: its heatwave run goes on, as if the zone had been kept."""
-    cfg = StreamConfig.model_validate(
+def _forgetting_within_the_hour(kpi: str) -> StreamConfig:
+    """10-minute windows in UTC, an undeclared device forgotten after an hour, one KPI."""
+    return StreamConfig.model_validate(
         {
             "window": "10m",
             "grace": "5s",
@@ -311,9 +311,15 @@ def test_a_zone_back_the_next_day_keeps_its_heatwave_run() -> None:
             "default_cadence": "10m",
             "forget_undeclared_after": "1h",
             "zones": {"centre": {}},
-            "kpis": ["heatwave.status"],
+            "kpis": [kpi],
         }
     )
+
+
+def test_a_zone_back_the_next_day_keeps_its_heatwave_run() -> None:
+    """An undeclared zone whose only sensor goes quiet in the evening (and is forgotten)
+    and is back after midnight: its heatwave run goes on, as if the zone had been kept."""
+    cfg = _forgetting_within_the_hour("heatwave.status")
     quiet = (2 * 1440 + 21 * 60, 3 * 1440 + 60)  # day 2 21:00 to day 3 01:00
 
     def batch_at(minute: int, now: datetime) -> list[Reading]:
@@ -331,17 +337,7 @@ def test_a_zone_back_the_next_day_keeps_its_heatwave_run() -> None:
 def test_a_zone_back_within_a_day_keeps_its_running_pm_means() -> None:
     """An undeclared zone whose PM sensor is quiet for three hours (and forgotten) keeps
     the hourly means its 24-hour running mean still averages over."""
-    cfg = StreamConfig.model_validate(
-        {
-            "window": "10m",
-            "grace": "5s",
-            "timezone": "UTC",
-            "default_cadence": "10m",
-            "forget_undeclared_after": "1h",
-            "zones": {"centre": {}},
-            "kpis": ["eaqi.pollutant"],
-        }
-    )
+    cfg = _forgetting_within_the_hour("eaqi.pollutant")
 
     def batch_at(minute: int, now: datetime) -> list[Reading]:
         batch = [_reading("keep", "centre", Quantity.TEMPERATURE, 20.0, minute, now)]
