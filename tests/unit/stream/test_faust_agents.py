@@ -4,9 +4,10 @@ partials re-keyed by zone, stage 2 turns partials plus watermarks into KpiValues
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -321,12 +322,26 @@ class _Synced:
         self.calls.append((len(_items(self.sent)), self.app.tables["kpi-state"][b"s1:%d" % p]))
 
 
-def _timer_app(tmp_path: Any, sent: Sent, synced: _Synced) -> Any:
+class _Timer(NamedTuple):
+    app: Any
+    synced: _Synced  # what the changelog held at each sync (unless one was given)
+    close: Any  # the close tick of one stage-1 partition (app.climastream_close_partition)
+    stage1: Any  # the stage-1 partitions, by number
+
+
+def _timer_app(
+    tmp_path: Any, sent: Sent, changelog_synced: Callable[[int], Awaitable[None]] | None = None
+) -> _Timer:
+    """An app of 10 s windows with 1 s grace, whose close tick the test calls itself."""
     config = StreamConfig.model_validate({"window": "10s", "grace": "1s"})
     settings = StreamSettings(config=config, store="memory", data_dir=str(tmp_path),
                               app_id="t", checkpoint_interval_s=3600)  # fmt: skip
-    synced.app = create_app(settings, produce=sent, changelog_synced=synced)
-    return synced.app
+    synced = _Synced(sent)
+    synced.app = app = create_app(
+        settings, produce=sent, changelog_synced=changelog_synced or synced
+    )
+    stage1, _ = app.climastream_stages
+    return _Timer(app, synced, app.climastream_close_partition, stage1)
 
 
 async def test_a_wall_clock_close_reaches_the_changelog_before_its_window_is_sent(
@@ -337,10 +352,7 @@ async def test_a_wall_clock_close_reaches_the_changelog_before_its_window_is_sen
     the close, and its successor put a later reading into the window, sent it again, and
     the zone stage skipped it as a replay: the reading was lost. Restored from what the
     changelog holds when the window leaves, that reading is late (counted and routed)."""
-    synced = _Synced(sent)
-    app = _timer_app(tmp_path, sent, synced)
-    close = app.climastream_close_partition
-    stage1, _ = app.climastream_stages
+    app, synced, close, stage1 = _timer_app(tmp_path, sent)
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", i, 2 * i) for i in range(4)]))
         caught_up = stage1[0].offset + 1  # the high watermark: nothing more to read
@@ -364,10 +376,7 @@ async def test_a_restored_partition_checkpoints_a_wall_clock_close_before_any_ev
 ) -> None:
     """A partition loaded from the table that has read nothing since (its gateways are
     quiet) still closes on the wall clock, and still checkpoints that first."""
-    synced = _Synced(sent)
-    app = _timer_app(tmp_path, sent, synced)
-    close = app.climastream_close_partition
-    stage1, _ = app.climastream_stages
+    app, synced, close, stage1 = _timer_app(tmp_path, sent)
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))
         caught_up = stage1[0].offset + 1
@@ -395,12 +404,7 @@ async def test_a_wall_clock_close_whose_checkpoint_fails_sends_nothing(
     async def refused(p: int) -> None:
         raise OSError("broker gone")
 
-    config = StreamConfig.model_validate({"window": "10s", "grace": "1s"})
-    settings = StreamSettings(config=config, store="memory", data_dir=str(tmp_path),
-                              app_id="t", checkpoint_interval_s=3600)  # fmt: skip
-    app = create_app(settings, produce=sent, changelog_synced=refused)
-    close = app.climastream_close_partition
-    stage1, _ = app.climastream_stages
+    app, _, close, stage1 = _timer_app(tmp_path, sent, refused)
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))
         caught_up = stage1[0].offset + 1
@@ -423,10 +427,7 @@ async def test_a_worker_resuming_from_a_stall_does_not_close_on_its_old_high_wat
     the pause came late. Caught up is as of the fetch *before* the one that reported the
     high watermark (that fetch was requested after it): a response the broker built before
     the pause, stamped when the worker resumed, does not count as after it."""
-    synced = _Synced(sent)
-    app = _timer_app(tmp_path, sent, synced)
-    close = app.climastream_close_partition
-    stage1, _ = app.climastream_stages
+    app, _, close, stage1 = _timer_app(tmp_path, sent)
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 5.0)]))
         caught_up = stage1[0].offset + 1
@@ -452,10 +453,7 @@ async def test_a_rebalance_when_the_broker_returns_keeps_the_wall_clock_held(
     windows on the wall clock before the gateways reconnected, and their buffered readings
     were late (the cloud broker outage test, on CI). It starts from what the worker's
     clocks knew, whether or not one had seen the stall end before the rebalance."""
-    synced = _Synced(sent)
-    app = _timer_app(tmp_path, sent, synced)
-    close = app.climastream_close_partition
-    stage1, _ = app.climastream_stages
+    app, _, close, stage1 = _timer_app(tmp_path, sent)
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))
         caught_up = stage1[0].offset + 1
@@ -496,9 +494,7 @@ async def test_a_partition_without_traffic_passes_its_watermark_on_by_the_wall_c
     """A city with fewer gateways than partitions: a stage-1 partition that never gets a
     record is caught up (its high watermark is 0) and moves its watermark on the wall
     clock, so the zone stage does not wait for it forever."""
-    synced = _Synced(sent)
-    app = _timer_app(tmp_path, sent, synced)
-    close = app.climastream_close_partition
+    app, synced, close, _ = _timer_app(tmp_path, sent)
     async with _agent(app, "devices").test_context() as ctx:
         await ctx.put(key=b"gw", value=batch_of([temperature("d1", 0, 1.0)]))  # partition 0
         await close(3, _ms(20.0), 0)
