@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 APT_PACKAGES := mosquitto victoria-metrics socat openssl chromium
 DEMO_SECONDS ?= 0
 
-.PHONY: help venv apt test fuzz unit integration check lint format demo stack-up stack-down clean bench-edge bench-stream bench-sink bench-alerts
+.PHONY: help venv apt test fuzz unit integration check lint format demo stack-up stack-down clean bench-edge bench-edge-rss bench-stream bench-sink bench-alerts
 
 help:
 	@echo "make demo    run the whole system on the local stack (DEMO_SECONDS=N to stop after N s)"
@@ -19,6 +19,7 @@ help:
 	@echo "make check   ruff lint + format check, mypy"
 	@echo "make fuzz    property tests with new random examples (FUZZ_RUNS=10); make test uses a fixed set"
 	@echo "make bench-edge | bench-stream | bench-sink | bench-alerts   benchmarks against an in-run baseline"
+	@echo "make bench-edge-rss   the edge agent's RSS over SOAK_MINUTES (default 30)"
 	@echo "              (BENCH_QUIX=1 make bench-stream also runs Quix Streams, installed into .venv-quix)"
 
 apt:
@@ -79,6 +80,10 @@ demo: venv apt
 
 bench-edge: venv apt
 	$(PY) benchmarks/bench_edge.py
+
+# the agent's RSS each minute over SOAK_MINUTES on the demo gateway and devices, 10x faster
+bench-edge-rss: venv apt
+	$(PY) benchmarks/soak_edge_rss.py --minutes $${SOAK_MINUTES:-30}
 
 # Faust KPI job vs a plain aiokafka floor; + Quix Streams peer if BENCH_QUIX=1 or .venv-quix exists
 bench-stream: venv apt
