@@ -214,17 +214,32 @@ def test_a_minute_long_broker_outage_loses_nothing_and_pages_no_one(
 
         wait_for(tail_recovered, 60, "tail shows readings of after the outage", poll=1)
 
-        def console_recovered() -> bool:
-            rows = _snapshot(console_url, token, "streams")["rows"]
-            return any(
-                row["scope"] == "device"
-                and str(row["id"]).startswith(prefix)
-                and row["points"]
-                and row["points"][-1][0] > resumed.timestamp()
-                for row in rows
-            )
+        seen: dict[str, Any] = {}
 
-        wait_for(console_recovered, 60, "the console shows readings of after the outage", poll=1)
+        def console_recovered() -> bool:
+            snapshot = _snapshot(console_url, token, "streams")
+            ours = [
+                row
+                for row in snapshot["rows"]
+                if row["scope"] == "device" and str(row["id"]).startswith(prefix)
+            ]
+            seen.update(
+                rows=len(snapshot["rows"]),
+                omitted=snapshot["omitted"],
+                ours=len(ours),
+                newest=max((row["points"][-1][0] for row in ours if row["points"]), default=None),
+                stats=_snapshot(console_url, token, "stats"),
+            )
+            return any(row["points"] and row["points"][-1][0] > resumed.timestamp() for row in ours)
+
+        try:
+            wait_for(console_recovered, 60, "the console shows readings after the outage", poll=1)
+        except AssertionError as exc:
+            log = (tmp_path / "console.log").read_text(errors="replace").splitlines()
+            raise AssertionError(
+                f"{exc}; resumed at {resumed.timestamp():.0f}, the console showed {seen}; "
+                f"its log ends: {log[-5:]}"
+            ) from None
 
         # a batch whose acknowledgement the outage cut off is sent again: Kafka holds it
         # twice, the pipeline de-duplicates by (device, seq)
