@@ -4,6 +4,9 @@ However fast records arrive, :class:`Hub` renders each dirty panel at most once 
 ``interval`` and hands the same bytes to every subscriber. A :class:`Subscription` holds at
 most one pending message per panel (a newer snapshot replaces an unsent older one), so a
 slow browser costs a fixed amount of memory and simply sees fewer, fresher frames.
+
+The streams panel is rendered once per distinct :class:`~console.state.StreamsView` the
+subscribers asked for (a zone, a device search), every other panel once for all.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ from collections.abc import Iterable
 
 import orjson
 
-from console.state import PANELS, LiveState
+from console.state import ALL_STREAMS, PANELS, LiveState, StreamsView
 
 log = logging.getLogger(__name__)
 
 
 class Subscription:
-    """One browser's mailbox: the latest unsent snapshot per panel."""
+    """One browser's mailbox: the latest unsent snapshot per panel, its streams panel
+    seen through ``view``."""
 
-    def __init__(self) -> None:
+    def __init__(self, view: StreamsView = ALL_STREAMS) -> None:
+        self.view = view
         self._pending: dict[str, bytes] = {}
         self._ready = asyncio.Event()
         self.replaced = 0
@@ -68,16 +73,20 @@ class Hub:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def render(self, panel: str) -> bytes:
-        payload = orjson.dumps(self.state.snapshot(panel))
-        self._latest[panel] = payload
+    def render(self, panel: str, view: StreamsView = ALL_STREAMS) -> bytes:
+        payload = orjson.dumps(self.state.snapshot(panel, view))
+        if view == ALL_STREAMS:
+            self._latest[panel] = payload
         return payload
 
-    def subscribe(self) -> Subscription:
+    def subscribe(self, view: StreamsView = ALL_STREAMS) -> Subscription:
         """A new mailbox primed with the current snapshot of every panel."""
-        subscription = Subscription()
+        subscription = Subscription(view)
         for panel in PANELS:
-            subscription.offer(panel, self._latest.get(panel) or self.render(panel))
+            if panel == "streams" and view != ALL_STREAMS:
+                subscription.offer(panel, self.render(panel, view))
+            else:
+                subscription.offer(panel, self._latest.get(panel) or self.render(panel))
         self._subscribers.add(subscription)
         return subscription
 
@@ -93,9 +102,15 @@ class Hub:
         for panel in PANELS:
             if panel not in dirty:
                 continue
-            payload = self.render(panel)
+            # the unfiltered render also primes new subscribers
+            payloads = {ALL_STREAMS: self.render(panel)}
             self.frames += 1
             for subscription in self._subscribers:
+                view = subscription.view if panel == "streams" else ALL_STREAMS
+                payload = payloads.get(view)
+                if payload is None:
+                    payload = payloads[view] = self.render(panel, view)
+                    self.frames += 1
                 subscription.offer(panel, payload)
         return dirty
 

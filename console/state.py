@@ -205,6 +205,42 @@ class StateLimits:
     stale_after: timedelta = timedelta(seconds=60)
 
 
+#: the longest device-id search the streams panel takes
+MAX_DEVICE_SEARCH = 100
+
+
+@dataclass(frozen=True)
+class StreamsView:
+    """Which series the streams panel shows: those of one ``zone``, and/or the devices whose
+    id contains ``device`` (case-insensitive); the default shows every series.
+
+    The panel holds at most ``max_stream_rows`` rows, in id order. Without a view, a city
+    with more series than that would only ever show the devices whose ids sort first: the
+    view is how an operator reaches the others.
+    """
+
+    zone: str | None = None
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.device is not None and len(self.device) > MAX_DEVICE_SEARCH:
+            raise ValueError(
+                f"device search is {len(self.device)} characters; at most {MAX_DEVICE_SEARCH}"
+            )
+
+    def shows_zone_row(self, zone: str) -> bool:
+        # a device search shows devices; a zone mean matches no device id
+        return not self.device and self.zone in (None, zone)
+
+    def shows_device_row(self, device_id: str, zone: str | None) -> bool:
+        if self.zone is not None and zone != self.zone:
+            return False
+        return not self.device or self.device.casefold() in device_id.casefold()
+
+
+ALL_STREAMS = StreamsView()
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -511,10 +547,13 @@ class LiveState:
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self, panel: str) -> dict[str, Any]:
+    def snapshot(self, panel: str, view: StreamsView = ALL_STREAMS) -> dict[str, Any]:
+        """One panel's JSON; ``view`` chooses the rows of ``streams`` (other panels have
+        no view)."""
+        if panel == "streams":
+            return self._streams(view)
         render = {
             "map": self._map,
-            "streams": self._streams,
             "kpi": self._kpi_panel,
             "alerts": self._alerts,
             "gateways": self._gateways,
@@ -545,9 +584,13 @@ class LiveState:
             )
         return {"zones": zones, "devices": devices}
 
-    def _streams(self) -> dict[str, Any]:
+    def _streams(self, view: StreamsView) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
+        zones: set[str] = set()
         for (zone, quantity), series in sorted(self.zone_series.items(), key=lambda kv: kv[0]):
+            zones.add(zone)
+            if not view.shows_zone_row(zone):
+                continue
             rows.append(
                 {
                     "scope": "zone",
@@ -563,11 +606,16 @@ class LiveState:
             self.device_series.items(), key=lambda kv: kv[0]
         ):
             device = self.devices.get(device_id)
+            device_zone = device.zone if device else None
+            if device_zone:
+                zones.add(device_zone)
+            if not view.shows_device_row(device_id, device_zone):
+                continue
             rows.append(
                 {
                     "scope": "device",
                     "id": device_id,
-                    "zone": device.zone if device else None,
+                    "zone": device_zone,
                     "quantity": quantity,
                     "unit": self.units.get(quantity, ""),
                     "latest": series.latest,
@@ -579,6 +627,8 @@ class LiveState:
             "bucket_s": self._bucket_s,
             "rows": rows[:limit],
             "omitted": max(0, len(rows) - limit),
+            "zones": sorted(zones),
+            "view": {"zone": view.zone, "device": view.device},
         }
 
     def _kpi_panel(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ Routes
 ``GET /api/me``                  name, role and the session's CSRF token
 ``GET /api/events``              Server-Sent Events, one event type per panel
 ``GET /api/snapshot/{panel}``    the latest snapshot of one panel (JSON)
+                                 (both take ``?zone=`` and ``?device=`` for the streams panel)
 ``POST /api/alerts/{fingerprint}/actions``  ``{"action": "acknowledge"|"silence"|
                                  "unsilence", "comment": str, "minutes": int}``; operators only
 ``GET /ngsi-ld/v1/entities``     NGSI-LD query (type, id, attrs, limit, offset, count,
@@ -47,7 +48,7 @@ from console import ngsi
 from console.auth import Credentials, LoginThrottle, Principal, SessionStore
 from console.feed import ActionSink
 from console.hub import Hub
-from console.state import PANELS
+from console.state import PANELS, StreamsView
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,26 @@ def quiet_malformed_requests() -> None:
 def _json_error(error: type[web.HTTPError], message: str) -> web.HTTPError:
     """An HTTP error whose body is ``{"error": message}``, as every /api/ error is."""
     return error(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
+
+
+def _streams_view(request: web.Request) -> StreamsView:
+    """The streams panel's filter from the query: ``zone`` and ``device`` (a part of the
+    device id); empty means no filter. Anything else, or a parameter given twice, is a 400
+    that names it."""
+    known = ("zone", "device")
+    for key in request.query:
+        if key not in known:
+            raise _json_error(
+                web.HTTPBadRequest, f"unknown parameter {key!r}; known: {', '.join(known)}"
+            )
+        if len(request.query.getall(key)) > 1:
+            raise _json_error(web.HTTPBadRequest, f"parameter {key!r} given more than once")
+    try:
+        return StreamsView(
+            zone=request.query.get("zone") or None, device=request.query.get("device") or None
+        )
+    except ValueError as exc:
+        raise _json_error(web.HTTPBadRequest, f"device: {exc}") from None
 
 
 def _unauthorized(request: web.Request) -> web.HTTPUnauthorized:
@@ -391,7 +412,11 @@ class ConsoleApp:
             raise _json_error(
                 web.HTTPNotFound, f"unknown panel {panel!r}; known: {', '.join(PANELS)}"
             )
-        return web.Response(body=self.hub.render(panel), content_type="application/json")
+        view = _streams_view(request)
+        if panel != "streams" and request.query:
+            names = ", ".join(request.query)
+            raise _json_error(web.HTTPBadRequest, f"{names}: only the streams panel is filtered")
+        return web.Response(body=self.hub.render(panel, view), content_type="application/json")
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -401,8 +426,9 @@ class ConsoleApp:
                 "X-Accel-Buffering": "no",
             }
         )
+        view = _streams_view(request)  # before prepare: a bad filter is a 400, not a stream
         await response.prepare(request)
-        subscription = self.hub.subscribe()
+        subscription = self.hub.subscribe(view)
         try:
             await response.write(b"retry: 2000\n\n")
             while True:

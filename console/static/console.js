@@ -246,15 +246,36 @@ function sparkline(points, width, height) {
   return node;
 }
 
+// the zone and device filter is applied by the console, before its row limit: a change
+// reopens the live stream with it (?zone=&device=)
+function streamsQuery() {
+  const params = new URLSearchParams();
+  const zone = document.getElementById("stream-zone").value;
+  const device = document.getElementById("stream-device").value.trim();
+  if (zone) params.set("zone", zone);
+  if (device) params.set("device", device);
+  const query = params.toString();
+  return query ? `?${query}` : "";
+}
+
+function refilterStreams() {
+  if (cs.source) cs.source.close();
+  delete cs.lastJson.streams;
+  connect();
+}
+
 function renderStreams(snapshot) {
   const select = document.getElementById("stream-zone");
-  const zones = [...new Set(snapshot.rows.map((r) => r.zone).filter(Boolean))].sort();
+  const zones = snapshot.zones || [];
   const chosen = select.value;
-  if (select.options.length !== zones.length + 1) {
-    select.replaceChildren(el("option", { value: "", text: "all" }), ...zones.map((z) => el("option", { value: z, text: z })));
-    select.value = zones.includes(chosen) ? chosen : "";
+  const listed = [...select.options].slice(1).map((o) => o.value);
+  if (listed.join("\n") !== zones.join("\n")) {
+    // keep a chosen zone listed while it has no series, so the choice is not lost
+    const shown = chosen && !zones.includes(chosen) ? [...zones, chosen].sort() : zones;
+    select.replaceChildren(el("option", { value: "", text: "all" }), ...shown.map((z) => el("option", { value: z, text: z })));
+    select.value = chosen;
   }
-  const rows = snapshot.rows.filter((r) => !select.value || r.zone === select.value).map((r) =>
+  const rows = snapshot.rows.map((r) =>
     el("tr", { class: r.scope === "zone" ? "zone-row" : "", "data-series": `${r.scope}:${r.id}:${r.quantity}` },
       el("td", { text: r.zone || "–" }),
       el("td", { text: r.scope === "zone" ? "zone mean" : r.id }),
@@ -263,7 +284,7 @@ function renderStreams(snapshot) {
       el("td", { class: "num live-value", text: `${fmt(r.latest, 2)} ${r.unit}` })));
   document.querySelector("#streams tbody").replaceChildren(...rows);
   document.getElementById("stream-note").textContent =
-    `buckets of ${snapshot.bucket_s} s` + (snapshot.omitted ? ` · ${snapshot.omitted} series not shown` : "");
+    `buckets of ${snapshot.bucket_s} s` + (snapshot.omitted ? ` · ${snapshot.omitted} more series: choose a zone or a device` : "");
 }
 
 // ------------------------------------------------------------------ alerts
@@ -391,7 +412,7 @@ function onPanel(panel, text) {
 }
 
 function connect() {
-  const source = new EventSource("/api/events");
+  const source = new EventSource(`/api/events${streamsQuery()}`);
   const conn = document.getElementById("conn");
   source.onopen = () => { conn.textContent = "live"; conn.className = "conn up"; };
   source.onerror = () => { conn.textContent = "reconnecting…"; conn.className = "conn down"; };
@@ -415,7 +436,12 @@ async function start() {
     window.location = "/login";
   });
   document.getElementById("map-mode").addEventListener("change", () => { if (cs.last.map) renderMap(cs.last.map); });
-  document.getElementById("stream-zone").addEventListener("change", () => { if (cs.last.streams) renderStreams(cs.last.streams); });
+  document.getElementById("stream-zone").addEventListener("change", refilterStreams);
+  let typing = null;
+  document.getElementById("stream-device").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(refilterStreams, 300);
+  });
   connect();
   setInterval(refreshAgo, AGO_REFRESH_MS);
 }

@@ -336,6 +336,47 @@ async def test_viewer_cannot_acknowledge(browser: Any, console_url: str, stack: 
     await page.close()
 
 
+async def test_a_zone_or_device_id_reaches_series_beyond_the_row_limit(
+    browser: Any, console_url: str, stack: Stack
+) -> None:
+    """300 sensors whose ids sort first fill the table; a zone chosen in the page, or part
+    of an id typed in it, still shows the sensors of a zone that sorts after them."""
+    run = uuid.uuid4().hex[:6]
+    near, far = f"aa-{run}", f"zz-{run}"
+    rows = [(f"{near}-{i:03d}", near, 1, Quantity.TEMPERATURE, 20.0) for i in range(300)]
+    rows += [(f"{far}-{i:03d}", far, 1, Quantity.TEMPERATURE, 25.0) for i in range(150)]
+    records = [batch(f"gw-{run}", rows[i : i + 150]) for i in range(0, len(rows), 150)]
+    page = await login_with_token(browser, console_url, VIEWER_TOKEN)
+    await produce(
+        stack.config.kafka_bootstrap,
+        Topics.READINGS.name,
+        [(r.key, encode(r)) for r in records],
+    )
+    # the zone list has every zone, also one whose rows the limit leaves out
+    await page.wait_for_selector(f'#stream-zone option[value="{far}"]', state="attached")
+    shown = "() => [...document.querySelectorAll('#streams tbody tr')].map(r => r.dataset.series)"
+    assert not any(s.startswith(f"device:{far}") for s in await page.evaluate(shown))
+    assert "more series" in (await page.text_content("#stream-note") or "")
+
+    await page.select_option("#stream-zone", far)
+    await page.wait_for_function(
+        f"() => document.querySelectorAll('#streams tbody tr').length === 151"
+        f" && document.querySelector('tr[data-series=\"device:{far}-149:temperature\"]')"
+    )
+    assert set(await page.evaluate(shown)) == {f"zone:{far}:temperature"} | {
+        f"device:{far}-{i:03d}:temperature" for i in range(150)
+    }
+    await page.fill("#stream-device", f"{far}-14")
+    await page.wait_for_function(
+        "() => document.querySelectorAll('#streams tbody tr').length === 10"
+    )
+    assert sorted(await page.evaluate(shown)) == [
+        f"device:{far}-{i}:temperature" for i in range(140, 150)
+    ]
+    assert await page.input_value("#stream-zone") == far
+    await page.close()
+
+
 async def test_load_keeps_update_rates_bounded(
     browser: Any, console_url: str, stack: Stack
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any
 
@@ -35,7 +36,7 @@ from console import ngsi
 from console.auth import Credentials, Principal, Role
 from console.feed import ListActionSink
 from console.hub import Hub
-from console.state import PANELS, DeviceInfo, LiveState
+from console.state import MAX_DEVICE_SEARCH, PANELS, DeviceInfo, LiveState, StreamsView
 from console.web import ACTION_KEYS, MAX_SILENCE, ConsoleApp, openapi_document
 from tests.unit.console.builders import T0, reading
 
@@ -89,10 +90,28 @@ def test_every_route_is_documented_and_every_operation_is_a_route() -> None:
     assert routes == documented
 
 
+def _params(path: str) -> dict[str, dict[str, Any]]:
+    """An operation's parameters by name, references resolved."""
+    params = DOC["components"]["parameters"]
+    resolved = (
+        params[p["$ref"].rsplit("/", 1)[-1]] if "$ref" in p else p
+        for p in DOC["paths"][path]["get"]["parameters"]
+    )
+    return {p["name"]: p for p in resolved}
+
+
 def _panel_param() -> dict[str, Any]:
-    (param,) = DOC["paths"]["/api/snapshot/{panel}"]["get"]["parameters"]
-    ref: str = param["schema"]["$ref"]
+    ref: str = _params("/api/snapshot/{panel}")["panel"]["schema"]["$ref"]
     return SCHEMAS[ref.rsplit("/", 1)[-1]]
+
+
+def test_the_streams_filter_is_documented_as_the_code_takes_it() -> None:
+    assert set(_params("/api/snapshot/{panel}")) == {"panel", "zone", "device"}
+    events = _params("/api/events")
+    assert set(events) == {"zone", "device"}
+    assert events["device"]["schema"]["maxLength"] == MAX_DEVICE_SEARCH
+    streams = SCHEMAS["StreamsSnapshot"]["properties"]
+    assert streams["view"]["required"] == [f.name for f in fields(StreamsView)]
 
 
 def test_enums_and_bounds_are_the_codes_own() -> None:

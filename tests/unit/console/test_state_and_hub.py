@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
 from climastream.contract import (
@@ -22,6 +23,7 @@ from console.state import (
     LiveState,
     Sparkline,
     StateLimits,
+    StreamsView,
     eaqi_band_index,
 )
 from tests.unit.console.builders import T0, reading
@@ -269,3 +271,69 @@ def test_tail_prints_the_kept_readings_and_names_the_skipped_one() -> None:
     lines, skipped = render("readings", _batch_with_one_reading_ahead(), TailFilter())
     assert [str(line).split()[3] for line in lines] == ["th-1", "th-2"]
     assert "readings.1 (device fast-clock): " in skipped
+
+
+def _city(state: LiveState, zones: int, per_zone: int) -> None:
+    """``zones`` zones of ``per_zone`` temperature sensors each: more series than the panel's
+    row limit. Device ids sort zone by zone (``a-000`` ... ``d-099``)."""
+    for z in range(zones):
+        zone = f"zone-{'abcdefgh'[z]}"
+        state.add_readings(
+            reading(f"{'abcdefgh'[z]}-{i:03d}", zone, 1, Quantity.TEMPERATURE, 20.0)
+            for i in range(per_zone)
+        )
+
+
+def test_a_zone_or_device_filter_reaches_the_series_beyond_the_row_limit() -> None:
+    state = LiveState()
+    _city(state, zones=4, per_zone=100)  # 404 rows in all: 4 zone means, 400 devices
+    everything = state.snapshot("streams")
+    assert len(everything["rows"]) == state.limits.max_stream_rows == 300
+    assert everything["omitted"] == 104
+    # without a filter, zone-d's sensors sort last and never show: the zone list has it
+    assert not any(r["zone"] == "zone-d" and r["scope"] == "device" for r in everything["rows"])
+    assert everything["zones"] == ["zone-a", "zone-b", "zone-c", "zone-d"]
+
+    d = state.snapshot("streams", StreamsView(zone="zone-d"))
+    assert (len(d["rows"]), d["omitted"]) == (101, 0)
+    assert d["rows"][0] == {**d["rows"][0], "scope": "zone", "id": "zone-d"}
+    assert {r["zone"] for r in d["rows"]} == {"zone-d"}
+    assert d["zones"] == everything["zones"]  # the choice stays open
+    assert d["view"] == {"zone": "zone-d", "device": None}
+
+    # a device search matches part of the id, in any case, and shows no zone means
+    found = state.snapshot("streams", StreamsView(device="D-09"))
+    assert [r["id"] for r in found["rows"]] == [f"d-{i:03d}" for i in range(90, 100)]
+    both = state.snapshot("streams", StreamsView(zone="zone-c", device="-05"))
+    assert [r["id"] for r in both["rows"]] == [f"c-{i:03d}" for i in range(50, 60)]
+    assert state.snapshot("streams", StreamsView(zone="nowhere"))["rows"] == []
+
+    with pytest.raises(ValueError, match="at most 100"):
+        StreamsView(device="x" * 101)
+
+
+async def test_hub_renders_the_streams_panel_once_per_view_and_the_rest_once() -> None:
+    state = LiveState()
+    _city(state, zones=4, per_zone=100)
+    hub = Hub(state, interval=0.5)
+    everyone = hub.subscribe()
+    zone_d = hub.subscribe(StreamsView(zone="zone-d"))
+    also_d = hub.subscribe(StreamsView(zone="zone-d"))
+    primed = [await s.next(0) for s in (everyone, zone_d, also_d)]
+    assert primed[1]["streams"] == primed[2]["streams"] != primed[0]["streams"]
+    assert primed[0]["map"] == primed[1]["map"]
+
+    hub.tick()  # what the city's readings made dirty
+    for subscription in (everyone, zone_d, also_d):
+        await subscription.next(0)
+    frames = hub.frames
+    state.add_readings([reading("d-000", "zone-d", 2, Quantity.TEMPERATURE, 30.0, T0)])
+    hub.tick()
+    got = [await s.next(0) for s in (everyone, zone_d, also_d)]
+    # streams twice (everyone's, zone-d's), map, kpi and stats once each
+    assert hub.frames - frames == 5
+    assert got[1]["streams"] is got[2]["streams"]
+    assert got[1]["map"] is got[0]["map"]
+    rows = orjson.loads(got[1]["streams"])["rows"]
+    assert {r["zone"] for r in rows} == {"zone-d"}
+    assert next(r for r in rows if r["id"] == "d-000")["latest"] == 30.0

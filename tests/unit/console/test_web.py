@@ -8,15 +8,17 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from climastream.contract import Quantity
 from console.auth import Credentials, Principal, Role, hash_password, verify_password
 from console.feed import ListActionSink
 from console.hub import Hub
 from console.state import LiveState
 from console.web import COOKIE, ConsoleApp, MalformedRequestFilter, quiet_malformed_requests
-from tests.unit.console.builders import raw_request
+from tests.unit.console.builders import raw_request, reading
 
 OP_TOKEN = "operator-token-0123456789"
 VIEW_TOKEN = "viewer-token-0123456789"
@@ -271,3 +273,42 @@ async def test_a_malformed_request_is_one_warning_line_not_a_traceback(
     assert MalformedRequestFilter().filter(boom)
     assert boom.levelname == "ERROR"
     assert boom.exc_info is not None
+
+
+async def test_the_streams_filter_comes_from_the_query_and_bad_ones_are_named() -> None:
+    credentials = Credentials()
+    credentials.add_token(VIEW_TOKEN, Principal("wall", Role.VIEWER))
+    state = LiveState()
+    state.add_readings(
+        reading(f"{zone[0]}-{i}", zone, 1, Quantity.TEMPERATURE, 20.0)
+        for zone in ("north", "park")
+        for i in range(3)
+    )
+    app = ConsoleApp(Hub(state), credentials, ListActionSink(), keepalive_s=0.05).build()
+    bearer = {"Authorization": f"Bearer {VIEW_TOKEN}"}
+    async with TestClient(TestServer(app)) as client:
+        park = await (await client.get("/api/snapshot/streams?zone=park", headers=bearer)).json()
+        assert {r["zone"] for r in park["rows"]} == {"park"}
+        assert park["zones"] == ["north", "park"]
+        found = await client.get("/api/snapshot/streams?device=N-2&zone=", headers=bearer)
+        assert [r["id"] for r in (await found.json())["rows"]] == ["n-2"]
+
+        stream = await client.get("/api/events?zone=north", headers=bearer)
+        assert stream.status == 200
+        first = b""
+        while b"event: streams" not in first:
+            first += await asyncio.wait_for(stream.content.readany(), timeout=10)
+        data = first.split(b"event: streams\ndata: ", 1)[1].split(b"\n", 1)[0]
+        assert {r["zone"] for r in orjson.loads(data)["rows"]} == {"north"}
+        stream.close()
+
+        for path, error in [
+            ("/api/snapshot/streams?zon=park", "unknown parameter 'zon'; known: zone, device"),
+            ("/api/events?colour=red", "unknown parameter 'colour'; known: zone, device"),
+            ("/api/snapshot/streams?zone=a&zone=b", "parameter 'zone' given more than once"),
+            (f"/api/events?device={'x' * 101}", "device: device search is 101 characters"),
+            ("/api/snapshot/map?zone=park", "zone: only the streams panel is filtered"),
+        ]:
+            refused = await client.get(path, headers=bearer)
+            assert refused.status == 400, path
+            assert (await refused.json())["error"].startswith(error), path
