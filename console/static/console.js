@@ -268,10 +268,10 @@ function renderStreams(snapshot) {
   const select = document.getElementById("stream-zone");
   const zones = snapshot.zones || [];
   const chosen = select.value;
+  // keep a chosen zone listed while it has no series, so the choice is not lost
+  const shown = chosen && !zones.includes(chosen) ? [...zones, chosen].sort() : zones;
   const listed = [...select.options].slice(1).map((o) => o.value);
-  if (listed.join("\n") !== zones.join("\n")) {
-    // keep a chosen zone listed while it has no series, so the choice is not lost
-    const shown = chosen && !zones.includes(chosen) ? [...zones, chosen].sort() : zones;
+  if (listed.join("\n") !== shown.join("\n")) {  // rebuilt only on a change: an open list stays open
     select.replaceChildren(el("option", { value: "", text: "all" }), ...shown.map((z) => el("option", { value: z, text: z })));
     select.value = chosen;
   }
