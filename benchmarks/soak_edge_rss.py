@@ -122,7 +122,7 @@ def _sample(
     baseline: dict[str, float] | None = None
     last: dict[str, float] = {}
     first_sent: tuple[float, int] | None = None
-    rate = 0.0
+    rate = "–"  # a rate needs two counts of sent readings, a minute apart
     for minute in range(1, int(minutes) + 1):
         time.sleep(max(0.0, started + 60 * minute - time.monotonic()))
         for name, proc in (("the agent", agent), ("the devices (simulate)", devices)):
@@ -133,17 +133,17 @@ def _sample(
         if count is not None and first_sent is None:
             first_sent = (time.monotonic(), count)
         elif count is not None and first_sent is not None:
-            rate = (count - first_sent[1]) / (time.monotonic() - first_sent[0])
+            rate = f"{(count - first_sent[1]) / (time.monotonic() - first_sent[0]):,.0f}"
         baseline = baseline or last
         print(
             f"  {minute:3d}  {last['VmRSS']:7.1f} {last['RssAnon']:5.1f} {last['RssFile']:5.1f}"
-            f" {last['VmHWM']:5.1f}   {rate:,.0f}",
+            f" {last['VmHWM']:5.1f}   {rate}",
             flush=True,
         )
     if baseline is None:
         raise SystemExit("--minutes must be at least 1")
     print(
-        f"  after {minutes:g} min at {rate:,.0f} readings/s: RSS {last['VmRSS']:.1f} MB "
+        f"  after {minutes:g} min at {rate} readings/s: RSS {last['VmRSS']:.1f} MB "
         f"(anon {last['RssAnon']:.1f} + file-backed {last['RssFile']:.1f}), peak "
         f"{last['VmHWM']:.1f} MB (target <= 100 MB); ratio to the first minute's "
         f"{baseline['VmRSS']:.1f} MB: {last['VmRSS'] / baseline['VmRSS']:.3f}"
