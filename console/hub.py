@@ -23,6 +23,11 @@ from console.state import ALL_STREAMS, PANELS, LiveState, StreamsView
 log = logging.getLogger(__name__)
 
 
+def _panel_view(panel: str, view: StreamsView) -> StreamsView:
+    """``view`` for the streams panel; every other panel has one view, shared by all."""
+    return view if panel == "streams" else ALL_STREAMS
+
+
 class Subscription:
     """One browser's mailbox: the latest unsent snapshot per panel, its streams panel
     seen through ``view``."""
@@ -74,6 +79,7 @@ class Hub:
         return len(self._subscribers)
 
     def render(self, panel: str, view: StreamsView = ALL_STREAMS) -> bytes:
+        view = _panel_view(panel, view)
         payload = orjson.dumps(self.state.snapshot(panel, view))
         if view == ALL_STREAMS:
             self._latest[panel] = payload
@@ -83,10 +89,9 @@ class Hub:
         """A new mailbox primed with the current snapshot of every panel."""
         subscription = Subscription(view)
         for panel in PANELS:
-            if panel == "streams" and view != ALL_STREAMS:
-                subscription.offer(panel, self.render(panel, view))
-            else:
-                subscription.offer(panel, self._latest.get(panel) or self.render(panel))
+            shared = _panel_view(panel, view) == ALL_STREAMS
+            cached = self._latest.get(panel) if shared else None
+            subscription.offer(panel, cached or self.render(panel, view))
         self._subscribers.add(subscription)
         return subscription
 
@@ -106,7 +111,7 @@ class Hub:
             payloads = {ALL_STREAMS: self.render(panel)}
             self.frames += 1
             for subscription in self._subscribers:
-                view = subscription.view if panel == "streams" else ALL_STREAMS
+                view = _panel_view(panel, subscription.view)
                 payload = payloads.get(view)
                 if payload is None:
                     payload = payloads[view] = self.render(panel, view)
