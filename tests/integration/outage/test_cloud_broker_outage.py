@@ -220,22 +220,23 @@ def test_a_minute_long_broker_outage_loses_nothing_and_pages_no_one(
             # ours alone: which rows fit the row limit depends on what earlier tests left
             snapshot = _snapshot(console_url, token, "streams", f"?device={prefix}-")
             ours = [row for row in snapshot["rows"] if str(row["id"]).startswith(prefix)]
+            newest = max((row["points"][-1][0] for row in ours if row["points"]), default=None)
             seen.update(
                 rows=len(snapshot["rows"]),
                 omitted=snapshot["omitted"],
                 ours=len(ours),
-                newest=max((row["points"][-1][0] for row in ours if row["points"]), default=None),
-                stats=_snapshot(console_url, token, "stats"),
+                newest=newest,
             )
-            return any(row["points"] and row["points"][-1][0] > resumed.timestamp() for row in ours)
+            return newest is not None and newest > resumed.timestamp()
 
         try:
             wait_for(console_recovered, 60, "the console shows readings after the outage", poll=1)
         except AssertionError as exc:
+            stats = _snapshot(console_url, token, "stats")  # the feed's state and counts
             log = (tmp_path / "console.log").read_text(errors="replace").splitlines()
             raise AssertionError(
-                f"{exc}; resumed at {resumed.timestamp():.0f}, the console showed {seen}; "
-                f"its log ends: {log[-5:]}"
+                f"{exc}; resumed at {resumed.timestamp():.0f}, the console showed {seen} "
+                f"and {stats}; its log ends: {log[-5:]}"
             ) from None
 
         # a batch whose acknowledgement the outage cut off is sent again: Kafka holds it
