@@ -43,6 +43,19 @@ def _agent() -> object:
     )
 
 
+def _fetch(listen: str, url_host: str, collector: AgentCollector) -> str:
+    """Serve ``collector`` on ``listen`` (port 0) and GET /metrics from ``url_host``."""
+    server = serve(listen, collector)
+    try:
+        port = server.server_address[1]
+        url = f"http://{url_host}:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
 @pytest.mark.parametrize("host", ["[::1]", "[::]"])
 def test_an_ipv6_listen_address_serves_metrics(host: str) -> None:
@@ -50,14 +63,7 @@ def test_an_ipv6_listen_address_serves_metrics(host: str) -> None:
     "metrics.listen [::1]:9108: [Errno -2] Name or service not known": the brackets went
     to the socket's name lookup."""
     assert MetricsConfig(listen=f"{host}:9108").listen == f"{host}:9108"
-    server = serve(f"{host}:0", AgentCollector(_status, _agent()))
-    try:
-        port = server.server_address[1]
-        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=10) as response:
-            body = response.read().decode()
-    finally:
-        server.shutdown()
-        server.server_close()
+    body = _fetch(f"{host}:0", "[::1]", AgentCollector(_status, _agent()))
     assert "climastream_edge_readings_accepted_total" in body
 
 
@@ -70,16 +76,8 @@ def _scrape(collector: AgentCollector) -> dict[str, float]:
     """The endpoint's samples, ``name{labels}`` -> value, from a real scrape."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    server = serve("127.0.0.1:0", collector)
-    try:
-        port = server.server_address[1]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            body = response.read().decode()
-    finally:
-        server.shutdown()
-        server.server_close()
     samples = {}
-    for family in text_string_to_metric_families(body):
+    for family in text_string_to_metric_families(_fetch("127.0.0.1:0", "127.0.0.1", collector)):
         for sample in family.samples:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
             samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
