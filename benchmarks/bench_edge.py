@@ -69,6 +69,7 @@ from climastream.contract import Quantity, SourceState  # noqa: E402
 from climastream.stack import Stack, StackConfig  # noqa: E402
 from edge.agent import Agent  # noqa: E402
 from edge.config import GatewayConfig, KafkaConfig  # noqa: E402
+from edge.metrics import status_kib  # noqa: E402
 from edge.sources import Sample  # noqa: E402
 from edge.sources.convert import to_samples  # noqa: E402
 from edge.uplink import KafkaUplink  # noqa: E402
@@ -342,11 +343,8 @@ def process_memory(pid: int) -> dict[str, float]:
     """A process's ``VmRSS``, ``VmHWM``, ``RssAnon`` and ``RssFile`` from
     ``/proc/<pid>/status``, in MB."""
     fields = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
-    status = Path(f"/proc/{pid}/status").read_text()
     return {
-        name: int(value.split()[0]) / 1024
-        for name, value in (line.split(":", 1) for line in status.splitlines())
-        if name in fields
+        name: kib / 1024 for name, kib in status_kib(Path(f"/proc/{pid}/status"), fields).items()
     }
 
 

@@ -7,7 +7,7 @@ counters the GatewayStatus carries (one snapshot per scrape).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,18 @@ class AgentCollector:
             )
 
 
+def status_kib(status: Path, names: Iterable[str]) -> dict[str, int]:
+    """The ``names`` lines of a ``/proc/<pid>/status`` file that it has ("RssAnon:  49876
+    kB" -> 49876), in KiB. Raises OSError if the file cannot be read."""
+    wanted = set(names)
+    found: dict[str, int] = {}
+    for line in status.read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in wanted:
+            found[name] = int(value.split()[0])
+    return found
+
+
 #: the resident-memory lines of /proc/<pid>/status and the ``kind`` label of each
 _RESIDENT_KINDS = {"RssAnon": "anonymous", "RssFile": "file", "RssShmem": "shmem"}
 
@@ -126,15 +138,12 @@ def resident_split(status: Path = Path("/proc/self/status")) -> dict[str, int] |
     add up to VmRSS. None where there is no such file (not Linux) or the kernel predates
     the split (4.5)."""
     try:
-        text = status.read_text()
+        kib = status_kib(status, _RESIDENT_KINDS)
     except OSError:
         return None
-    split: dict[str, int] = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name in _RESIDENT_KINDS:
-            split[_RESIDENT_KINDS[name]] = int(value.split()[0]) * 1024  # "49876 kB"
-    return split if len(split) == len(_RESIDENT_KINDS) else None
+    if len(kib) < len(_RESIDENT_KINDS):
+        return None
+    return {kind: kib[name] * 1024 for name, kind in _RESIDENT_KINDS.items()}
 
 
 class MemoryCollector:
